@@ -1,0 +1,94 @@
+//! The commit gate: how an escalated command gets exclusive commit rights without
+//! putting a shared lock on every other commit's path.
+//!
+//! Ordinary commits announce themselves in a per-thread-shard counter and then check
+//! that the gate is open (two cache lines that other cores rarely write). The
+//! blocking queue closes the gate and waits for the announced commits to drain.
+//! Both sides store before they load, with `SeqCst`, so at least one of them sees
+//! the other: a commit is either drained or waits at the gate.
+
+use crate::sync::{thread_shard, yield_now, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering};
+
+#[cfg(not(loom))]
+const SHARDS: usize = 64;
+#[cfg(loom)]
+const SHARDS: usize = 2;
+
+pub(crate) struct CommitGate {
+    closed: AtomicBool,
+    in_flight: Box<[CachePadded<AtomicUsize>]>,
+}
+
+/// An ordinary commit's pass through the gate; leaving drops it.
+pub(crate) struct Pass<'g> {
+    counter: &'g AtomicUsize,
+}
+
+/// Exclusive commit rights, held by the escalated command; reopens on drop.
+pub(crate) struct Exclusive<'g> {
+    gate: &'g CommitGate,
+}
+
+impl CommitGate {
+    pub(crate) fn new() -> Self {
+        CommitGate {
+            closed: AtomicBool::new(false),
+            in_flight: (0..SHARDS).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
+        }
+    }
+
+    /// Waits while the gate is closed, then lets one ordinary commit through.
+    pub(crate) fn enter(&self) -> Pass<'_> {
+        let counter = &*self.in_flight[thread_shard() % self.in_flight.len()];
+        loop {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if !self.closed.load(Ordering::SeqCst) {
+                return Pass { counter };
+            }
+            counter.fetch_sub(1, Ordering::SeqCst);
+            self.wait_open();
+        }
+    }
+
+    fn wait_open(&self) {
+        let mut backoff = Backoff::new();
+        let mut spins = 0u32;
+        while self.closed.load(Ordering::SeqCst) {
+            if spins < 64 {
+                backoff.snooze();
+                spins += 1;
+            } else {
+                // The escalated command runs user code; do not burn a core meanwhile.
+                #[cfg(not(loom))]
+                std::thread::sleep(std::time::Duration::from_micros(50));
+                #[cfg(loom)]
+                yield_now();
+            }
+        }
+    }
+
+    /// Closes the gate and waits for every ordinary commit in flight to finish.
+    /// Callers serialize among themselves (the blocking queue's lock).
+    pub(crate) fn close(&self) -> Exclusive<'_> {
+        let was_closed = self.closed.swap(true, Ordering::SeqCst);
+        debug_assert!(!was_closed, "one escalated command at a time");
+        for counter in self.in_flight.iter() {
+            while counter.load(Ordering::SeqCst) != 0 {
+                yield_now();
+            }
+        }
+        Exclusive { gate: self }
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        self.gate.closed.store(false, Ordering::SeqCst);
+    }
+}

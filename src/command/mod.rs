@@ -1,0 +1,213 @@
+//! Commands: the retry loop, conflict accounting, escalation and the blocking queue.
+//!
+//! A command is a closure run atomically over a transaction. On a conflict it is
+//! re-run on a fresh snapshot — after waiting until that snapshot includes the
+//! commit that beat it, so a retry never loses to the same commit twice. After
+//! `max_conflicts` conflicts it is escalated: it joins the blocking queue (one
+//! escalated command at a time, FIFO), which closes the commit gate, waits for
+//! commits in flight to drain, and runs the command alone, where it cannot conflict.
+//! Snapshots and readers are never stopped by the queue.
+
+mod gate;
+mod stats;
+
+pub use stats::{BlockingQueueStats, CommandStats, HotPage, Stats};
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::sync::{Arc, Mutex};
+use crate::txn::{commit, Outcome, Tx};
+use gate::CommitGate;
+use stats::{Counters, Ending, Telemetry};
+use std::cell::RefCell;
+use std::time::Instant;
+
+thread_local! {
+    /// Commands running on this thread: (executor id, command name). Guards nesting.
+    static RUNNING: RefCell<Vec<(usize, String)>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread cache of command counters, so a run does not take a shared lock.
+    static COUNTERS: RefCell<Vec<(usize, String, Arc<Counters>)>> = const { RefCell::new(Vec::new()) };
+}
+
+const COUNTER_CACHE: usize = 64;
+
+/// Runs commands against one store.
+pub(crate) struct Executor {
+    id: usize,
+    max_conflicts: u32,
+    gate: CommitGate,
+    /// The blocking queue: escalated commands take it in turn.
+    queue: Mutex<()>,
+    pub(crate) telemetry: Telemetry,
+}
+
+/// Marks a command as running on this thread; unmarks even when the closure panics.
+struct Running {
+    id: usize,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|r| {
+            let mut r = r.borrow_mut();
+            if let Some(i) = r.iter().rposition(|(id, _)| *id == self.id) {
+                r.remove(i);
+            }
+        });
+    }
+}
+
+/// Counts a run that is still going when its thread unwinds from a panic.
+struct RunRecord<'a> {
+    counters: &'a Counters,
+    all: &'a Counters,
+    started: Instant,
+    done: bool,
+}
+
+impl RunRecord<'_> {
+    fn finish(&mut self, ending: Ending) {
+        let took = self.started.elapsed();
+        self.counters.finish(ending, took);
+        self.all.finish(ending, took);
+        self.done = true;
+    }
+}
+
+impl Drop for RunRecord<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Ending::Failed);
+        }
+    }
+}
+
+impl Executor {
+    pub(crate) fn new(max_conflicts: u32, hot_tracked: usize) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+        Executor {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            max_conflicts,
+            gate: CommitGate::new(),
+            queue: Mutex::new(()),
+            telemetry: Telemetry::new(hot_tracked),
+        }
+    }
+
+    fn counters(&self, name: &str) -> Arc<Counters> {
+        COUNTERS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((_, _, c)) = cache.iter().find(|(id, n, _)| *id == self.id && n == name) {
+                return c.clone();
+            }
+            let c = self.telemetry.command(name);
+            if cache.len() >= COUNTER_CACHE {
+                cache.remove(0);
+            }
+            cache.push((self.id, name.to_owned(), c.clone()));
+            c
+        })
+    }
+
+    /// Runs `f` atomically; see `Engine::run`.
+    pub(crate) fn run<T, F>(&self, store: &Store, name: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T>,
+    {
+        let outer = RUNNING.with(|r| r.borrow().iter().find(|(id, _)| *id == self.id).map(|(_, n)| n.clone()));
+        if let Some(outer) = outer {
+            return Err(Error::NestedRun { outer, inner: name.to_owned() });
+        }
+        RUNNING.with(|r| r.borrow_mut().push((self.id, name.to_owned())));
+        let _running = Running { id: self.id };
+
+        let counters = self.counters(name);
+        let mut record = RunRecord { counters: &counters, all: &self.telemetry.all, started: Instant::now(), done: false };
+        let mut conflicts = 0u32;
+        while conflicts < self.max_conflicts {
+            let mut tx = Tx::begin(store);
+            let value = match f(&mut tx) {
+                Ok(v) => v,
+                Err(e) => {
+                    record.finish(Ending::Failed);
+                    return Err(e);
+                }
+            };
+            let pass = self.gate.enter();
+            let outcome = commit(tx);
+            drop(pass);
+            match outcome {
+                Ok(Outcome::Committed { restructured }) => {
+                    if restructured {
+                        self.telemetry.restructured();
+                    }
+                    record.finish(Ending::Committed);
+                    return Ok(value);
+                }
+                Ok(Outcome::ReadOnly) => {
+                    record.finish(Ending::ReadOnly);
+                    return Ok(value);
+                }
+                Ok(Outcome::Conflict(c)) => {
+                    conflicts += 1;
+                    counters.conflict();
+                    self.telemetry.all.conflict();
+                    self.telemetry.conflict_on(c.page, &c.first_key, &c.last_key, name);
+                    // Retry on a snapshot that includes the commit that beat us.
+                    store.clock.wait_visible(c.newer);
+                }
+                Err(e) => {
+                    record.finish(Ending::Failed);
+                    return Err(e);
+                }
+            }
+        }
+        counters.escalation();
+        self.telemetry.all.escalation();
+        let result = self.run_escalated(store, &mut f);
+        record.finish(match &result {
+            Ok((_, true)) => Ending::Committed,
+            Ok((_, false)) => Ending::ReadOnly,
+            Err(_) => Ending::Failed,
+        });
+        result.map(|(v, _)| v)
+    }
+
+    /// The blocking queue: runs `f` with exclusive commit rights. Returns the value
+    /// and whether it committed writes.
+    fn run_escalated<T, F>(&self, store: &Store, f: &mut F) -> Result<(T, bool)>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T>,
+    {
+        let entered = Instant::now();
+        self.telemetry.queue_enter();
+        struct Leave<'a>(&'a Telemetry, Instant);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.queue_leave(self.1.elapsed());
+            }
+        }
+        let _leave = Leave(&self.telemetry, entered);
+        let _turn = self.queue.lock();
+        let _exclusive = self.gate.close();
+        loop {
+            let mut tx = Tx::begin(store);
+            let value = f(&mut tx)?;
+            match commit(tx)? {
+                Outcome::Committed { restructured } => {
+                    if restructured {
+                        self.telemetry.restructured();
+                    }
+                    return Ok((value, true));
+                }
+                Outcome::ReadOnly => return Ok((value, false)),
+                Outcome::Conflict(c) => {
+                    // Cannot happen while the gate is closed: every other commit is drained.
+                    debug_assert!(false, "escalated command conflicted on {}", c.page);
+                    store.clock.wait_visible(c.newer);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Telemetry of commands: what operators lacked in Bedrock's retry-storm outage.
+//!
+//! Counters are sharded per thread (one cache line per shard) so that counting
+//! does not become the contended cache line on a many-core machine. Conflicts,
+//! which are rare next to commits, go to a small table of the hottest pages with
+//! the command names that lost on each.
+
+use crate::store::{PageId, StoreStats};
+use crate::sync::{thread_shard, Arc, AtomicU64, CachePadded, Mutex, Ordering};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[cfg(not(loom))]
+const SHARDS: usize = 32;
+#[cfg(loom)]
+const SHARDS: usize = 1;
+
+/// Counters of one command name (or of all commands), per shard.
+#[derive(Default)]
+struct Shard {
+    runs: AtomicU64,
+    commits: AtomicU64,
+    read_only: AtomicU64,
+    conflicts: AtomicU64,
+    escalations: AtomicU64,
+    errors: AtomicU64,
+    total_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    shards: Box<[CachePadded<Shard>]>,
+}
+
+/// How one run of a command ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Committed,
+    ReadOnly,
+    Failed,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters { shards: (0..SHARDS).map(|_| CachePadded::new(Shard::default())).collect() }
+    }
+
+    fn shard(&self) -> &Shard {
+        &self.shards[thread_shard() % self.shards.len()]
+    }
+
+    pub(crate) fn conflict(&self) {
+        self.shard().conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn escalation(&self) {
+        self.shard().escalations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn finish(&self, ending: Ending, took: Duration) {
+        let s = self.shard();
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        s.runs.fetch_add(1, Ordering::Relaxed);
+        match ending {
+            Ending::Committed => s.commits.fetch_add(1, Ordering::Relaxed),
+            Ending::ReadOnly => s.read_only.fetch_add(1, Ordering::Relaxed),
+            Ending::Failed => s.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        s.total_ns.fetch_add(ns, Ordering::Relaxed);
+        s.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> CommandStats {
+        let mut out = CommandStats::default();
+        let mut total_ns = 0u64;
+        for s in self.shards.iter() {
+            out.runs += s.runs.load(Ordering::Relaxed);
+            out.commits += s.commits.load(Ordering::Relaxed);
+            out.read_only += s.read_only.load(Ordering::Relaxed);
+            out.conflicts += s.conflicts.load(Ordering::Relaxed);
+            out.escalations += s.escalations.load(Ordering::Relaxed);
+            out.errors += s.errors.load(Ordering::Relaxed);
+            total_ns = total_ns.saturating_add(s.total_ns.load(Ordering::Relaxed));
+            out.max_duration = out.max_duration.max(Duration::from_nanos(s.max_ns.load(Ordering::Relaxed)));
+        }
+        if out.runs > 0 {
+            out.mean_duration = Duration::from_nanos(total_ns / out.runs);
+        }
+        out
+    }
+}
+
+/// Counters of one command name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    /// The command's name as given to `Engine::run`.
+    pub name: String,
+    /// Calls of `Engine::run` that finished (committed, read-only, or returned an error).
+    pub runs: u64,
+    /// Runs that committed writes.
+    pub commits: u64,
+    /// Runs that wrote nothing (no commit id taken).
+    pub read_only: u64,
+    /// Conflicts lost: each one re-ran the closure.
+    pub conflicts: u64,
+    /// Runs that went to the blocking queue.
+    pub escalations: u64,
+    /// Runs that ended in an error (the closure's own, or an engine error).
+    pub errors: u64,
+    /// Mean wall time of a run, retries and queueing included.
+    pub mean_duration: Duration,
+    /// Longest run.
+    pub max_duration: Duration,
+}
+
+/// A page that conflicts often, and who lost on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HotPage {
+    /// The page.
+    pub page: PageId,
+    /// Conflicts on it.
+    pub conflicts: u64,
+    /// The first and last key the page held at its latest conflict: the key range it covers.
+    pub first_key: Vec<u8>,
+    /// See `first_key`.
+    pub last_key: Vec<u8>,
+    /// Command names that lost a conflict on it, most frequent first.
+    pub losers: Vec<(String, u64)>,
+}
+
+impl Default for PageId {
+    fn default() -> Self {
+        PageId(0)
+    }
+}
+
+/// The blocking queue's load.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockingQueueStats {
+    /// Commands waiting for or holding exclusive commit rights right now.
+    pub depth: u64,
+    /// Commands that have gone through it.
+    pub escalated: u64,
+    /// Total time commands spent in it, waiting and running.
+    pub total_time: Duration,
+    /// Longest time one command spent in it.
+    pub max_time: Duration,
+}
+
+/// A point-in-time copy of an engine's counters (`Engine::stats`).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Newest commit id visible to snapshots.
+    pub commit_id: u64,
+    /// Commits that installed writes.
+    pub commits: u64,
+    /// Command runs that wrote nothing.
+    pub read_only: u64,
+    /// Conflicts (each caused one retry or one escalation).
+    pub conflicts: u64,
+    /// Re-runs of a closure after a conflict.
+    pub retries: u64,
+    /// Commands escalated to the blocking queue.
+    pub escalations: u64,
+    /// Runs that ended in an error.
+    pub errors: u64,
+    /// Commits that split, merged or removed pages (they take the structure lock).
+    pub restructures: u64,
+    /// The blocking queue.
+    pub blocking_queue: BlockingQueueStats,
+    /// Per command name, sorted by name.
+    pub commands: Vec<CommandStats>,
+    /// The pages that conflicted most, most conflicts first.
+    pub hot_pages: Vec<HotPage>,
+    /// Memory and snapshot pins of the page store.
+    pub store: StoreStats,
+}
+
+#[derive(Default)]
+struct HotEntry {
+    conflicts: u64,
+    first_key: Vec<u8>,
+    last_key: Vec<u8>,
+    losers: HashMap<String, u64>,
+}
+
+/// Everything `Engine::stats` reports about commands.
+pub(crate) struct Telemetry {
+    pub(crate) all: Counters,
+    commands: Mutex<HashMap<String, Arc<Counters>>>,
+    hot: Mutex<HashMap<PageId, HotEntry>>,
+    hot_tracked: usize,
+    restructures: AtomicU64,
+    queue_depth: AtomicU64,
+    queue_done: AtomicU64,
+    queue_total_ns: AtomicU64,
+    queue_max_ns: AtomicU64,
+}
+
+impl Telemetry {
+    pub(crate) fn new(hot_tracked: usize) -> Self {
+        Telemetry {
+            all: Counters::new(),
+            commands: Mutex::new(HashMap::new()),
+            hot: Mutex::new(HashMap::new()),
+            hot_tracked: hot_tracked.max(1),
+            restructures: AtomicU64::new(0),
+            queue_depth: AtomicU64::new(0),
+            queue_done: AtomicU64::new(0),
+            queue_total_ns: AtomicU64::new(0),
+            queue_max_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters of command `name` (created on first use).
+    pub(crate) fn command(&self, name: &str) -> Arc<Counters> {
+        let mut map = self.commands.lock();
+        if let Some(c) = map.get(name) {
+            return c.clone();
+        }
+        let c = Arc::new(Counters::new());
+        map.insert(name.to_owned(), c.clone());
+        c
+    }
+
+    pub(crate) fn restructured(&self) {
+        self.restructures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn conflict_on(&self, page: PageId, first_key: &[u8], last_key: &[u8], loser: &str) {
+        let mut hot = self.hot.lock();
+        if hot.len() >= self.hot_tracked * 4 && !hot.contains_key(&page) {
+            // Keep the table bounded: drop the colder half.
+            let mut counts: Vec<u64> = hot.values().map(|e| e.conflicts).collect();
+            counts.sort_unstable();
+            let cut = counts[counts.len() / 2];
+            hot.retain(|_, e| e.conflicts > cut);
+        }
+        let e = hot.entry(page).or_default();
+        e.conflicts += 1;
+        e.first_key.clear();
+        e.first_key.extend_from_slice(first_key);
+        e.last_key.clear();
+        e.last_key.extend_from_slice(last_key);
+        *e.losers.entry(loser.to_owned()).or_insert(0) += 1;
+    }
+
+    pub(crate) fn queue_enter(&self) {
+        self.queue_depth.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn queue_leave(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        self.queue_done.fetch_add(1, Ordering::Relaxed);
+        self.queue_total_ns.fetch_add(ns, Ordering::Relaxed);
+        self.queue_max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, commit_id: u64, store: StoreStats) -> Stats {
+        let all = self.all.sum();
+        let mut commands: Vec<CommandStats> = self
+            .commands
+            .lock()
+            .iter()
+            .map(|(name, c)| CommandStats { name: name.clone(), ..c.sum() })
+            .collect();
+        commands.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut hot_pages: Vec<HotPage> = self
+            .hot
+            .lock()
+            .iter()
+            .map(|(page, e)| {
+                let mut losers: Vec<(String, u64)> = e.losers.iter().map(|(n, c)| (n.clone(), *c)).collect();
+                losers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                HotPage {
+                    page: *page,
+                    conflicts: e.conflicts,
+                    first_key: e.first_key.clone(),
+                    last_key: e.last_key.clone(),
+                    losers,
+                }
+            })
+            .collect();
+        hot_pages.sort_by(|a, b| b.conflicts.cmp(&a.conflicts).then_with(|| a.page.cmp(&b.page)));
+        hot_pages.truncate(self.hot_tracked);
+        Stats {
+            commit_id,
+            commits: all.commits,
+            read_only: all.read_only,
+            conflicts: all.conflicts,
+            retries: all.conflicts.saturating_sub(all.escalations),
+            escalations: all.escalations,
+            errors: all.errors,
+            restructures: self.restructures.load(Ordering::Relaxed),
+            blocking_queue: BlockingQueueStats {
+                depth: self.queue_depth.load(Ordering::Relaxed),
+                escalated: self.queue_done.load(Ordering::Relaxed),
+                total_time: Duration::from_nanos(self.queue_total_ns.load(Ordering::Relaxed)),
+                max_time: Duration::from_nanos(self.queue_max_ns.load(Ordering::Relaxed)),
+            },
+            commands,
+            hot_pages,
+            store,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The one error type of the crate.
+//!
+//! Every variant carries what the caller needs to act on it: the limit that was
+//! exceeded, the command that misbehaved, the option that was wrong.
+
+use std::fmt;
+
+/// Result alias used by every fallible shardstone call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in shardstone.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key longer than the engine's limit was given to `put`, `get`, `delete` or `range`.
+    KeyTooLarge {
+        /// Length of the rejected key in bytes.
+        len: usize,
+        /// The limit in force ([`crate::MAX_KEY_LEN`]).
+        max: usize,
+    },
+    /// A value longer than [`crate::Options::max_value_len`] was given to `put`.
+    ValueTooLarge {
+        /// Length of the rejected value in bytes.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The command returned an application-level abort (see [`Error::abort`]).
+    Abort(String),
+    /// `Engine::run` was called from inside a command on the same engine. Commands do
+    /// not nest: the inner one would wait for commit rights the outer one may hold.
+    NestedRun {
+        /// Name of the command that was already running on this thread.
+        outer: String,
+        /// Name of the command that tried to start inside it.
+        inner: String,
+    },
+    /// The requested operation is not available in this build or configuration.
+    Unsupported(&'static str),
+    /// An [`crate::Options`] value is out of range.
+    InvalidOptions {
+        /// The option's name.
+        option: &'static str,
+        /// Why the value was rejected.
+        reason: String,
+    },
+    /// Memory for pages could not be obtained from the operating system.
+    OutOfMemory {
+        /// Bytes that were requested.
+        requested: usize,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An application-level abort: return it from a command to roll it back.
+    ///
+    /// ```
+    /// # use shardstone::{Engine, Error};
+    /// let engine = Engine::in_memory()?;
+    /// let r: shardstone::Result<()> = engine.run("refuse", |_tx| Err(Error::abort("insufficient funds")));
+    /// assert!(matches!(r, Err(Error::Abort(reason)) if reason == "insufficient funds"));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn abort(reason: impl Into<String>) -> Self {
+        Error::Abort(reason.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::KeyTooLarge { len, max } => {
+                write!(f, "key of {len} bytes exceeds the limit of {max} bytes")
+            }
+            Error::ValueTooLarge { len, max } => {
+                write!(f, "value of {len} bytes exceeds the limit of {max} bytes (Options::max_value_len)")
+            }
+            Error::Abort(reason) => write!(f, "command aborted: {reason}"),
+            Error::NestedRun { outer, inner } => write!(
+                f,
+                "command {inner:?} was started inside command {outer:?} on the same engine; commands do not nest"
+            ),
+            Error::Unsupported(what) => write!(f, "unsupported: {what}"),
+            Error::InvalidOptions { option, reason } => {
+                write!(f, "invalid option {option}: {reason}")
+            }
+            Error::OutOfMemory { requested, source } => {
+                write!(f, "could not map {requested} bytes of page memory: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::OutOfMemory { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

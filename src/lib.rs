@@ -1,0 +1,62 @@
+//! shardstone: a transactional key-value engine for many-core, multi-socket servers.
+//!
+//! Application code runs inside the engine as **commands**: closures executed
+//! atomically and serializably over a page-based MVCC store. Commands that touch
+//! disjoint pages commit in parallel; a command that loses a conflict re-runs on a
+//! fresh snapshot, and one that keeps losing is escalated to a blocking queue where
+//! it is guaranteed to finish.
+//!
+//! ```
+//! use shardstone::{Engine, Error, Result};
+//!
+//! fn decode(v: &[u8]) -> u64 { u64::from_le_bytes(v.try_into().unwrap()) }
+//! fn encode(n: u64) -> [u8; 8] { n.to_le_bytes() }
+//!
+//! let engine = Engine::in_memory()?;
+//!
+//! // A command: atomic, serializable, re-run on conflict.
+//! let balance = engine.run("deposit", |tx| {
+//!     let old = tx.get(b"acct:7")?.map(|v| decode(&v)).unwrap_or(0);
+//!     tx.put(b"acct:7", &encode(old + 10))?;
+//!     Ok(old + 10)
+//! })?;
+//! assert_eq!(balance, 10);
+//!
+//! // Returning an error rolls the command back.
+//! let refused: Result<()> = engine.run("withdraw", |tx| {
+//!     tx.put(b"acct:7", &encode(0))?;
+//!     Err(Error::abort("insufficient funds"))
+//! });
+//! assert!(refused.is_err());
+//!
+//! // Snapshots read without blocking or conflicting.
+//! let snap = engine.snapshot();
+//! assert_eq!(snap.get(b"acct:7")?.map(|v| decode(&v)), Some(10));
+//! for item in snap.range(b"acct:".as_slice()..b"acct;".as_slice()) {
+//!     let (key, value) = item?;
+//!     assert_eq!((key.as_slice(), decode(&value)), (&b"acct:7"[..], 10));
+//! }
+//!
+//! let stats = engine.stats();
+//! assert_eq!((stats.commits, stats.errors), (1, 1));
+//! # Ok::<(), Error>(())
+//! ```
+//!
+//! See `docs/architecture.md` for the page, version and validation design.
+
+#![deny(missing_docs)]
+
+mod command;
+mod engine;
+mod error;
+mod options;
+mod store;
+mod sync;
+mod txn;
+
+pub use command::{BlockingQueueStats, CommandStats, HotPage, Stats};
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use options::{Options, MAX_KEY_LEN};
+pub use store::{PageId, Snapshot, SnapshotRange, StoreStats, Value};
+pub use txn::{CommitId, Tx, TxRange};

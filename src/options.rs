@@ -1,0 +1,58 @@
+//! Engine configuration.
+
+use crate::error::{Error, Result};
+
+/// Longest key the engine accepts, in bytes. Longer keys are [`Error::KeyTooLarge`].
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Settings for [`crate::Engine::open_with`] and [`crate::Engine::in_memory_with`].
+///
+/// ```
+/// let opts = shardstone::Options { page_size: 16 * 1024, max_conflicts: 5, ..Default::default() };
+/// let engine = shardstone::Engine::in_memory_with(opts)?;
+/// # Ok::<(), shardstone::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Options {
+    /// Size of a page in bytes: a power of two from 4 KiB to 64 KiB. The page is the
+    /// unit of conflict: two commands conflict when they touch the same page.
+    pub page_size: usize,
+    /// How many conflicts a command may lose before it is escalated to the blocking
+    /// queue, where it is guaranteed to commit. Bedrock uses 3.
+    pub max_conflicts: u32,
+    /// Longest value accepted by `put`, in bytes (default 16 MiB, at most 1 GiB).
+    /// Values larger than about a quarter page live in overflow pages.
+    pub max_value_len: usize,
+    /// How many of the most-conflicted pages `Engine::stats` keeps and reports.
+    pub hot_pages_tracked: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            page_size: 4096,
+            max_conflicts: 3,
+            max_value_len: 16 << 20,
+            hot_pages_tracked: 64,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !self.page_size.is_power_of_two() || !(4096..=65536).contains(&self.page_size) {
+            return Err(Error::InvalidOptions {
+                option: "page_size",
+                reason: format!("{} is not a power of two from 4096 to 65536", self.page_size),
+            });
+        }
+        if self.max_value_len > 1 << 30 {
+            return Err(Error::InvalidOptions {
+                option: "max_value_len",
+                reason: format!("{} exceeds the 1 GiB ceiling", self.max_value_len),
+            });
+        }
+        Ok(())
+    }
+}

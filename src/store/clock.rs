@@ -1,0 +1,75 @@
+//! Commit ids and the visibility watermark.
+//!
+//! Commit ids are taken by committers in parallel (one `fetch_add`), while they
+//! hold the locks of every page they read or write, so the id order is a valid
+//! serialization order. Installs then finish out of order; the watermark
+//! `visible` advances only over a gap-free prefix of finished commits, and a
+//! snapshot is always taken at `visible`. So a snapshot sees every commit up to
+//! its id entirely, and nothing after it. This is the sequencer the journal's
+//! hash chain and the feed's publish watermark advance over, in commit order,
+//! without re-serializing commits.
+
+use crate::sync::{AtomicU64, Backoff, Ordering};
+
+#[cfg(not(loom))]
+const RING: usize = 4096;
+#[cfg(loom)]
+const RING: usize = 4;
+
+pub(crate) struct Clock {
+    /// Last commit id handed out.
+    assigned: AtomicU64,
+    /// Every commit id `<= visible` is fully installed.
+    visible: AtomicU64,
+    /// `done[c % RING] == c` once commit `c` is installed.
+    done: Box<[AtomicU64]>,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Clock {
+            assigned: AtomicU64::new(0),
+            visible: AtomicU64::new(0),
+            done: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        }
+    }
+
+    /// The newest commit id a snapshot may be taken at.
+    pub(crate) fn visible(&self) -> u64 {
+        self.visible.load(Ordering::SeqCst)
+    }
+
+    /// Takes the next commit id. The caller must `publish` it: ids have no gaps.
+    pub(crate) fn assign(&self) -> u64 {
+        let id = self.assigned.fetch_add(1, Ordering::SeqCst) + 1;
+        // At most RING commits may be between assignment and visibility.
+        let mut backoff = Backoff::new();
+        while id - self.visible() > RING as u64 - 1 {
+            backoff.snooze();
+        }
+        id
+    }
+
+    /// Marks commit `id` installed and advances the watermark over every
+    /// contiguous installed id.
+    pub(crate) fn publish(&self, id: u64) {
+        self.done[(id as usize) % RING].store(id, Ordering::SeqCst);
+        loop {
+            let v = self.visible.load(Ordering::SeqCst);
+            let next = v + 1;
+            if self.done[(next as usize) % RING].load(Ordering::SeqCst) != next {
+                return;
+            }
+            // Losing this race means another committer advanced it; look again.
+            let _ = self.visible.compare_exchange(v, next, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits until commit `id` is visible to new snapshots.
+    pub(crate) fn wait_visible(&self, id: u64) {
+        let mut backoff = Backoff::new();
+        while self.visible() < id {
+            backoff.snooze();
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The page-based MVCC store: pages, the B+tree over them, page versions,
+//! snapshots, and reclamation of versions no snapshot can reach.
+//!
+//! Every page has a chain of immutable versions, newest first, each stamped with
+//! the commit id that created it. A snapshot at commit `s` reads, on every page,
+//! the newest version stamped `<= s`; so it sees exactly the commits `<= s`.
+//! Inner nodes name children by [`PageId`], so rewriting a leaf never touches its
+//! parent: commits on disjoint leaves install in parallel. The root is always
+//! page 0; splits and collapses of the root rewrite page 0 in place.
+//!
+//! The store knows nothing about commands or the journal; `txn` drives commits
+//! through [`Store::plan`] and [`Plan::install`].
+
+mod apply;
+mod arena;
+mod clock;
+mod cursor;
+mod overflow;
+mod page;
+mod reclaim;
+mod snapshot;
+mod table;
+
+pub(crate) use apply::LeafWrites;
+pub(crate) use arena::PagePtr;
+pub(crate) use clock::Clock;
+pub(crate) use cursor::TreeRange;
+pub(crate) use page::Kind;
+pub(crate) use reclaim::PinSlot;
+pub use snapshot::{Snapshot, SnapshotRange};
+pub(crate) use table::PageSlot;
+
+use crate::error::Result;
+use crate::options::Options;
+use crate::sync::{thread_shard, AtomicU64, Mutex, Ordering};
+use arena::Arena;
+use page::{Page, ValRef};
+use reclaim::{Garbage, GarbageLists, Pins};
+use std::fmt;
+use std::ops::Deref;
+use table::PageTable;
+
+/// Identifies a page of the store (a newtype: it never mixes with commit ids).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct PageId(pub u64);
+
+impl PageId {
+    /// The id as a plain number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for PageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "page {}", self.0)
+    }
+}
+
+/// The root of the tree is always this page.
+pub(crate) const ROOT: PageId = PageId(0);
+
+/// A value read from the store: an owned copy of the bytes.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Value(Vec<u8>);
+
+impl Value {
+    /// The bytes, as an owned vector.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl Deref for Value {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value(v)
+    }
+}
+
+impl PartialEq<[u8]> for Value {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&[u8]> for Value {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(s) if self.0.len() <= 64 => write!(f, "{s:?}"),
+            _ => write!(f, "Value({} bytes)", self.0.len()),
+        }
+    }
+}
+
+/// Memory counters of the store, reported through `Engine::stats`.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    /// Page ids in use (live pages of the tree).
+    pub pages: u64,
+    /// Arena pages handed out: live versions, old versions and overflow pages.
+    pub page_buffers: u64,
+    /// Bytes of address space mapped for pages.
+    pub mapped_bytes: usize,
+    /// Old versions and overflow chains waiting for snapshots to move on before they
+    /// can be freed. Grows while a snapshot is held for long: watch it.
+    pub pinned_versions: u64,
+    /// Snapshots and transactions currently pinned.
+    pub pinned_snapshots: usize,
+    /// Commit id of the oldest pinned snapshot, if any.
+    pub oldest_pinned_snapshot: Option<u64>,
+}
+
+pub(crate) struct Store {
+    page_size: usize,
+    max_value_len: usize,
+    arena: Arena,
+    table: PageTable,
+    pub(crate) clock: Clock,
+    pins: Pins,
+    garbage: GarbageLists,
+    /// Serializes structure changes (splits, merges) among the commits that make them;
+    /// commits that only rewrite leaves never take it.
+    structure: Mutex<()>,
+    /// Commits since the last reclamation attempt, per engine (approximate).
+    since_collect: AtomicU64,
+}
+
+impl Store {
+    pub(crate) fn new(opts: &Options) -> Result<Store> {
+        opts.validate()?;
+        let pin_slots = std::thread::available_parallelism().map_or(8, |n| n.get()) * 4;
+        let store = Store {
+            page_size: opts.page_size,
+            max_value_len: opts.max_value_len,
+            arena: Arena::new(opts.page_size),
+            table: PageTable::new(),
+            clock: Clock::new(),
+            pins: Pins::new(pin_slots.max(64)),
+            garbage: GarbageLists::new(),
+            structure: Mutex::new(()),
+            since_collect: AtomicU64::new(0),
+        };
+        let root = store.table.allocate().expect("a new page table has room");
+        debug_assert_eq!(root, ROOT);
+        let buf = store.arena.alloc()?;
+        // SAFETY: `buf` is a fresh page buffer we own; it is published below.
+        unsafe {
+            page::build_leaf(store.buf_mut(buf), &[]);
+            page::set_version(buf, 0, std::ptr::null_mut());
+        }
+        store.table.slot(ROOT).publish(buf);
+        Ok(store)
+    }
+
+    pub(crate) fn max_value_len(&self) -> usize {
+        self.max_value_len
+    }
+
+    pub(crate) fn slot(&self, id: PageId) -> &PageSlot {
+        self.table.slot(id)
+    }
+
+    /// # Safety
+    /// `ptr` is a page version kept alive by the caller (pin, page lock or structure lock).
+    pub(crate) unsafe fn page<'a>(&self, ptr: *const u8) -> Page<'a> {
+        // SAFETY: forwarded to the caller.
+        unsafe { Page::from_ptr(ptr, self.page_size) }
+    }
+
+    /// # Safety
+    /// `ptr` is an unpublished page buffer owned by the caller.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn buf_mut<'a>(&self, ptr: *mut u8) -> &'a mut [u8] {
+        // SAFETY: forwarded to the caller.
+        unsafe { std::slice::from_raw_parts_mut(ptr, self.page_size) }
+    }
+
+    /// The version of `id` a snapshot at `at` sees. The caller holds a pin `<= at`.
+    pub(crate) fn version_at(&self, id: PageId, at: u64) -> PagePtr {
+        let mut v = self.table.slot(id).head();
+        loop {
+            debug_assert!(!v.is_null(), "{id} has no version visible at {at}");
+            // SAFETY: versions newer than the caller's pin are not freed while it is held
+            // (their superseding commit is newer still, above the horizon).
+            let p = unsafe { self.page(v) };
+            if p.stamp() <= at {
+                return v;
+            }
+            v = p.next_version();
+        }
+    }
+
+    /// The leaf whose range holds `key` at snapshot `at`, with the version seen.
+    pub(crate) fn descend(&self, key: &[u8], at: u64) -> (PageId, PagePtr) {
+        let mut id = ROOT;
+        loop {
+            let v = self.version_at(id, at);
+            // SAFETY: pinned by the caller.
+            let p = unsafe { self.page(v) };
+            match p.kind() {
+                Kind::Leaf => return (id, v),
+                Kind::Inner => id = p.inner_child(p.inner_route(key)),
+                Kind::Dead => unreachable!("a live inner node at {at} names a dead {id}"),
+            }
+        }
+    }
+
+    /// Looks `key` up at `at`; reports the leaf read through `visit`.
+    pub(crate) fn get(&self, key: &[u8], at: u64, visit: impl FnOnce(PageId, u64)) -> Option<Value> {
+        let (id, v) = self.descend(key, at);
+        // SAFETY: pinned by the caller.
+        let p = unsafe { self.page(v) };
+        visit(id, p.stamp());
+        p.leaf_search(key).ok().map(|i| self.value(p.leaf_val(i)))
+    }
+
+    pub(crate) fn value(&self, v: ValRef<'_>) -> Value {
+        match v {
+            ValRef::Inline(bytes) => Value(bytes.to_vec()),
+            ValRef::Overflow { head, len } => Value(overflow::read_chain(head, len)),
+        }
+    }
+
+    /// Pins a snapshot at the newest visible commit.
+    pub(crate) fn pin(&self) -> (PinSlot, u64) {
+        self.pins.pin(&self.clock)
+    }
+
+    pub(crate) fn unpin(&self, slot: &PinSlot) {
+        self.pins.unpin(slot);
+    }
+
+    fn free(&self, g: Garbage) {
+        match g {
+            // SAFETY: the horizon passed the garbage's stamp: no snapshot reaches it.
+            Garbage::Version(v) => unsafe { self.arena.free(v) },
+            Garbage::Overflow(head) => overflow::free_chain(&self.arena, head),
+            Garbage::Page(id, dead) => {
+                self.table.release(id);
+                // SAFETY: as above; the id was just unlinked from its dead marker.
+                unsafe { self.arena.free(dead) };
+            }
+        }
+    }
+
+    /// Frees what no snapshot can reach any more. Cheap to call often: it does real
+    /// work only every few dozen commits.
+    pub(crate) fn maybe_collect(&self) {
+        let n = self.since_collect.fetch_add(1, Ordering::Relaxed);
+        if n % 32 == (thread_shard() as u64 % 32) {
+            self.collect();
+        }
+    }
+
+    /// Frees every piece of garbage below the horizon; returns how many.
+    pub(crate) fn collect(&self) -> u64 {
+        match self.pins.horizon(&self.clock) {
+            Some(h) => self.garbage.collect(h, |g| self.free(g)),
+            None => 0,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> StoreStats {
+        let (pinned_snapshots, oldest_pinned_snapshot) = self.pins.pinned();
+        StoreStats {
+            pages: self.table.live_ids(),
+            page_buffers: self.arena.pages_in_use(),
+            mapped_bytes: self.arena.mapped_bytes(),
+            pinned_versions: self.garbage.waiting(),
+            pinned_snapshots,
+            oldest_pinned_snapshot,
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Page buffers and chains live in the arena's mappings, which unmap with it;
+        // only the bookkeeping needs emptying.
+        self.garbage.drain_all(|_| {});
+    }
+}

@@ -1,0 +1,305 @@
+//! Page layout: the bytes of one page version, and how leaves and inner nodes are
+//! encoded in them.
+//!
+//! A page version is immutable once published: a commit writes a whole new version
+//! into a fresh buffer and links it in front of the old one. So there is no slotted
+//! free-space management: a page is built once, densely, from a sorted entry list.
+//!
+//! ```text
+//! 0   stamp  u64   commit id that created this version
+//! 8   next   u64   address of the next older version of the same page (0: none)
+//! 16  kind   u8    1 leaf, 2 inner, 3 dead (the page was freed by this commit)
+//! 20  count  u32   entries
+//! 24  used   u32   bytes used, header included
+//! 32  offsets[count] u32, then the entries
+//! leaf entry:  klen u16 | tag u8 | 0 u8 | vlen u32 | key | value, or overflow address u64
+//! inner entry: child u64 | klen u16 | 0 u16 | key (entry 0 has an empty key)
+//! ```
+//! Inner entry `i` routes keys `k` with `key(i) <= k < key(i+1)` to `child(i)`.
+
+use super::PageId;
+
+pub(crate) const HEADER: usize = 32;
+const LEAF_ENTRY_HEADER: usize = 8;
+const INNER_ENTRY_HEADER: usize = 12;
+const SLOT: usize = 4;
+const TAG_INLINE: u8 = 0;
+const TAG_OVERFLOW: u8 = 1;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Leaf = 1,
+    Inner = 2,
+    Dead = 3,
+}
+
+/// A value as a leaf stores it: inline bytes, or the head of an overflow chain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ValRef<'a> {
+    Inline(&'a [u8]),
+    Overflow { head: usize, len: usize },
+}
+
+impl ValRef<'_> {
+    fn stored_len(&self) -> usize {
+        match self {
+            ValRef::Inline(v) => v.len(),
+            ValRef::Overflow { .. } => 8,
+        }
+    }
+}
+
+/// One key and value of a leaf being built.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeafEntry<'a> {
+    pub key: &'a [u8],
+    pub val: ValRef<'a>,
+}
+
+impl LeafEntry<'_> {
+    pub(crate) fn size(&self) -> usize {
+        SLOT + LEAF_ENTRY_HEADER + self.key.len() + self.val.stored_len()
+    }
+}
+
+/// Bytes a leaf entry takes (slot included) when its value is stored inline.
+pub(crate) fn inline_entry_size(klen: usize, vlen: usize) -> usize {
+    SLOT + LEAF_ENTRY_HEADER + klen + vlen
+}
+
+/// Largest leaf entry stored inline: a quarter of the usable page, so a leaf always
+/// holds at least four inline entries and a split always makes progress.
+pub(crate) fn max_inline_entry(page_size: usize) -> usize {
+    (page_size - HEADER) / 4
+}
+
+/// Bytes an inner entry takes (slot included).
+pub(crate) fn inner_entry_size(klen: usize) -> usize {
+    SLOT + INNER_ENTRY_HEADER + klen
+}
+
+/// A read-only view of one page version.
+#[derive(Clone, Copy)]
+pub(crate) struct Page<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Page<'a> {
+    /// # Safety
+    /// `ptr` points to a published page version of `size` bytes that stays allocated
+    /// for `'a` (the caller holds a snapshot pin that keeps it reachable, or the page
+    /// lock, or the structure lock).
+    pub(crate) unsafe fn from_ptr(ptr: *const u8, size: usize) -> Page<'a> {
+        // SAFETY: guaranteed by the caller.
+        Page { bytes: unsafe { std::slice::from_raw_parts(ptr, size) } }
+    }
+
+    fn u16_at(&self, at: usize) -> usize {
+        u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]]) as usize
+    }
+    fn u32_at(&self, at: usize) -> usize {
+        u32::from_le_bytes(self.bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+    }
+    fn u64_at(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.bytes[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    pub(crate) fn stamp(&self) -> u64 {
+        self.u64_at(0)
+    }
+    pub(crate) fn next_version(&self) -> *mut u8 {
+        self.u64_at(8) as usize as *mut u8
+    }
+    pub(crate) fn kind(&self) -> Kind {
+        match self.bytes[16] {
+            1 => Kind::Leaf,
+            2 => Kind::Inner,
+            _ => Kind::Dead,
+        }
+    }
+    pub(crate) fn count(&self) -> usize {
+        self.u32_at(20)
+    }
+    pub(crate) fn used(&self) -> usize {
+        self.u32_at(24)
+    }
+    fn entry_offset(&self, i: usize) -> usize {
+        debug_assert!(i < self.count());
+        self.u32_at(HEADER + i * SLOT)
+    }
+
+    pub(crate) fn leaf_key(&self, i: usize) -> &'a [u8] {
+        let o = self.entry_offset(i);
+        let klen = self.u16_at(o);
+        &self.bytes[o + LEAF_ENTRY_HEADER..o + LEAF_ENTRY_HEADER + klen]
+    }
+
+    pub(crate) fn leaf_val(&self, i: usize) -> ValRef<'a> {
+        let o = self.entry_offset(i);
+        let klen = self.u16_at(o);
+        let vlen = self.u32_at(o + 4);
+        let at = o + LEAF_ENTRY_HEADER + klen;
+        if self.bytes[o + 2] == TAG_OVERFLOW {
+            ValRef::Overflow { head: self.u64_at(at) as usize, len: vlen }
+        } else {
+            ValRef::Inline(&self.bytes[at..at + vlen])
+        }
+    }
+
+    pub(crate) fn leaf_entry(&self, i: usize) -> LeafEntry<'a> {
+        LeafEntry { key: self.leaf_key(i), val: self.leaf_val(i) }
+    }
+
+    /// Binary search of a leaf: `Ok(i)` where `key(i) == key`, else `Err(insertion point)`.
+    pub(crate) fn leaf_search(&self, key: &[u8]) -> Result<usize, usize> {
+        let (mut lo, mut hi) = (0, self.count());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.leaf_key(mid).cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+
+    pub(crate) fn inner_child(&self, i: usize) -> PageId {
+        PageId(self.u64_at(self.entry_offset(i)))
+    }
+
+    /// The low bound of child `i` (empty for child 0: it inherits the node's bound).
+    pub(crate) fn inner_key(&self, i: usize) -> &'a [u8] {
+        let o = self.entry_offset(i);
+        let klen = self.u16_at(o + 8);
+        &self.bytes[o + INNER_ENTRY_HEADER..o + INNER_ENTRY_HEADER + klen]
+    }
+
+    /// Index of the child whose range holds `key`.
+    pub(crate) fn inner_route(&self, key: &[u8]) -> usize {
+        // Last i >= 1 with key(i) <= key, else 0.
+        let (mut lo, mut hi) = (1, self.count());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.inner_key(mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo - 1
+    }
+}
+
+/// Writes the version header fields that are set at install time.
+///
+/// # Safety
+/// `ptr` is a page buffer owned by the caller and not yet published.
+pub(crate) unsafe fn set_version(ptr: *mut u8, stamp: u64, next: *mut u8) {
+    // SAFETY: the caller owns the unpublished buffer, which is at least HEADER bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(stamp.to_le_bytes().as_ptr(), ptr, 8);
+        std::ptr::copy_nonoverlapping((next as usize as u64).to_le_bytes().as_ptr(), ptr.add(8), 8);
+    }
+}
+
+fn put_u16(buf: &mut [u8], at: usize, v: usize) {
+    buf[at..at + 2].copy_from_slice(&(v as u16).to_le_bytes());
+}
+fn put_u32(buf: &mut [u8], at: usize, v: usize) {
+    buf[at..at + 4].copy_from_slice(&(v as u32).to_le_bytes());
+}
+fn put_u64(buf: &mut [u8], at: usize, v: u64) {
+    buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn write_header(buf: &mut [u8], kind: Kind, count: usize, used: usize) {
+    buf[..HEADER].fill(0);
+    buf[16] = kind as u8;
+    put_u32(buf, 20, count);
+    put_u32(buf, 24, used);
+}
+
+/// Bytes a leaf holding `entries` uses.
+pub(crate) fn leaf_size(entries: &[LeafEntry<'_>]) -> usize {
+    HEADER + entries.iter().map(LeafEntry::size).sum::<usize>()
+}
+
+/// Encodes a leaf. `entries` are sorted by key and fit the page.
+pub(crate) fn build_leaf(buf: &mut [u8], entries: &[LeafEntry<'_>]) {
+    debug_assert!(entries.windows(2).all(|w| w[0].key < w[1].key), "leaf entries sorted");
+    debug_assert!(leaf_size(entries) <= buf.len(), "leaf fits its page");
+    let mut at = HEADER + entries.len() * SLOT;
+    for (i, e) in entries.iter().enumerate() {
+        put_u32(buf, HEADER + i * SLOT, at);
+        put_u16(buf, at, e.key.len());
+        let (tag, vlen) = match e.val {
+            ValRef::Inline(v) => (TAG_INLINE, v.len()),
+            ValRef::Overflow { len, .. } => (TAG_OVERFLOW, len),
+        };
+        buf[at + 2] = tag;
+        buf[at + 3] = 0;
+        put_u32(buf, at + 4, vlen);
+        at += LEAF_ENTRY_HEADER;
+        buf[at..at + e.key.len()].copy_from_slice(e.key);
+        at += e.key.len();
+        match e.val {
+            ValRef::Inline(v) => {
+                buf[at..at + v.len()].copy_from_slice(v);
+                at += v.len();
+            }
+            ValRef::Overflow { head, .. } => {
+                put_u64(buf, at, head as u64);
+                at += 8;
+            }
+        }
+    }
+    write_header(buf, Kind::Leaf, entries.len(), at);
+}
+
+/// A decoded inner node, edited under the structure lock.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct InnerNode {
+    pub children: Vec<PageId>,
+    /// `keys[i]` is the low bound of `children[i]`; `keys[0]` is empty.
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl InnerNode {
+    pub(crate) fn decode(page: &Page<'_>) -> InnerNode {
+        let n = page.count();
+        InnerNode {
+            children: (0..n).map(|i| page.inner_child(i)).collect(),
+            keys: (0..n).map(|i| page.inner_key(i).to_vec()).collect(),
+        }
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        HEADER + self.keys.iter().map(|k| inner_entry_size(k.len())).sum::<usize>()
+    }
+
+    pub(crate) fn route(&self, key: &[u8]) -> usize {
+        self.keys[1..].partition_point(|k| k.as_slice() <= key)
+    }
+
+    pub(crate) fn encode(&self, buf: &mut [u8]) {
+        debug_assert!(self.size() <= buf.len(), "inner node fits its page");
+        debug_assert!(self.keys.first().is_none_or(|k| k.is_empty()));
+        let mut at = HEADER + self.children.len() * SLOT;
+        for (i, (child, key)) in self.children.iter().zip(&self.keys).enumerate() {
+            put_u32(buf, HEADER + i * SLOT, at);
+            put_u64(buf, at, child.0);
+            put_u16(buf, at + 8, key.len());
+            put_u16(buf, at + 10, 0);
+            at += INNER_ENTRY_HEADER;
+            buf[at..at + key.len()].copy_from_slice(key);
+            at += key.len();
+        }
+        write_header(buf, Kind::Inner, self.children.len(), at);
+    }
+}
+
+/// Encodes a dead marker: the version a commit installs when it frees a page.
+pub(crate) fn build_dead(buf: &mut [u8]) {
+    write_header(buf, Kind::Dead, 0, HEADER);
+}

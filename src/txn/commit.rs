@@ -1,0 +1,125 @@
+//! Commit: lock, validate, take a commit id, install.
+//!
+//! The protocol, for a transaction with snapshot `s`:
+//! 1. lock every page of the read set, in page-id order: shared for pages only
+//!    read, exclusive for the leaves its writes land on (ordered locking: no
+//!    deadlock between committers);
+//! 2. validate: each page's newest version is still the one seen at `s`; if not,
+//!    the commit is a conflict and nothing was taken (no commit id, no memory);
+//! 3. plan the new versions (allocation happens here, so it may fail cleanly);
+//! 4. take the commit id `c` — while every lock is still held;
+//! 5. install the versions stamped `c`, release the locks, publish `c`.
+//!
+//! Why this is serializable in commit-id order: from step 1 to step 5 no other
+//! commit can change a page this one read or wrote, so at the instant `c` is taken
+//! everything it read is current, as if it ran alone at that instant; two commits
+//! that touch a common page take their ids in the order they held its lock. The
+//! leaves of the read set cover every key the command looked at, including the
+//! gaps a scan saw empty, so the page check also excludes phantoms.
+//!
+//! Commits on disjoint pages share no lock and no cache line except the commit-id
+//! counter, so they validate and install in parallel.
+
+use super::Tx;
+use crate::error::Result;
+use crate::store::{LeafWrites, PageId, Store};
+use std::collections::BTreeMap;
+
+/// What happened to a commit attempt.
+pub(crate) enum Outcome {
+    /// Installed; `restructured` when it split, merged or removed pages.
+    Committed { restructured: bool },
+    /// Nothing to write: the snapshot was its serialization point.
+    ReadOnly,
+    /// A page read at the snapshot had changed; nothing was installed.
+    Conflict(Conflict),
+}
+
+/// The page that failed validation, for telemetry and for waiting before a retry.
+pub(crate) struct Conflict {
+    pub page: PageId,
+    /// Stamp of the page's newest version: a retry must see at least this commit.
+    pub newer: u64,
+    /// First and last key of the page's newest version (empty for inner/dead pages).
+    pub first_key: Vec<u8>,
+    pub last_key: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Shared,
+    Exclusive,
+}
+
+struct Locks<'s> {
+    store: &'s Store,
+    held: Vec<(PageId, Mode)>,
+}
+
+impl Drop for Locks<'_> {
+    fn drop(&mut self) {
+        for &(id, mode) in &self.held {
+            let slot = self.store.slot(id);
+            match mode {
+                Mode::Shared => slot.unlock_shared(),
+                Mode::Exclusive => slot.unlock_exclusive(),
+            }
+        }
+    }
+}
+
+/// Validates and installs `tx`. Read-only transactions return at once.
+pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
+    if tx.is_read_only() {
+        return Ok(Outcome::ReadOnly);
+    }
+    let store = tx.store;
+    // Writes grouped by the leaf they land on; each group stays in key order.
+    let mut by_leaf: BTreeMap<PageId, Vec<(&[u8], Option<&[u8]>)>> = BTreeMap::new();
+    for (key, w) in &tx.writes {
+        by_leaf.entry(w.leaf).or_default().push((key.as_slice(), w.value.as_deref()));
+    }
+    tx.reads.sort_unstable();
+    tx.reads.dedup();
+    debug_assert!(tx.reads.windows(2).all(|w| w[0].0 != w[1].0), "one version per page in a snapshot");
+
+    let mut locks = Locks { store, held: Vec::with_capacity(tx.reads.len()) };
+    for &(id, _) in &tx.reads {
+        let mode = if by_leaf.contains_key(&id) { Mode::Exclusive } else { Mode::Shared };
+        let slot = store.slot(id);
+        match mode {
+            Mode::Shared => slot.lock_shared(),
+            Mode::Exclusive => slot.lock_exclusive(),
+        }
+        locks.held.push((id, mode));
+    }
+
+    let mut edits = Vec::with_capacity(by_leaf.len());
+    for &(id, seen) in &tx.reads {
+        let head = store.slot(id).head();
+        // SAFETY: we hold this page's lock; its newest version stays allocated.
+        let page = unsafe { store.page(head) };
+        if page.stamp() != seen {
+            let (first_key, last_key) = if page.kind() == crate::store::Kind::Leaf && page.count() > 0 {
+                (page.leaf_key(0).to_vec(), page.leaf_key(page.count() - 1).to_vec())
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            return Ok(Outcome::Conflict(Conflict { page: id, newer: page.stamp(), first_key, last_key }));
+        }
+        if let Some(writes) = by_leaf.remove(&id) {
+            edits.push(LeafWrites { page: id, head, writes });
+        }
+    }
+    debug_assert!(by_leaf.is_empty(), "every written leaf is in the read set");
+
+    let held: Vec<PageId> = locks.held.iter().map(|(id, _)| *id).collect();
+    let plan = store.plan(&edits, &|id| held.binary_search(&id).is_ok())?;
+    let restructured = plan.restructured;
+    let id = store.clock.assign();
+    plan.install(id);
+    drop(locks);
+    store.clock.publish(id);
+    store.maybe_collect();
+    Ok(Outcome::Committed { restructured })
+}
