@@ -53,7 +53,10 @@ impl Engine {
     /// A database that lives in memory only.
     pub fn in_memory_with(opts: Options) -> Result<Engine> {
         let store = Arc::new(Store::new(&opts)?);
-        Ok(Engine { store, executor: Executor::new(opts.max_conflicts, opts.hot_pages_tracked) })
+        Ok(Engine {
+            store,
+            executor: Executor::new(opts.max_conflicts, opts.hot_pages_tracked),
+        })
     }
 
     /// Runs the command `f` atomically and serializably, and returns its result.
@@ -96,7 +99,9 @@ impl Engine {
     /// Counters: commits, conflicts, retries, escalations, the blocking queue,
     /// per-command figures, the most conflicted pages, and store memory.
     pub fn stats(&self) -> Stats {
-        self.executor.telemetry.snapshot(self.store.clock.visible(), self.store.stats())
+        self.executor
+            .telemetry
+            .snapshot(self.store.clock.visible(), self.store.stats())
     }
 
     /// Frees every old page version no snapshot can reach any more, now, instead of
@@ -108,6 +113,8 @@ impl Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("commit_id", &self.store.clock.visible()).finish()
+        f.debug_struct("Engine")
+            .field("commit_id", &self.store.clock.visible())
+            .finish()
     }
 }

@@ -13,7 +13,6 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// # Ok::<(), shardstone::Error>(())
 /// ```
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct Options {
     /// Size of a page in bytes: a power of two from 4 KiB to 64 KiB. The page is the
     /// unit of conflict: two commands conflict when they touch the same page.
@@ -44,7 +43,10 @@ impl Options {
         if !self.page_size.is_power_of_two() || !(4096..=65536).contains(&self.page_size) {
             return Err(Error::InvalidOptions {
                 option: "page_size",
-                reason: format!("{} is not a power of two from 4096 to 65536", self.page_size),
+                reason: format!(
+                    "{} is not a power of two from 4096 to 65536",
+                    self.page_size
+                ),
             });
         }
         if self.max_value_len > 1 << 30 {

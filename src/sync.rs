@@ -65,7 +65,9 @@ mod imp {
             Mutex(loom::sync::Mutex::new(value))
         }
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+            self.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
         }
         pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
             self.0.try_lock().ok()
@@ -80,6 +82,11 @@ mod imp {
 }
 
 pub(crate) use imp::*;
+
+#[cfg(loom)]
+pub(crate) use loom::thread_local;
+#[cfg(not(loom))]
+pub(crate) use std::thread_local;
 
 /// Spin briefly, then yield: the wait used by the short critical sections of the
 /// commit protocol (page locks, the visibility watermark).

@@ -7,7 +7,9 @@
 //! Both sides store before they load, with `SeqCst`, so at least one of them sees
 //! the other: a commit is either drained or waits at the gate.
 
-use crate::sync::{thread_shard, yield_now, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering};
+use crate::sync::{
+    thread_shard, yield_now, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering,
+};
 
 #[cfg(not(loom))]
 const SHARDS: usize = 64;
@@ -33,7 +35,9 @@ impl CommitGate {
     pub(crate) fn new() -> Self {
         CommitGate {
             closed: AtomicBool::new(false),
-            in_flight: (0..SHARDS).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
+            in_flight: (0..SHARDS)
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
         }
     }
 

@@ -15,7 +15,7 @@ pub use stats::{BlockingQueueStats, CommandStats, HotPage, Stats};
 
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::sync::{Arc, Mutex};
+use crate::sync::{thread_local, Arc, Mutex};
 use crate::txn::{commit, Outcome, Tx};
 use gate::CommitGate;
 use stats::{Counters, Ending, Telemetry};
@@ -24,9 +24,9 @@ use std::time::Instant;
 
 thread_local! {
     /// Commands running on this thread: (executor id, command name). Guards nesting.
-    static RUNNING: RefCell<Vec<(usize, String)>> = const { RefCell::new(Vec::new()) };
+    static RUNNING: RefCell<Vec<(usize, String)>> = RefCell::new(Vec::new());
     /// Per-thread cache of command counters, so a run does not take a shared lock.
-    static COUNTERS: RefCell<Vec<(usize, String, Arc<Counters>)>> = const { RefCell::new(Vec::new()) };
+    static COUNTERS: RefCell<Vec<(usize, String, Arc<Counters>)>> = RefCell::new(Vec::new());
 }
 
 const COUNTER_CACHE: usize = 64;
@@ -115,15 +115,28 @@ impl Executor {
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
-        let outer = RUNNING.with(|r| r.borrow().iter().find(|(id, _)| *id == self.id).map(|(_, n)| n.clone()));
+        let outer = RUNNING.with(|r| {
+            r.borrow()
+                .iter()
+                .find(|(id, _)| *id == self.id)
+                .map(|(_, n)| n.clone())
+        });
         if let Some(outer) = outer {
-            return Err(Error::NestedRun { outer, inner: name.to_owned() });
+            return Err(Error::NestedRun {
+                outer,
+                inner: name.to_owned(),
+            });
         }
         RUNNING.with(|r| r.borrow_mut().push((self.id, name.to_owned())));
         let _running = Running { id: self.id };
 
         let counters = self.counters(name);
-        let mut record = RunRecord { counters: &counters, all: &self.telemetry.all, started: Instant::now(), done: false };
+        let mut record = RunRecord {
+            counters: &counters,
+            all: &self.telemetry.all,
+            started: Instant::now(),
+            done: false,
+        };
         let mut conflicts = 0u32;
         while conflicts < self.max_conflicts {
             let mut tx = Tx::begin(store);
@@ -153,7 +166,8 @@ impl Executor {
                     conflicts += 1;
                     counters.conflict();
                     self.telemetry.all.conflict();
-                    self.telemetry.conflict_on(c.page, &c.first_key, &c.last_key, name);
+                    self.telemetry
+                        .conflict_on(c.page, &c.first_key, &c.last_key, name);
                     // Retry on a snapshot that includes the commit that beat us.
                     store.clock.wait_visible(c.newer);
                 }

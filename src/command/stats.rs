@@ -43,7 +43,11 @@ pub(crate) enum Ending {
 
 impl Counters {
     fn new() -> Self {
-        Counters { shards: (0..SHARDS).map(|_| CachePadded::new(Shard::default())).collect() }
+        Counters {
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Shard::default()))
+                .collect(),
+        }
     }
 
     fn shard(&self) -> &Shard {
@@ -82,7 +86,9 @@ impl Counters {
             out.escalations += s.escalations.load(Ordering::Relaxed);
             out.errors += s.errors.load(Ordering::Relaxed);
             total_ns = total_ns.saturating_add(s.total_ns.load(Ordering::Relaxed));
-            out.max_duration = out.max_duration.max(Duration::from_nanos(s.max_ns.load(Ordering::Relaxed)));
+            out.max_duration = out
+                .max_duration
+                .max(Duration::from_nanos(s.max_ns.load(Ordering::Relaxed)));
         }
         if out.runs > 0 {
             out.mean_duration = Duration::from_nanos(total_ns / out.runs);
@@ -265,7 +271,10 @@ impl Telemetry {
             .commands
             .lock()
             .iter()
-            .map(|(name, c)| CommandStats { name: name.clone(), ..c.sum() })
+            .map(|(name, c)| CommandStats {
+                name: name.clone(),
+                ..c.sum()
+            })
             .collect();
         commands.sort_by(|a, b| a.name.cmp(&b.name));
         let mut hot_pages: Vec<HotPage> = self
@@ -273,7 +282,8 @@ impl Telemetry {
             .lock()
             .iter()
             .map(|(page, e)| {
-                let mut losers: Vec<(String, u64)> = e.losers.iter().map(|(n, c)| (n.clone(), *c)).collect();
+                let mut losers: Vec<(String, u64)> =
+                    e.losers.iter().map(|(n, c)| (n.clone(), *c)).collect();
                 losers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 HotPage {
                     page: *page,
@@ -284,7 +294,11 @@ impl Telemetry {
                 }
             })
             .collect();
-        hot_pages.sort_by(|a, b| b.conflicts.cmp(&a.conflicts).then_with(|| a.page.cmp(&b.page)));
+        hot_pages.sort_by(|a, b| {
+            b.conflicts
+                .cmp(&a.conflicts)
+                .then_with(|| a.page.cmp(&b.page))
+        });
         hot_pages.truncate(self.hot_tracked);
         Stats {
             commit_id,

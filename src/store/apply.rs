@@ -80,7 +80,11 @@ struct Work {
 impl Store {
     /// Builds the new versions for `edits`. `locked` says whether the committer
     /// holds a page's lock (such pages never join a merge).
-    pub(crate) fn plan<'s>(&'s self, edits: &[LeafWrites<'_>], locked: &dyn Fn(PageId) -> bool) -> Result<Plan<'s>> {
+    pub(crate) fn plan<'s>(
+        &'s self,
+        edits: &[LeafWrites<'_>],
+        locked: &dyn Fn(PageId) -> bool,
+    ) -> Result<Plan<'s>> {
         let mut plan = Plan {
             store: self,
             installs: BTreeMap::new(),
@@ -104,7 +108,11 @@ impl Store {
             let is_root = edit.page == ROOT;
             if size <= p {
                 if entries.is_empty() && !is_root {
-                    structural.push(Structural { page: edit.page, route_key: old.leaf_key(0).to_vec(), change: Change::Empty });
+                    structural.push(Structural {
+                        page: edit.page,
+                        route_key: old.leaf_key(0).to_vec(),
+                        change: Change::Empty,
+                    });
                     continue;
                 }
                 let buf = self.new_leaf(&mut plan, &entries)?;
@@ -119,7 +127,10 @@ impl Store {
                 continue;
             }
             let append = old.count() > 0
-                && edit.writes.iter().all(|(k, v)| v.is_some() && *k > old.leaf_key(old.count() - 1));
+                && edit
+                    .writes
+                    .iter()
+                    .all(|(k, v)| v.is_some() && *k > old.leaf_key(old.count() - 1));
             let pieces = split_leaf(&entries, p, append);
             let mut seps = Vec::new();
             for (i, range) in pieces.iter().enumerate() {
@@ -132,8 +143,16 @@ impl Store {
                     seps.push((entries[range.start].key.to_vec(), id));
                 }
             }
-            let route_key = if old.count() > 0 { old.leaf_key(0).to_vec() } else { Vec::new() };
-            structural.push(Structural { page: edit.page, route_key, change: Change::Split(seps) });
+            let route_key = if old.count() > 0 {
+                old.leaf_key(0).to_vec()
+            } else {
+                Vec::new()
+            };
+            structural.push(Structural {
+                page: edit.page,
+                route_key,
+                change: Change::Split(seps),
+            });
         }
         if !structural.is_empty() {
             plan.structure = Some(self.structure.lock());
@@ -174,7 +193,9 @@ impl Store {
             let (key, value) = writes[j];
             j += 1;
             if let Some(v) = value {
-                let val = if page::inline_entry_size(key.len(), v.len()) <= page::max_inline_entry(self.page_size) {
+                let val = if page::inline_entry_size(key.len(), v.len())
+                    <= page::max_inline_entry(self.page_size)
+                {
                     ValRef::Inline(v)
                 } else {
                     let head = overflow::write_chain(&self.arena, v)?;
@@ -274,7 +295,12 @@ impl Store {
         parent
     }
 
-    fn restructure(&self, plan: &mut Plan<'_>, edits: Vec<Structural>, locked: &dyn Fn(PageId) -> bool) -> Result<()> {
+    fn restructure(
+        &self,
+        plan: &mut Plan<'_>,
+        edits: Vec<Structural>,
+        locked: &dyn Fn(PageId) -> bool,
+    ) -> Result<()> {
         let p = self.page_size;
         let mut work = Work::default();
         for edit in edits {
@@ -287,7 +313,10 @@ impl Store {
                         unreachable!("a split root has its first piece planned")
                     };
                     plan.installs.insert(first, Install::Version(buf));
-                    let mut node = InnerNode { children: vec![first], keys: vec![Vec::new()] };
+                    let mut node = InnerNode {
+                        children: vec![first],
+                        keys: vec![Vec::new()],
+                    };
                     for (k, id) in seps {
                         node.children.push(id);
                         node.keys.push(k);
@@ -307,8 +336,12 @@ impl Store {
                     self.remove_child(&mut work, parent, edit.page);
                     self.kill(plan, edit.page)?;
                 }
-                (Change::Underfull, Some(parent)) => self.merge_leaf(plan, &mut work, parent, edit.page, locked)?,
-                (_, None) => unreachable!("only the root has no parent, and the root never underflows"),
+                (Change::Underfull, Some(parent)) => {
+                    self.merge_leaf(plan, &mut work, parent, edit.page, locked)?
+                }
+                (_, None) => {
+                    unreachable!("only the root has no parent, and the root never underflows")
+                }
             }
         }
         // Fix inner nodes bottom-up until every one fits and the root is not a chain.
@@ -336,7 +369,9 @@ impl Store {
         }
         for (id, node) in std::mem::take(&mut work.nodes) {
             let buf = self.new_inner(plan, &node)?;
-            if let Some(Install::Version(old) | Install::Dead(old)) = plan.installs.insert(id, Install::Version(buf)) {
+            if let Some(Install::Version(old) | Install::Dead(old)) =
+                plan.installs.insert(id, Install::Version(buf))
+            {
                 plan.spare.push(old);
             }
         }
@@ -387,11 +422,16 @@ impl Store {
         if at > 0 {
             candidates.push(at - 1);
         }
-        let Some(Install::Version(ours)) = plan.installs.get(&leaf) else { return Ok(()) };
+        let Some(Install::Version(ours)) = plan.installs.get(&leaf) else {
+            return Ok(());
+        };
         let ours = *ours;
         for si in candidates {
             let sib = node.children[si];
-            if locked(sib) || plan.installs.contains_key(&sib) || !self.table.slot(sib).try_lock_exclusive() {
+            if locked(sib)
+                || plan.installs.contains_key(&sib)
+                || !self.table.slot(sib).try_lock_exclusive()
+            {
                 continue;
             }
             plan.extra_locks.push(sib);
@@ -401,11 +441,19 @@ impl Store {
             if sp.used() + op.used() - HEADER > self.page_size * 3 / 4 {
                 continue;
             }
-            let (left, right, lp, rp) = if si > at { (leaf, sib, op, sp) } else { (sib, leaf, sp, op) };
-            let entries: Vec<LeafEntry<'_>> =
-                (0..lp.count()).map(|i| lp.leaf_entry(i)).chain((0..rp.count()).map(|i| rp.leaf_entry(i))).collect();
+            let (left, right, lp, rp) = if si > at {
+                (leaf, sib, op, sp)
+            } else {
+                (sib, leaf, sp, op)
+            };
+            let entries: Vec<LeafEntry<'_>> = (0..lp.count())
+                .map(|i| lp.leaf_entry(i))
+                .chain((0..rp.count()).map(|i| rp.leaf_entry(i)))
+                .collect();
             let buf = self.new_leaf(plan, &entries)?;
-            if let Some(Install::Version(old) | Install::Dead(old)) = plan.installs.insert(left, Install::Version(buf)) {
+            if let Some(Install::Version(old) | Install::Dead(old)) =
+                plan.installs.insert(left, Install::Version(buf))
+            {
                 plan.spare.push(old);
             }
             self.kill(plan, right)?;
@@ -415,9 +463,19 @@ impl Store {
         Ok(())
     }
 
-    fn split_inner(&self, plan: &mut Plan<'_>, work: &mut Work, id: PageId, node: InnerNode) -> Result<()> {
+    fn split_inner(
+        &self,
+        plan: &mut Plan<'_>,
+        work: &mut Work,
+        id: PageId,
+        node: InnerNode,
+    ) -> Result<()> {
         let p = self.page_size;
-        let sizes: Vec<usize> = node.keys.iter().map(|k| page::inner_entry_size(k.len())).collect();
+        let sizes: Vec<usize> = node
+            .keys
+            .iter()
+            .map(|k| page::inner_entry_size(k.len()))
+            .collect();
         let total: usize = sizes.iter().sum();
         let pieces = (total.div_ceil(p - HEADER)).max(2);
         let target = total.div_ceil(pieces);
@@ -434,7 +492,10 @@ impl Store {
         let depth = work.depth.get(&id).copied().unwrap_or(0);
         let mut parts = Vec::new();
         for w in cuts.windows(2) {
-            let mut part = InnerNode { children: node.children[w[0]..w[1]].to_vec(), keys: node.keys[w[0]..w[1]].to_vec() };
+            let mut part = InnerNode {
+                children: node.children[w[0]..w[1]].to_vec(),
+                keys: node.keys[w[0]..w[1]].to_vec(),
+            };
             let low = std::mem::take(&mut part.keys[0]);
             parts.push((low, part));
         }
@@ -479,9 +540,17 @@ impl Store {
             }
         }
         // Edited nodes below moved to whichever piece now holds them.
-        let moved: Vec<PageId> = work.parent.iter().filter(|(_, p)| **p == id).map(|(c, _)| *c).collect();
+        let moved: Vec<PageId> = work
+            .parent
+            .iter()
+            .filter(|(_, p)| **p == id)
+            .map(|(c, _)| *c)
+            .collect();
         for child in moved {
-            if let Some(owner) = ids.iter().find(|pid| work.nodes[*pid].children.contains(&child)) {
+            if let Some(owner) = ids
+                .iter()
+                .find(|pid| work.nodes[*pid].children.contains(&child))
+            {
                 work.parent.insert(child, *owner);
             }
         }
@@ -489,7 +558,9 @@ impl Store {
     }
 
     fn merge_inner(&self, plan: &mut Plan<'_>, work: &mut Work, id: PageId) -> Result<()> {
-        let Some(&parent) = work.parent.get(&id) else { return Ok(()) };
+        let Some(&parent) = work.parent.get(&id) else {
+            return Ok(());
+        };
         let pnode = self.load(work, parent).clone();
         let at = position(&pnode, id);
         let si = if at + 1 < pnode.children.len() {
@@ -519,7 +590,12 @@ impl Store {
         work.parent.insert(left, parent);
         work.parent.insert(sib, parent);
         work.depth.insert(left, depth);
-        let moved: Vec<PageId> = work.parent.iter().filter(|(_, p)| **p == right).map(|(c, _)| *c).collect();
+        let moved: Vec<PageId> = work
+            .parent
+            .iter()
+            .filter(|(_, p)| **p == right)
+            .map(|(c, _)| *c)
+            .collect();
         for child in moved {
             work.parent.insert(child, left);
         }
@@ -565,7 +641,13 @@ impl Store {
         };
         let buf = self.new_buffer(plan)?;
         // SAFETY: `source` is our own planned buffer or a head we hold locked; `buf` is fresh.
-        unsafe { std::ptr::copy_nonoverlapping(source.add(HEADER), buf.add(HEADER), self.page_size - HEADER) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                source.add(HEADER),
+                buf.add(HEADER),
+                self.page_size - HEADER,
+            )
+        };
         // SAFETY: same buffer; copy the kind/count/used fields too (stamp and next are set at install).
         unsafe { std::ptr::copy_nonoverlapping(source.add(16), buf.add(16), HEADER - 16) };
         let buf = Self::claim(plan, buf);
@@ -574,11 +656,22 @@ impl Store {
         self.kill(plan, child)
     }
 
-    fn collapse_into_inner(&self, plan: &mut Plan<'_>, work: &mut Work, child: PageId, node: InnerNode) -> Result<()> {
+    fn collapse_into_inner(
+        &self,
+        plan: &mut Plan<'_>,
+        work: &mut Work,
+        child: PageId,
+        node: InnerNode,
+    ) -> Result<()> {
         for d in work.depth.values_mut() {
             *d = d.saturating_sub(1);
         }
-        let moved: Vec<PageId> = work.parent.iter().filter(|(_, p)| **p == child).map(|(c, _)| *c).collect();
+        let moved: Vec<PageId> = work
+            .parent
+            .iter()
+            .filter(|(_, p)| **p == child)
+            .map(|(c, _)| *c)
+            .collect();
         for c in moved {
             work.parent.insert(c, ROOT);
         }
@@ -590,16 +683,27 @@ impl Store {
 }
 
 fn position(node: &InnerNode, child: PageId) -> usize {
-    node.children.iter().position(|c| *c == child).expect("the parent names its child")
+    node.children
+        .iter()
+        .position(|c| *c == child)
+        .expect("the parent names its child")
 }
 
 /// Index ranges of `entries` for the pieces of an overflowing leaf. An append
 /// (every write beyond the old last key) fills left pieces almost full, so
 /// sequential loads pack pages densely; otherwise pieces are even.
-fn split_leaf(entries: &[LeafEntry<'_>], page_size: usize, append: bool) -> Vec<std::ops::Range<usize>> {
+fn split_leaf(
+    entries: &[LeafEntry<'_>],
+    page_size: usize,
+    append: bool,
+) -> Vec<std::ops::Range<usize>> {
     let cap = page_size - HEADER;
     let total: usize = entries.iter().map(LeafEntry::size).sum();
-    let target = if append { cap * 15 / 16 } else { total.div_ceil(total.div_ceil(cap).max(2)) };
+    let target = if append {
+        cap * 15 / 16
+    } else {
+        total.div_ceil(total.div_ceil(cap).max(2))
+    };
     let mut pieces = Vec::new();
     let (mut start, mut cur) = (0, 0);
     for (i, e) in entries.iter().enumerate() {

@@ -59,10 +59,21 @@ impl Arena {
     pub(crate) fn new(page_size: usize) -> Self {
         Arena {
             page_size,
-            chunks: Mutex::new(Chunks { maps: Vec::new(), bump: 0, limit: 0 }),
-            pool: Mutex::new(Pool { resident: Vec::new(), released: Vec::new() }),
-            shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::new(Vec::new()))).collect(),
-            in_use: (0..SHARDS).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+            chunks: Mutex::new(Chunks {
+                maps: Vec::new(),
+                bump: 0,
+                limit: 0,
+            }),
+            pool: Mutex::new(Pool {
+                resident: Vec::new(),
+                released: Vec::new(),
+            }),
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(Vec::new())))
+                .collect(),
+            in_use: (0..SHARDS)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
             mapped_bytes: AtomicUsize::new(0),
         }
     }
@@ -104,7 +115,11 @@ impl Arena {
         {
             let mut pool = self.pool.lock();
             for list in [0, 1] {
-                let source = if list == 0 { &mut pool.resident } else { &mut pool.released };
+                let source = if list == 0 {
+                    &mut pool.resident
+                } else {
+                    &mut pool.released
+                };
                 if !source.is_empty() {
                     let take = source.len().min(BATCH);
                     let at = source.len() - take;
@@ -120,7 +135,10 @@ impl Arena {
             let map = memmap2::MmapOptions::new()
                 .len(bytes)
                 .map_anon()
-                .map_err(|source| Error::OutOfMemory { requested: bytes, source })?;
+                .map_err(|source| Error::OutOfMemory {
+                    requested: bytes,
+                    source,
+                })?;
             chunks.maps.push(map);
             chunks.bump = 0;
             chunks.limit = pages;
@@ -144,7 +162,11 @@ impl Arena {
                 // SAFETY: every page in the pool is free and lies inside one of our
                 // live mappings; MADV_DONTNEED only drops its contents, the mapping stays.
                 unsafe {
-                    libc::madvise(page as *mut libc::c_void, self.page_size, libc::MADV_DONTNEED);
+                    libc::madvise(
+                        page as *mut libc::c_void,
+                        self.page_size,
+                        libc::MADV_DONTNEED,
+                    );
                 }
             }
             pool.released.extend(release);
@@ -153,7 +175,11 @@ impl Arena {
 
     /// Pages currently handed out.
     pub(crate) fn pages_in_use(&self) -> u64 {
-        let sum: u64 = self.in_use.iter().map(|c| c.load(Ordering::Relaxed)).fold(0u64, u64::wrapping_add);
+        let sum: u64 = self
+            .in_use
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add);
         sum.min(i64::MAX as u64)
     }
 

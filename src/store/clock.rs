@@ -61,7 +61,9 @@ impl Clock {
                 return;
             }
             // Losing this race means another committer advanced it; look again.
-            let _ = self.visible.compare_exchange(v, next, Ordering::SeqCst, Ordering::SeqCst);
+            let _ = self
+                .visible
+                .compare_exchange(v, next, Ordering::SeqCst, Ordering::SeqCst);
         }
     }
 

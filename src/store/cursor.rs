@@ -53,7 +53,13 @@ fn before_lo(key: &[u8], lo: &Bound<Vec<u8>>) -> bool {
 
 impl<'s> TreeRange<'s> {
     /// The caller keeps a snapshot at `at` pinned for the life of the scan.
-    pub(crate) fn new(store: &'s Store, at: u64, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>, record: bool) -> Self {
+    pub(crate) fn new(
+        store: &'s Store,
+        at: u64,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+        record: bool,
+    ) -> Self {
         TreeRange {
             store,
             at,
@@ -86,13 +92,21 @@ impl<'s> TreeRange<'s> {
             match p.kind() {
                 Kind::Inner => {
                     let i = pick(&p);
-                    let end = if forward { &mut self.front } else { &mut self.back };
+                    let end = if forward {
+                        &mut self.front
+                    } else {
+                        &mut self.back
+                    };
                     end.stack.push((v, i));
                     id = p.inner_child(i);
                 }
                 Kind::Leaf => {
                     self.visit(id, v);
-                    let end = if forward { &mut self.front } else { &mut self.back };
+                    let end = if forward {
+                        &mut self.front
+                    } else {
+                        &mut self.back
+                    };
                     end.leaf = v;
                     return;
                 }
@@ -106,7 +120,9 @@ impl<'s> TreeRange<'s> {
         let lo = self.lo.clone();
         match &lo {
             Bound::Unbounded => self.descend(ROOT, true, &|_| 0),
-            Bound::Included(k) | Bound::Excluded(k) => self.descend(ROOT, true, &|p| p.inner_route(k)),
+            Bound::Included(k) | Bound::Excluded(k) => {
+                self.descend(ROOT, true, &|p| p.inner_route(k))
+            }
         }
         let leaf = self.page(self.front.leaf);
         self.front.pos = match &lo {
@@ -121,7 +137,9 @@ impl<'s> TreeRange<'s> {
         let hi = self.hi.clone();
         match &hi {
             Bound::Unbounded => self.descend(ROOT, false, &|p| p.count() - 1),
-            Bound::Included(k) | Bound::Excluded(k) => self.descend(ROOT, false, &|p| p.inner_route(k)),
+            Bound::Included(k) | Bound::Excluded(k) => {
+                self.descend(ROOT, false, &|p| p.inner_route(k))
+            }
         }
         let leaf = self.page(self.back.leaf);
         self.back.pos = match &hi {
@@ -134,7 +152,9 @@ impl<'s> TreeRange<'s> {
     /// Moves the front end to the next leaf; false when the range is exhausted.
     fn next_leaf(&mut self) -> bool {
         loop {
-            let Some(&(v, i)) = self.front.stack.last() else { return false };
+            let Some(&(v, i)) = self.front.stack.last() else {
+                return false;
+            };
             let p = self.page(v);
             if i + 1 < p.count() {
                 // The next subtree starts at this key; past `hi` it cannot hold anything.
@@ -153,7 +173,9 @@ impl<'s> TreeRange<'s> {
     /// Moves the back end to the previous leaf; false when the range is exhausted.
     fn prev_leaf(&mut self) -> bool {
         loop {
-            let Some(&(v, i)) = self.back.stack.last() else { return false };
+            let Some(&(v, i)) = self.back.stack.last() else {
+                return false;
+            };
             let p = self.page(v);
             if i > 0 {
                 // Everything left of this subtree is below its low key.
@@ -195,7 +217,10 @@ impl<'s> TreeRange<'s> {
                 let last = self.front.last.get_or_insert_with(Vec::new);
                 last.clear();
                 last.extend_from_slice(key);
-                return Some((key.to_vec(), self.store.value(leaf.leaf_val(self.front.pos - 1))));
+                return Some((
+                    key.to_vec(),
+                    self.store.value(leaf.leaf_val(self.front.pos - 1)),
+                ));
             }
             if !self.next_leaf() {
                 self.done = true;

@@ -147,14 +147,18 @@ pub(crate) struct Store {
 impl Store {
     pub(crate) fn new(opts: &Options) -> Result<Store> {
         opts.validate()?;
-        let pin_slots = std::thread::available_parallelism().map_or(8, |n| n.get()) * 4;
+        let pin_slots = if cfg!(loom) {
+            4
+        } else {
+            64.max(std::thread::available_parallelism().map_or(8, |n| n.get()) * 4)
+        };
         let store = Store {
             page_size: opts.page_size,
             max_value_len: opts.max_value_len,
             arena: Arena::new(opts.page_size),
             table: PageTable::new(),
             clock: Clock::new(),
-            pins: Pins::new(pin_slots.max(64)),
+            pins: Pins::new(pin_slots),
             garbage: GarbageLists::new(),
             structure: Mutex::new(()),
             since_collect: AtomicU64::new(0),
@@ -225,7 +229,12 @@ impl Store {
     }
 
     /// Looks `key` up at `at`; reports the leaf read through `visit`.
-    pub(crate) fn get(&self, key: &[u8], at: u64, visit: impl FnOnce(PageId, u64)) -> Option<Value> {
+    pub(crate) fn get(
+        &self,
+        key: &[u8],
+        at: u64,
+        visit: impl FnOnce(PageId, u64),
+    ) -> Option<Value> {
         let (id, v) = self.descend(key, at);
         // SAFETY: pinned by the caller.
         let p = unsafe { self.page(v) };

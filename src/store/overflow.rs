@@ -26,7 +26,11 @@ pub(crate) fn write_chain(arena: &Arena, value: &[u8]) -> Result<usize> {
         // SAFETY: `page` is a fresh arena page of page_size bytes owned by us.
         unsafe {
             std::ptr::copy_nonoverlapping((next as u64).to_le_bytes().as_ptr(), page, 8);
-            std::ptr::copy_nonoverlapping((piece.len() as u32).to_le_bytes().as_ptr(), page.add(8), 4);
+            std::ptr::copy_nonoverlapping(
+                (piece.len() as u32).to_le_bytes().as_ptr(),
+                page.add(8),
+                4,
+            );
             std::ptr::copy_nonoverlapping(piece.as_ptr(), page.add(CHAIN_HEADER), piece.len());
         }
         next = page as usize;
@@ -42,7 +46,10 @@ fn read_header(page: PagePtr) -> (usize, usize) {
         std::ptr::copy_nonoverlapping(page, next.as_mut_ptr(), 8);
         std::ptr::copy_nonoverlapping(page.add(8), len.as_mut_ptr(), 4);
     }
-    (u64::from_le_bytes(next) as usize, u32::from_le_bytes(len) as usize)
+    (
+        u64::from_le_bytes(next) as usize,
+        u32::from_le_bytes(len) as usize,
+    )
 }
 
 /// Copies the value of the chain at `head`, `len` bytes in all.
@@ -56,7 +63,11 @@ pub(crate) fn read_chain(head: usize, len: usize) -> Vec<u8> {
         out.extend_from_slice(data);
         page = next;
     }
-    debug_assert_eq!(out.len(), len, "overflow chain length matches its leaf entry");
+    debug_assert_eq!(
+        out.len(),
+        len,
+        "overflow chain length matches its leaf entry"
+    );
     out
 }
 

@@ -91,7 +91,9 @@ impl<'a> Page<'a> {
     /// lock, or the structure lock).
     pub(crate) unsafe fn from_ptr(ptr: *const u8, size: usize) -> Page<'a> {
         // SAFETY: guaranteed by the caller.
-        Page { bytes: unsafe { std::slice::from_raw_parts(ptr, size) } }
+        Page {
+            bytes: unsafe { std::slice::from_raw_parts(ptr, size) },
+        }
     }
 
     fn u16_at(&self, at: usize) -> usize {
@@ -140,14 +142,20 @@ impl<'a> Page<'a> {
         let vlen = self.u32_at(o + 4);
         let at = o + LEAF_ENTRY_HEADER + klen;
         if self.bytes[o + 2] == TAG_OVERFLOW {
-            ValRef::Overflow { head: self.u64_at(at) as usize, len: vlen }
+            ValRef::Overflow {
+                head: self.u64_at(at) as usize,
+                len: vlen,
+            }
         } else {
             ValRef::Inline(&self.bytes[at..at + vlen])
         }
     }
 
     pub(crate) fn leaf_entry(&self, i: usize) -> LeafEntry<'a> {
-        LeafEntry { key: self.leaf_key(i), val: self.leaf_val(i) }
+        LeafEntry {
+            key: self.leaf_key(i),
+            val: self.leaf_val(i),
+        }
     }
 
     /// Binary search of a leaf: `Ok(i)` where `key(i) == key`, else `Err(insertion point)`.
@@ -227,7 +235,10 @@ pub(crate) fn leaf_size(entries: &[LeafEntry<'_>]) -> usize {
 
 /// Encodes a leaf. `entries` are sorted by key and fit the page.
 pub(crate) fn build_leaf(buf: &mut [u8], entries: &[LeafEntry<'_>]) {
-    debug_assert!(entries.windows(2).all(|w| w[0].key < w[1].key), "leaf entries sorted");
+    debug_assert!(
+        entries.windows(2).all(|w| w[0].key < w[1].key),
+        "leaf entries sorted"
+    );
     debug_assert!(leaf_size(entries) <= buf.len(), "leaf fits its page");
     let mut at = HEADER + entries.len() * SLOT;
     for (i, e) in entries.iter().enumerate() {
@@ -275,7 +286,12 @@ impl InnerNode {
     }
 
     pub(crate) fn size(&self) -> usize {
-        HEADER + self.keys.iter().map(|k| inner_entry_size(k.len())).sum::<usize>()
+        HEADER
+            + self
+                .keys
+                .iter()
+                .map(|k| inner_entry_size(k.len()))
+                .sum::<usize>()
     }
 
     pub(crate) fn route(&self, key: &[u8]) -> usize {

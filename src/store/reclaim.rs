@@ -40,7 +40,9 @@ pub(crate) enum PinSlot {
 impl Pins {
     pub(crate) fn new(slots: usize) -> Self {
         Pins {
-            slots: (0..slots.max(1)).map(|_| CachePadded::new(AtomicU64::new(FREE))).collect(),
+            slots: (0..slots.max(1))
+                .map(|_| CachePadded::new(AtomicU64::new(FREE)))
+                .collect(),
             overflow: Mutex::new(BTreeMap::new()),
         }
     }
@@ -53,7 +55,9 @@ impl Pins {
             let idx = (start + i) % n;
             let slot = &self.slots[idx];
             if slot.load(Ordering::Relaxed) == FREE
-                && slot.compare_exchange(FREE, PENDING, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+                && slot
+                    .compare_exchange(FREE, PENDING, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
             {
                 let at = clock.visible();
                 slot.store(at, Ordering::SeqCst);
@@ -141,7 +145,9 @@ pub(crate) struct GarbageLists {
 impl GarbageLists {
     pub(crate) fn new() -> Self {
         GarbageLists {
-            shards: (0..GARBAGE_SHARDS).map(|_| CachePadded::new(Mutex::new(VecDeque::new()))).collect(),
+            shards: (0..GARBAGE_SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(VecDeque::new())))
+                .collect(),
             waiting: AtomicU64::new(0),
         }
     }
@@ -161,7 +167,9 @@ impl GarbageLists {
     pub(crate) fn collect(&self, horizon: u64, mut free: impl FnMut(Garbage)) -> u64 {
         let mut freed = 0;
         for shard in self.shards.iter() {
-            let Some(mut list) = shard.try_lock() else { continue };
+            let Some(mut list) = shard.try_lock() else {
+                continue;
+            };
             // Lists are nearly sorted (one thread's commits ascend); stop at the first
             // item still needed, a later call gets the rest.
             while list.front().is_some_and(|(stamp, _)| *stamp <= horizon) {

@@ -63,7 +63,10 @@ impl Snapshot {
                 inner: Some(TreeRange::new(&self.store, self.at, lo, hi, false)),
                 error: None,
             },
-            Err(e) => SnapshotRange { inner: None, error: Some(e) },
+            Err(e) => SnapshotRange {
+                inner: None,
+                error: Some(e),
+            },
         }
     }
 }
@@ -76,7 +79,9 @@ impl Drop for Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("commit_id", &self.at).finish()
+        f.debug_struct("Snapshot")
+            .field("commit_id", &self.at)
+            .finish()
     }
 }
 

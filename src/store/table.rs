@@ -32,7 +32,10 @@ pub(crate) struct PageSlot {
 
 impl PageSlot {
     fn new() -> Self {
-        PageSlot { lock: AtomicU32::new(0), head: AtomicPtr::new(std::ptr::null_mut()) }
+        PageSlot {
+            lock: AtomicU32::new(0),
+            head: AtomicPtr::new(std::ptr::null_mut()),
+        }
     }
 
     /// The newest published version.
@@ -48,13 +51,19 @@ impl PageSlot {
 
     pub(crate) fn lock_exclusive(&self) {
         let mut backoff = Backoff::new();
-        while self.lock.compare_exchange_weak(0, EXCLUSIVE, Ordering::SeqCst, Ordering::Relaxed).is_err() {
+        while self
+            .lock
+            .compare_exchange_weak(0, EXCLUSIVE, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
             backoff.snooze();
         }
     }
 
     pub(crate) fn try_lock_exclusive(&self) -> bool {
-        self.lock.compare_exchange(0, EXCLUSIVE, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        self.lock
+            .compare_exchange(0, EXCLUSIVE, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
     }
 
     pub(crate) fn unlock_exclusive(&self) {
@@ -67,7 +76,10 @@ impl PageSlot {
         loop {
             let v = self.lock.load(Ordering::Relaxed);
             if v & EXCLUSIVE == 0
-                && self.lock.compare_exchange_weak(v, v + 1, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+                && self
+                    .lock
+                    .compare_exchange_weak(v, v + 1, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
             {
                 return;
             }
@@ -94,7 +106,9 @@ pub(crate) struct PageTable {
 impl PageTable {
     pub(crate) fn new() -> Self {
         PageTable {
-            dir: (0..SEGMENTS).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
+            dir: (0..SEGMENTS)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
             next_id: AtomicU64::new(0),
             free_ids: Mutex::new(Vec::new()),
         }
@@ -112,9 +126,16 @@ impl PageTable {
             return None;
         }
         if self.dir[seg].load(Ordering::Acquire).is_null() {
-            let fresh = Box::into_raw(Box::new(Segment { slots: (0..SEGMENT).map(|_| PageSlot::new()).collect() }));
+            let fresh = Box::into_raw(Box::new(Segment {
+                slots: (0..SEGMENT).map(|_| PageSlot::new()).collect(),
+            }));
             if self.dir[seg]
-                .compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(
+                    std::ptr::null_mut(),
+                    fresh,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_err()
             {
                 // SAFETY: `fresh` was never published; we still own it.
@@ -126,7 +147,9 @@ impl PageTable {
 
     /// Makes `id` available again. Caller guarantees no snapshot or commit can reach it.
     pub(crate) fn release(&self, id: PageId) {
-        self.slot(id).head.store(std::ptr::null_mut(), Ordering::Release);
+        self.slot(id)
+            .head
+            .store(std::ptr::null_mut(), Ordering::Release);
         self.free_ids.lock().push(id.0);
     }
 
@@ -140,7 +163,9 @@ impl PageTable {
 
     /// Page ids handed out and not released.
     pub(crate) fn live_ids(&self) -> u64 {
-        self.next_id.load(Ordering::Relaxed).saturating_sub(self.free_ids.lock().len() as u64)
+        self.next_id
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.free_ids.lock().len() as u64)
     }
 }
 

@@ -77,15 +77,28 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     // Writes grouped by the leaf they land on; each group stays in key order.
     let mut by_leaf: BTreeMap<PageId, Vec<(&[u8], Option<&[u8]>)>> = BTreeMap::new();
     for (key, w) in &tx.writes {
-        by_leaf.entry(w.leaf).or_default().push((key.as_slice(), w.value.as_deref()));
+        by_leaf
+            .entry(w.leaf)
+            .or_default()
+            .push((key.as_slice(), w.value.as_deref()));
     }
     tx.reads.sort_unstable();
     tx.reads.dedup();
-    debug_assert!(tx.reads.windows(2).all(|w| w[0].0 != w[1].0), "one version per page in a snapshot");
+    debug_assert!(
+        tx.reads.windows(2).all(|w| w[0].0 != w[1].0),
+        "one version per page in a snapshot"
+    );
 
-    let mut locks = Locks { store, held: Vec::with_capacity(tx.reads.len()) };
+    let mut locks = Locks {
+        store,
+        held: Vec::with_capacity(tx.reads.len()),
+    };
     for &(id, _) in &tx.reads {
-        let mode = if by_leaf.contains_key(&id) { Mode::Exclusive } else { Mode::Shared };
+        let mode = if by_leaf.contains_key(&id) {
+            Mode::Exclusive
+        } else {
+            Mode::Shared
+        };
         let slot = store.slot(id);
         match mode {
             Mode::Shared => slot.lock_shared(),
@@ -100,15 +113,28 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
         // SAFETY: we hold this page's lock; its newest version stays allocated.
         let page = unsafe { store.page(head) };
         if page.stamp() != seen {
-            let (first_key, last_key) = if page.kind() == crate::store::Kind::Leaf && page.count() > 0 {
-                (page.leaf_key(0).to_vec(), page.leaf_key(page.count() - 1).to_vec())
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            return Ok(Outcome::Conflict(Conflict { page: id, newer: page.stamp(), first_key, last_key }));
+            let (first_key, last_key) =
+                if page.kind() == crate::store::Kind::Leaf && page.count() > 0 {
+                    (
+                        page.leaf_key(0).to_vec(),
+                        page.leaf_key(page.count() - 1).to_vec(),
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+            return Ok(Outcome::Conflict(Conflict {
+                page: id,
+                newer: page.stamp(),
+                first_key,
+                last_key,
+            }));
         }
         if let Some(writes) = by_leaf.remove(&id) {
-            edits.push(LeafWrites { page: id, head, writes });
+            edits.push(LeafWrites {
+                page: id,
+                head,
+                writes,
+            });
         }
     }
     debug_assert!(by_leaf.is_empty(), "every written leaf is in the read set");

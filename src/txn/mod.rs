@@ -44,13 +44,18 @@ impl fmt::Display for CommitId {
 
 pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
-        return Err(Error::KeyTooLarge { len: key.len(), max: MAX_KEY_LEN });
+        return Err(Error::KeyTooLarge {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
     }
     Ok(())
 }
 
 /// Owned bounds of a user range, with oversized keys rejected.
-pub(crate) fn bounds_of<'k, R: RangeBounds<&'k [u8]>>(range: &R) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+pub(crate) fn bounds_of<'k, R: RangeBounds<&'k [u8]>>(
+    range: &R,
+) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
     let own = |b: Bound<&&[u8]>| -> Result<Bound<Vec<u8>>> {
         Ok(match b {
             Bound::Included(k) => {
@@ -87,7 +92,13 @@ pub struct Tx<'e> {
 impl<'e> Tx<'e> {
     pub(crate) fn begin(store: &'e Store) -> Tx<'e> {
         let (pin, at) = store.pin();
-        Tx { store, pin, at, reads: Vec::new(), writes: BTreeMap::new() }
+        Tx {
+            store,
+            pin,
+            at,
+            reads: Vec::new(),
+            writes: BTreeMap::new(),
+        }
     }
 
     /// The commit id of the snapshot this transaction reads.
@@ -102,7 +113,9 @@ impl<'e> Tx<'e> {
             return Ok(w.value.clone().map(Value::from));
         }
         let reads = &mut self.reads;
-        Ok(self.store.get(key, self.at, |id, stamp| reads.push((id, stamp))))
+        Ok(self
+            .store
+            .get(key, self.at, |id, stamp| reads.push((id, stamp))))
     }
 
     /// Sets `key` to `value` when the command commits.
@@ -110,10 +123,19 @@ impl<'e> Tx<'e> {
         check_key(key)?;
         let max = self.store.max_value_len();
         if value.len() > max {
-            return Err(Error::ValueTooLarge { len: value.len(), max });
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max,
+            });
         }
         let leaf = self.landing_leaf(key);
-        self.writes.insert(key.to_vec(), Write { value: Some(value.to_vec()), leaf });
+        self.writes.insert(
+            key.to_vec(),
+            Write {
+                value: Some(value.to_vec()),
+                leaf,
+            },
+        );
         Ok(())
     }
 
@@ -124,11 +146,14 @@ impl<'e> Tx<'e> {
             Some(w) => w.value.is_some(),
             None => {
                 let reads = &mut self.reads;
-                self.store.get(key, self.at, |id, stamp| reads.push((id, stamp))).is_some()
+                self.store
+                    .get(key, self.at, |id, stamp| reads.push((id, stamp)))
+                    .is_some()
             }
         };
         let leaf = self.landing_leaf(key);
-        self.writes.insert(key.to_vec(), Write { value: None, leaf });
+        self.writes
+            .insert(key.to_vec(), Write { value: None, leaf });
         Ok(existed)
     }
 
@@ -137,7 +162,9 @@ impl<'e> Tx<'e> {
     /// set, so a concurrent insert into the range is a conflict (no phantoms).
     pub fn range<'k, R: RangeBounds<&'k [u8]>>(&mut self, range: R) -> TxRange<'_> {
         match bounds_of(&range) {
-            Ok((lo, hi)) => TxRange::new(self.store, self.at, lo, hi, &self.writes, &mut self.reads),
+            Ok((lo, hi)) => {
+                TxRange::new(self.store, self.at, lo, hi, &self.writes, &mut self.reads)
+            }
             Err(e) => TxRange::failed(e, &mut self.reads),
         }
     }

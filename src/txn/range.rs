@@ -33,7 +33,11 @@ impl<'t> TxRange<'t> {
     ) -> Self {
         let empty = matches!((&lo, &hi), (Bound::Included(l) | Bound::Excluded(l), Bound::Included(h) | Bound::Excluded(h)) if l > h)
             || matches!((&lo, &hi), (Bound::Excluded(l), Bound::Excluded(h)) if l == h);
-        let wrange = if empty { None } else { Some(writes.range::<Vec<u8>, _>((lo.clone(), hi.clone()))) };
+        let wrange = if empty {
+            None
+        } else {
+            Some(writes.range::<Vec<u8>, _>((lo.clone(), hi.clone())))
+        };
         TxRange {
             tree: Some(TreeRange::new(store, at, lo, hi, true)),
             writes: wrange,
@@ -61,25 +65,43 @@ impl<'t> TxRange<'t> {
 
     fn fill_front(&mut self) {
         if self.front_tree.is_none() {
-            self.front_tree = self.tree.as_mut().and_then(TreeRange::next_entry).or_else(|| self.back_tree.take());
+            self.front_tree = self
+                .tree
+                .as_mut()
+                .and_then(TreeRange::next_entry)
+                .or_else(|| self.back_tree.take());
         }
         if self.front_write.is_none() {
-            self.front_write = self.writes.as_mut().and_then(Iterator::next).or_else(|| self.back_write.take());
+            self.front_write = self
+                .writes
+                .as_mut()
+                .and_then(Iterator::next)
+                .or_else(|| self.back_write.take());
         }
     }
 
     fn fill_back(&mut self) {
         if self.back_tree.is_none() {
-            self.back_tree = self.tree.as_mut().and_then(TreeRange::next_back_entry).or_else(|| self.front_tree.take());
+            self.back_tree = self
+                .tree
+                .as_mut()
+                .and_then(TreeRange::next_back_entry)
+                .or_else(|| self.front_tree.take());
         }
         if self.back_write.is_none() {
-            self.back_write = self.writes.as_mut().and_then(DoubleEndedIterator::next_back).or_else(|| self.front_write.take());
+            self.back_write = self
+                .writes
+                .as_mut()
+                .and_then(DoubleEndedIterator::next_back)
+                .or_else(|| self.front_write.take());
         }
     }
 }
 
 fn buffered(w: Buffered<'_>) -> Option<Entry> {
-    w.1.value.as_ref().map(|v| (w.0.clone(), Value::from(v.clone())))
+    w.1.value
+        .as_ref()
+        .map(|v| (w.0.clone(), Value::from(v.clone())))
 }
 
 impl Iterator for TxRange<'_> {

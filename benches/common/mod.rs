@@ -1,0 +1,222 @@
+//! Helpers shared by the benchmarks: a seeded PRNG, a Zipf sampler, key and value
+//! encoding, the bulk loader, run-mode detection and resident-set readings.
+//!
+//! Not a bench target itself: cargo discovers `benches/*.rs` and `benches/*/main.rs`
+//! only, and each bench includes this file with `mod common;`.
+
+#![allow(dead_code)] // each bench uses a different part of it
+
+use shardstone::Engine;
+use std::time::{Duration, Instant};
+
+/// Keys in the full-size benchmarks.
+pub const FULL_KEYS: u64 = 1_000_000;
+/// Keys in the quick `--test` / `--list` / `cargo test --benches` runs.
+pub const TINY_KEYS: u64 = 10_000;
+/// Key length in bytes.
+pub const KEY_LEN: usize = 16;
+/// Value length in bytes.
+pub const VALUE_LEN: usize = 100;
+/// Keys per command while loading.
+pub const LOAD_BATCH: usize = 1000;
+
+/// Whether this is a real measurement run: cargo bench passes `--bench`; criterion
+/// treats `--test`, `--list` or a missing `--bench` (`cargo test --benches`) as a
+/// quick check, and so do we.
+pub fn full_run() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let has = |a: &str| args.iter().any(|x| x == a);
+    has("--bench") && !has("--test") && !has("--list")
+}
+
+/// Number of keys to use in this run.
+pub fn key_count() -> u64 {
+    if full_run() {
+        FULL_KEYS
+    } else {
+        TINY_KEYS
+    }
+}
+
+/// SplitMix64: tiny, fast, good enough for workload generation, fully seeded.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is negligible here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// Zipf(θ) over ranks `0..n` (rank 0 the most popular), by the method of Gray et al.,
+/// "Quickly generating billion-record synthetic databases" (SIGMOD 1994):
+/// `zeta(n, θ)` is computed once; each draw is O(1).
+#[derive(Clone, Debug)]
+pub struct Zipf {
+    n: u64,
+    theta: f64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+    half_pow_theta: f64,
+}
+
+impl Zipf {
+    pub fn new(n: u64, theta: f64) -> Zipf {
+        assert!(n >= 2 && theta > 0.0 && theta < 1.0);
+        let zeta = |n: u64| (1..=n).map(|i| (i as f64).powf(-theta)).sum::<f64>();
+        let zetan = zeta(n);
+        let zeta2 = zeta(2);
+        Zipf {
+            n,
+            theta,
+            alpha: 1.0 / (1.0 - theta),
+            zetan,
+            eta: (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan),
+            half_pow_theta: 0.5f64.powf(theta),
+        }
+    }
+
+    pub fn theta(&self) -> f64 {
+        self.theta
+    }
+
+    /// The probability of rank 0.
+    pub fn p_top(&self) -> f64 {
+        1.0 / self.zetan
+    }
+
+    pub fn sample(&self, rng: &mut Rng) -> u64 {
+        let u = rng.unit();
+        let uz = u * self.zetan;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + self.half_pow_theta {
+            return 1;
+        }
+        let r = (self.n as f64 * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64;
+        r.min(self.n - 1)
+    }
+}
+
+/// The 16-byte key of item `i`: `"key"` and 13 decimal digits, so key order is `i` order.
+pub fn key(i: u64) -> [u8; KEY_LEN] {
+    let mut k = *b"key0000000000000";
+    let mut n = i;
+    for b in k[3..].iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    debug_assert_eq!(n, 0, "item number too large for the key format");
+    k
+}
+
+/// A 100-byte value: an 8-byte little-endian counter, then filler derived from `seed`.
+pub fn value(counter: u64, seed: u64) -> [u8; VALUE_LEN] {
+    let mut v = [0u8; VALUE_LEN];
+    v[..8].copy_from_slice(&counter.to_le_bytes());
+    let fill = seed.to_le_bytes();
+    for (i, b) in v[8..].iter_mut().enumerate() {
+        *b = fill[i % 8] ^ (i as u8);
+    }
+    v
+}
+
+/// The counter stored in a value made by [`value`] (0 when absent or short).
+pub fn counter(v: Option<&[u8]>) -> u64 {
+    match v {
+        Some(v) if v.len() >= 8 => u64::from_le_bytes(v[..8].try_into().unwrap()),
+        _ => 0,
+    }
+}
+
+/// Loads items in the given order, [`LOAD_BATCH`] keys per command. Returns the time taken.
+pub fn load(engine: &Engine, order: impl IntoIterator<Item = u64>) -> Duration {
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(LOAD_BATCH);
+    let flush = |batch: &mut Vec<u64>| {
+        if batch.is_empty() {
+            return;
+        }
+        engine
+            .run("load", |tx| {
+                for &i in batch.iter() {
+                    tx.put(&key(i), &value(0, i))?;
+                }
+                Ok(())
+            })
+            .expect("load command failed");
+        batch.clear();
+    };
+    for i in order {
+        batch.push(i);
+        if batch.len() == LOAD_BATCH {
+            flush(&mut batch);
+        }
+    }
+    flush(&mut batch);
+    started.elapsed()
+}
+
+/// A seeded random permutation of `0..n` (Fisher–Yates).
+pub fn permutation(n: u64, seed: u64) -> Vec<u32> {
+    let mut p: Vec<u32> = (0..n as u32).collect();
+    let mut rng = Rng::new(seed);
+    for i in (1..p.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+/// A line of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`, ...); `None` off Linux.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    let kb: u64 = line[field.len() + 1..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Splits `total` commands over `threads` threads: thread `t` runs `share(total, threads, t)`.
+pub fn share(total: u64, threads: usize, t: usize) -> u64 {
+    let threads = threads as u64;
+    let t = t as u64;
+    total / threads + u64::from(t < total % threads)
+}
+
+/// Formats a rate like `1.23 M/s`.
+pub fn rate(per_sec: f64) -> String {
+    if per_sec >= 1e6 {
+        format!("{:.3} M/s", per_sec / 1e6)
+    } else if per_sec >= 1e3 {
+        format!("{:.1} K/s", per_sec / 1e3)
+    } else {
+        format!("{per_sec:.0} /s")
+    }
+}

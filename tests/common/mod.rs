@@ -1,0 +1,236 @@
+//! Helpers shared by the integration tests: a seeded PRNG (no dev-dependencies),
+//! value encodings, and scan/compare helpers that keep failure output readable
+//! even when values are megabytes long.
+
+#![allow(dead_code)]
+
+use shardstone::{Engine, Options, Snapshot};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// SplitMix64: tiny, fast, deterministic; good enough to drive tests.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // Mix the seed once so that small seeds (0, 1, 2, ...) diverge immediately.
+        let mut r = Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B);
+        r.next_u64();
+        r
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range_incl(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    pub fn index(&mut self, len: usize) -> usize {
+        self.below(len as u64) as usize
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.below(den) < num
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut chunks = buf.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        let last = self.next_u64().to_le_bytes();
+        let n = rest.len();
+        rest.copy_from_slice(&last[..n]);
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.fill(&mut v);
+        v
+    }
+}
+
+pub fn enc(n: u64) -> [u8; 8] {
+    n.to_le_bytes()
+}
+
+pub fn dec(v: &[u8]) -> u64 {
+    u64::from_le_bytes(v[..8].try_into().expect("an 8-byte prefix"))
+}
+
+pub fn engine_with(page_size: usize) -> Engine {
+    Engine::in_memory_with(Options {
+        page_size,
+        ..Default::default()
+    })
+    .expect("valid options")
+}
+
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Renders a key for failure messages: text when printable, hex otherwise, shortened.
+pub fn show(key: &[u8]) -> String {
+    let s = if key.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        String::from_utf8_lossy(key).into_owned()
+    } else {
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    if s.len() > 80 {
+        format!("{}..({} bytes)", &s[..80], key.len())
+    } else {
+        s
+    }
+}
+
+/// Asserts two entry lists are equal; on mismatch names the first difference
+/// instead of dumping (possibly huge) values.
+#[track_caller]
+pub fn assert_entries(what: &str, got: &[(Vec<u8>, Vec<u8>)], want: &[(Vec<u8>, Vec<u8>)]) {
+    let n = got.len().min(want.len());
+    for i in 0..n {
+        let (gk, gv) = &got[i];
+        let (wk, wv) = &want[i];
+        if gk != wk {
+            panic!(
+                "{what}: entry {i}: key {} but expected {} (got {} entries, expected {})",
+                show(gk),
+                show(wk),
+                got.len(),
+                want.len()
+            );
+        }
+        if gv != wv {
+            let at = gv
+                .iter()
+                .zip(wv.iter())
+                .position(|(a, b)| a != b)
+                .unwrap_or(gv.len().min(wv.len()));
+            panic!(
+                "{what}: entry {i} key {}: value of {} bytes but expected {} bytes (first difference at byte {at})",
+                show(gk),
+                gv.len(),
+                wv.len()
+            );
+        }
+    }
+    if got.len() != want.len() {
+        let extra = if got.len() > n {
+            format!("first extra key {}", show(&got[n].0))
+        } else {
+            format!("first missing key {}", show(&want[n].0))
+        };
+        panic!(
+            "{what}: got {} entries, expected {}; {extra}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// Asserts an optional value equals the expectation without dumping it.
+#[track_caller]
+pub fn assert_value(what: &str, got: Option<&[u8]>, want: Option<&[u8]>) {
+    match (got, want) {
+        (None, None) => {}
+        (Some(g), Some(w)) if g == w => {}
+        (Some(g), Some(w)) => {
+            let at = g
+                .iter()
+                .zip(w.iter())
+                .position(|(a, b)| a != b)
+                .unwrap_or(g.len().min(w.len()));
+            panic!(
+                "{what}: value of {} bytes, expected {} bytes (first difference at byte {at})",
+                g.len(),
+                w.len()
+            );
+        }
+        (g, w) => panic!(
+            "{what}: got {}, expected {}",
+            g.map_or("nothing".to_string(), |v| format!(
+                "a value of {} bytes",
+                v.len()
+            )),
+            w.map_or("nothing".to_string(), |v| format!(
+                "a value of {} bytes",
+                v.len()
+            )),
+        ),
+    }
+}
+
+/// Every entry of a snapshot, forward.
+pub fn scan(snap: &Snapshot) -> Entries {
+    snap.range(..)
+        .map(|r| r.map(|(k, v)| (k, v.into_vec())).expect("scan"))
+        .collect()
+}
+
+/// Every entry of a snapshot, walked backwards and returned in ascending order.
+pub fn scan_rev(snap: &Snapshot) -> Entries {
+    let mut v: Entries = snap
+        .range(..)
+        .rev()
+        .map(|r| r.map(|(k, v)| (k, v.into_vec())).expect("scan"))
+        .collect();
+    v.reverse();
+    v
+}
+
+pub fn model_entries(m: &BTreeMap<Vec<u8>, Vec<u8>>) -> Entries {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Checks a snapshot against a model exactly: full forward and reverse scans.
+#[track_caller]
+pub fn assert_snapshot_is(what: &str, snap: &Snapshot, model: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    let want = model_entries(model);
+    assert_entries(&format!("{what} (forward scan)"), &scan(snap), &want);
+    assert_entries(&format!("{what} (reverse scan)"), &scan_rev(snap), &want);
+}
+
+/// The entries of `model` within the bounds, with the engine's convention that an
+/// empty or inverted range is simply empty (BTreeMap would panic on some of those).
+pub fn model_range<'m>(
+    model: &'m BTreeMap<Vec<u8>, Vec<u8>>,
+    lo: Bound<&[u8]>,
+    hi: Bound<&[u8]>,
+) -> Vec<(&'m Vec<u8>, &'m Vec<u8>)> {
+    let key_of = |b: Bound<&[u8]>| match b {
+        Bound::Included(k) | Bound::Excluded(k) => Some(k.to_vec()),
+        Bound::Unbounded => None,
+    };
+    if let (Some(l), Some(h)) = (key_of(lo), key_of(hi)) {
+        if l > h
+            || (l == h && !(matches!(lo, Bound::Included(_)) && matches!(hi, Bound::Included(_))))
+        {
+            return Vec::new();
+        }
+    }
+    model.range::<[u8], _>((lo, hi)).collect()
+}
+
+/// Bound over an owned key, borrowed.
+pub fn bound_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
