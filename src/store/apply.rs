@@ -103,6 +103,10 @@ impl Store {
             // SAFETY: the committer holds this leaf's exclusive lock; its head stays.
             let old = unsafe { self.page(edit.head) };
             debug_assert_eq!(old.kind(), Kind::Leaf);
+            if let Some(buf) = self.patch_in_place(&old, &edit.writes, &mut plan)? {
+                plan.installs.insert(edit.page, Install::Version(buf));
+                continue;
+            }
             let entries = self.merge_writes(&old, &edit.writes, &mut plan)?;
             let size = page::leaf_size(&entries);
             let is_root = edit.page == ROOT;
@@ -160,6 +164,40 @@ impl Store {
             self.restructure(&mut plan, structural, locked)?;
         }
         Ok(plan)
+    }
+
+    /// The common update: every write replaces an existing inline value with one of
+    /// the same length. Then the new version is the old bytes with values patched,
+    /// one copy instead of a re-encode. `None` when the writes are not of that kind.
+    fn patch_in_place(
+        &self,
+        old: &page::Page<'_>,
+        writes: &[(&[u8], Option<&[u8]>)],
+        plan: &mut Plan<'_>,
+    ) -> Result<Option<PagePtr>> {
+        let mut spans = [(0usize, 0usize); 8];
+        if writes.len() > spans.len() {
+            return Ok(None);
+        }
+        for (span, (key, value)) in spans.iter_mut().zip(writes) {
+            let Some(v) = value else { return Ok(None) };
+            let Ok(i) = old.leaf_search(key) else {
+                return Ok(None);
+            };
+            match old.inline_value_span(i) {
+                Some((at, len)) if len == v.len() => *span = (at, len),
+                _ => return Ok(None),
+            }
+        }
+        let buf = self.new_buffer(plan)?;
+        let src = old.used_bytes();
+        // SAFETY: a fresh buffer owned by the plan, not yet published.
+        let dst = unsafe { self.buf_mut(buf) };
+        dst[..src.len()].copy_from_slice(src);
+        for ((at, len), (_, value)) in spans.iter().zip(writes) {
+            dst[*at..*at + *len].copy_from_slice(value.expect("checked above"));
+        }
+        Ok(Some(Self::claim(plan, buf)))
     }
 
     /// The entries of `old` with `writes` applied, in key order. Large new values

@@ -139,6 +139,10 @@ impl Arena {
                     requested: bytes,
                     source,
                 })?;
+            // Transparent huge pages: a random walk over a large tree misses the TLB on
+            // nearly every page otherwise. Only a hint; failure changes nothing.
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
             chunks.maps.push(map);
             chunks.bump = 0;
             chunks.limit = pages;

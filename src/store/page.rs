@@ -151,6 +151,20 @@ impl<'a> Page<'a> {
         }
     }
 
+    /// Byte offset and length of entry `i`'s inline value within the page, if inline.
+    pub(crate) fn inline_value_span(&self, i: usize) -> Option<(usize, usize)> {
+        let o = self.entry_offset(i);
+        if self.bytes[o + 2] != TAG_INLINE {
+            return None;
+        }
+        Some((o + LEAF_ENTRY_HEADER + self.u16_at(o), self.u32_at(o + 4)))
+    }
+
+    /// The page's bytes in use (header, slots and entries).
+    pub(crate) fn used_bytes(&self) -> &'a [u8] {
+        &self.bytes[..self.used()]
+    }
+
     pub(crate) fn leaf_entry(&self, i: usize) -> LeafEntry<'a> {
         LeafEntry {
             key: self.leaf_key(i),

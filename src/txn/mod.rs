@@ -14,7 +14,7 @@ pub use range::TxRange;
 
 use crate::error::{Error, Result};
 use crate::options::MAX_KEY_LEN;
-use crate::store::{PageId, PinSlot, Store, Value};
+use crate::store::{PageId, PagePtr, PinSlot, Store, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
@@ -87,6 +87,9 @@ pub struct Tx<'e> {
     at: u64,
     reads: Vec<(PageId, u64)>,
     writes: BTreeMap<Vec<u8>, Write>,
+    /// The leaf of the last lookup: a write to a key inside its key span lands
+    /// there, without descending the tree again (read-modify-write).
+    last_leaf: Option<(PageId, PagePtr)>,
 }
 
 impl<'e> Tx<'e> {
@@ -98,6 +101,7 @@ impl<'e> Tx<'e> {
             at,
             reads: Vec::new(),
             writes: BTreeMap::new(),
+            last_leaf: None,
         }
     }
 
@@ -174,7 +178,16 @@ impl<'e> Tx<'e> {
         if let Some(w) = self.writes.get(key) {
             return w.leaf;
         }
+        if let Some((id, v)) = self.last_leaf {
+            // SAFETY: reachable from our pinned snapshot.
+            let page = unsafe { self.store.page(v) };
+            let n = page.count();
+            if n > 0 && page.leaf_key(0) <= key && key <= page.leaf_key(n - 1) {
+                return id;
+            }
+        }
         let (id, v) = self.store.descend(key, self.at);
+        self.last_leaf = Some((id, v));
         // SAFETY: the version is reachable from our pinned snapshot.
         let stamp = unsafe { self.store.page(v) }.stamp();
         self.reads.push((id, stamp));
