@@ -613,6 +613,10 @@ impl Store {
         let (left, right) = (pnode.children[li], pnode.children[ri]);
         let ln = self.inner_of(work, left);
         let rn = self.inner_of(work, right);
+        if ln.children.is_empty() || rn.children.is_empty() {
+            // An emptied sibling is removed by its own fix; merging it would be wrong.
+            return Ok(());
+        }
         let sep = &pnode.keys[ri];
         let merged_size = ln.size() + rn.size() - HEADER + sep.len();
         if merged_size > self.page_size * 3 / 4 {
