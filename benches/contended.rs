@@ -12,19 +12,20 @@
 //! Accounting as in `commit_throughput`: criterion's `iters` commands are split over
 //! the T threads, the time is the wall time until the last finishes, and `thrpt` is
 //! total commands/s. After each thread-count group the engine's counters are compared
-//! with those before it, and conflicts, retries and escalations per commit are printed.
+//! with those before it, and conflicts, retries and escalations per commit are printed,
+//! with commits per CPU-second and the CPU share the bench threads got (on a shared
+//! machine these tell engine cost apart from time lost to other processes).
 //!
 //! `cargo bench --bench contended -- --test` runs a quick check over 10,000 keys.
 
 mod common;
 
 use common::{
-    counter, full_run, key, key_count, load, permutation, rate, share, Rng, Zipf, KEY_LEN,
-    VALUE_LEN,
+    counter, cpu_time, full_run, key, key_count, load, loadavg, permutation, rate, share, Rng,
+    Tally, Zipf, KEY_LEN, VALUE_LEN,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardstone::{Engine, Stats};
-use std::cell::OnceCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -109,7 +110,7 @@ fn run_commands(setup: &Setup, mapping: Mapping, threads: usize, total: u64) -> 
 }
 
 /// What happened between two `Engine::stats` readings.
-fn report(label: &str, before: &Stats, after: &Stats, commands: u64, took: Duration) {
+fn report(label: &str, threads: usize, before: &Stats, after: &Stats, tally: Option<Tally>) {
     let commits = after.commits - before.commits;
     let conflicts = after.conflicts - before.conflicts;
     let retries = after.retries - before.retries;
@@ -126,11 +127,24 @@ fn report(label: &str, before: &Stats, after: &Stats, commands: u64, took: Durat
         .total_time
         .saturating_sub(before.blocking_queue.total_time);
     let queued = after.blocking_queue.escalated - before.blocking_queue.escalated;
-    let secs = took.as_secs_f64();
+    let speed = match tally {
+        Some(t) => format!(
+            "{} wall-clock, {} per CPU-second, used {:.0}% of {} CPU{}",
+            rate(t.per_sec()),
+            rate(t.per_cpu_sec()),
+            t.cpu_share(threads) * 100.0,
+            Tally::usable_cpus(threads),
+            if Tally::usable_cpus(threads) == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ),
+        None => "quick check".into(),
+    };
     eprintln!(
-        "{label}: {commits} commits ({}), conflicts/commit {:.4}, retries/commit {:.4}, escalations/commit {:.5} \
+        "{label}: {commits} commits ({speed})\n    conflicts/commit {:.4}, retries/commit {:.4}, escalations/commit {:.5} \
          ({escalations} escalated; blocking queue mean {:.1} µs, max so far {:.1} ms)",
-        if secs > 0.0 { rate(commands as f64 / secs) } else { "-".into() },
         per(conflicts),
         per(retries),
         per(escalations),
@@ -141,33 +155,30 @@ fn report(label: &str, before: &Stats, after: &Stats, commands: u64, took: Durat
 
 fn contended(c: &mut Criterion) {
     let keys = key_count();
-    let cell: OnceCell<Setup> = OnceCell::new();
-    let setup = || {
-        cell.get_or_init(|| {
-            let engine = Engine::in_memory().expect("in-memory engine");
-            let took = load(&engine, 0..keys);
-            let zipf = Zipf::new(keys, THETA);
-            eprintln!(
-                "loaded {keys} keys in key order in {:.2} s; Zipf θ={} top-rank probability {:.4}",
-                took.as_secs_f64(),
-                zipf.theta(),
-                zipf.p_top()
-            );
-            Setup {
-                engine,
-                zipf,
-                perm: permutation(keys, 0x5eed),
-            }
-        })
+    // Loaded here, not lazily inside the first sample: criterion's warm-up times the
+    // whole routine call, and a load inside it would wreck its per-iteration estimate.
+    let engine = Engine::in_memory().expect("in-memory engine");
+    let took = load(&engine, 0..keys);
+    let zipf = Zipf::new(keys, THETA);
+    eprintln!(
+        "loaded {keys} keys in key order in {:.2} s; Zipf θ={} over {keys} keys, top-rank probability {:.4}",
+        took.as_secs_f64(),
+        zipf.theta(),
+        zipf.p_top()
+    );
+    let setup = Setup {
+        engine,
+        zipf,
+        perm: permutation(keys, 0x5eed),
     };
 
+    let load_before = loadavg();
     let mut group = c.benchmark_group("contended");
     group.throughput(Throughput::Elements(1));
     for mapping in [Mapping::Clustered, Mapping::Scattered] {
         for threads in THREADS {
-            let mut before: Option<Stats> = None;
-            let mut commands = 0u64;
-            let mut took = Duration::ZERO;
+            let before = setup.engine.stats();
+            let mut tally = Tally::default();
             group.bench_function(
                 BenchmarkId::new(
                     format!("zipf099_rmw4_{}", mapping.name()),
@@ -175,32 +186,34 @@ fn contended(c: &mut Criterion) {
                 ),
                 |b| {
                     b.iter_custom(|iters| {
-                        let s = setup();
-                        if before.is_none() {
-                            before = Some(s.engine.stats());
-                        }
-                        let t = run_commands(s, mapping, threads, iters);
-                        commands += iters;
-                        took += t;
-                        t
+                        let cpu = cpu_time();
+                        let took = run_commands(&setup, mapping, threads, iters);
+                        tally.add(iters, took, cpu_time().saturating_sub(cpu));
+                        took
                     })
                 },
             );
-            if let (Some(before), Some(s)) = (before, cell.get()) {
-                let label = format!(
-                    "  [{} {threads} thread{}]",
-                    mapping.name(),
-                    if threads == 1 { "" } else { "s" }
-                );
-                let took = if full_run() { took } else { Duration::ZERO };
-                report(&label, &before, &s.engine.stats(), commands, took);
+            if tally.commands == 0 {
+                continue; // filtered out
             }
+            let label = format!(
+                "  [{} {threads} thread{}]",
+                mapping.name(),
+                if threads == 1 { "" } else { "s" }
+            );
+            report(
+                &label,
+                threads,
+                &before,
+                &setup.engine.stats(),
+                full_run().then_some(tally),
+            );
         }
     }
     group.finish();
 
-    if let Some(s) = cell.get() {
-        let st = s.engine.stats();
+    if full_run() {
+        let st = setup.engine.stats();
         eprintln!(
             "contended totals: {} commits, {} conflicts, {} retries, {} escalations, blocking queue max {:.2} ms",
             st.commits,
@@ -208,6 +221,10 @@ fn contended(c: &mut Criterion) {
             st.retries,
             st.escalations,
             st.blocking_queue.max_time.as_secs_f64() * 1e3
+        );
+        eprintln!(
+            "  load average before / after: {load_before} / {}",
+            loadavg()
         );
         for p in st.hot_pages.iter().take(3) {
             eprintln!(

@@ -70,7 +70,12 @@ fn parse_args() -> Result<Config, String> {
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
-    if cfg.threads == 0 || cfg.keys == 0 || cfg.accounts < 2 || !(cfg.seconds > 0.0) {
+    if cfg.threads == 0
+        || cfg.keys == 0
+        || cfg.accounts < 2
+        || cfg.seconds.is_nan()
+        || cfg.seconds <= 0.0
+    {
         return Err("need --threads >= 1, --keys >= 1, --accounts >= 2, --seconds > 0".into());
     }
     Ok(cfg)
@@ -272,7 +277,7 @@ fn num(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -522,7 +527,7 @@ fn main() -> ExitCode {
                     engine,
                     cfg,
                     shared,
-                    0xd1ce ^ (t as u64 + 1) * 0x1234_5678_9abc_def1,
+                    0xd1ce ^ ((t as u64 + 1) * 0x1234_5678_9abc_def1),
                 )
             });
         }

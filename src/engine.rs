@@ -99,9 +99,17 @@ impl Engine {
     /// Counters: commits, conflicts, retries, escalations, the blocking queue,
     /// per-command figures, the most conflicted pages, and store memory.
     pub fn stats(&self) -> Stats {
+        // Free what is already unreachable, so `pinned_versions` counts only what
+        // snapshots really hold.
+        self.store.collect();
         self.executor
             .telemetry
             .snapshot(self.store.clock.visible(), self.store.stats())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn store_for_tests(&self) -> &Store {
+        &self.store
     }
 
     /// Frees every old page version no snapshot can reach any more, now, instead of

@@ -220,3 +220,75 @@ pub fn rate(per_sec: f64) -> String {
         format!("{per_sec:.0} /s")
     }
 }
+
+/// User + system CPU time this process has used so far (all threads).
+///
+/// On a shared machine, commits per CPU-second and the CPU share the bench threads
+/// got (`cpu / (wall x threads)`) tell engine cost apart from time lost to other
+/// processes.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Commands, wall time and CPU time accumulated over the samples of one benchmark.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    pub commands: u64,
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+impl Tally {
+    pub fn add(&mut self, commands: u64, wall: Duration, cpu: Duration) {
+        self.commands += commands;
+        self.wall += wall;
+        self.cpu += cpu;
+    }
+
+    /// Commands per wall-clock second, all threads together.
+    pub fn per_sec(&self) -> f64 {
+        if self.wall.is_zero() {
+            0.0
+        } else {
+            self.commands as f64 / self.wall.as_secs_f64()
+        }
+    }
+
+    /// Commands per second of CPU time.
+    pub fn per_cpu_sec(&self) -> f64 {
+        if self.cpu.is_zero() {
+            0.0
+        } else {
+            self.commands as f64 / self.cpu.as_secs_f64()
+        }
+    }
+
+    /// The CPUs `threads` threads could use here: `min(threads, available cores)`.
+    pub fn usable_cpus(threads: usize) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        threads.min(cores).max(1)
+    }
+
+    /// The share of the usable CPUs (see [`Tally::usable_cpus`]) the process got while
+    /// measuring: 1.0 = all of them; less means other processes took CPU time.
+    pub fn cpu_share(&self, threads: usize) -> f64 {
+        if self.wall.is_zero() {
+            0.0
+        } else {
+            self.cpu.as_secs_f64() / (self.wall.as_secs_f64() * Self::usable_cpus(threads) as f64)
+        }
+    }
+}
+
+/// The load average line of `/proc/loadavg` (empty off Linux): others' load skews numbers.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

@@ -164,10 +164,13 @@ impl Executor {
                 }
                 Ok(Outcome::Conflict(c)) => {
                     conflicts += 1;
-                    counters.conflict();
-                    self.telemetry.all.conflict();
-                    self.telemetry
-                        .conflict_on(c.page, &c.first_key, &c.last_key, name);
+                    let retry = conflicts < self.max_conflicts;
+                    counters.conflict(retry);
+                    self.telemetry.all.conflict(retry);
+                    for p in &c.pages {
+                        self.telemetry
+                            .conflict_on(p.page, &p.first_key, &p.last_key, name);
+                    }
                     // Retry on a snapshot that includes the commit that beat us.
                     store.clock.wait_visible(c.newer);
                 }
@@ -218,7 +221,11 @@ impl Executor {
                 Outcome::ReadOnly => return Ok((value, false)),
                 Outcome::Conflict(c) => {
                     // Cannot happen while the gate is closed: every other commit is drained.
-                    debug_assert!(false, "escalated command conflicted on {}", c.page);
+                    debug_assert!(
+                        false,
+                        "escalated command conflicted on {:?}",
+                        c.pages.first().map(|p| p.page)
+                    );
                     store.clock.wait_visible(c.newer);
                 }
             }

@@ -22,6 +22,7 @@ struct Shard {
     commits: AtomicU64,
     read_only: AtomicU64,
     conflicts: AtomicU64,
+    retries: AtomicU64,
     escalations: AtomicU64,
     errors: AtomicU64,
     total_ns: AtomicU64,
@@ -54,8 +55,14 @@ impl Counters {
         &self.shards[thread_shard() % self.shards.len()]
     }
 
-    pub(crate) fn conflict(&self) {
-        self.shard().conflicts.fetch_add(1, Ordering::Relaxed);
+    /// A lost conflict; `retry` when the closure re-runs optimistically (rather
+    /// than being escalated).
+    pub(crate) fn conflict(&self, retry: bool) {
+        let s = self.shard();
+        s.conflicts.fetch_add(1, Ordering::Relaxed);
+        if retry {
+            s.retries.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn escalation(&self) {
@@ -83,6 +90,7 @@ impl Counters {
             out.commits += s.commits.load(Ordering::Relaxed);
             out.read_only += s.read_only.load(Ordering::Relaxed);
             out.conflicts += s.conflicts.load(Ordering::Relaxed);
+            out.retries += s.retries.load(Ordering::Relaxed);
             out.escalations += s.escalations.load(Ordering::Relaxed);
             out.errors += s.errors.load(Ordering::Relaxed);
             total_ns = total_ns.saturating_add(s.total_ns.load(Ordering::Relaxed));
@@ -90,8 +98,8 @@ impl Counters {
                 .max_duration
                 .max(Duration::from_nanos(s.max_ns.load(Ordering::Relaxed)));
         }
-        if out.runs > 0 {
-            out.mean_duration = Duration::from_nanos(total_ns / out.runs);
+        if let Some(mean) = total_ns.checked_div(out.runs) {
+            out.mean_duration = Duration::from_nanos(mean);
         }
         out
     }
@@ -108,8 +116,10 @@ pub struct CommandStats {
     pub commits: u64,
     /// Runs that wrote nothing (no commit id taken).
     pub read_only: u64,
-    /// Conflicts lost: each one re-ran the closure.
+    /// Conflicts lost.
     pub conflicts: u64,
+    /// Optimistic re-runs after a conflict (the conflicts that did not escalate).
+    pub retries: u64,
     /// Runs that went to the blocking queue.
     pub escalations: u64,
     /// Runs that ended in an error (the closure's own, or an engine error).
@@ -135,12 +145,6 @@ pub struct HotPage {
     pub losers: Vec<(String, u64)>,
 }
 
-impl Default for PageId {
-    fn default() -> Self {
-        PageId(0)
-    }
-}
-
 /// The blocking queue's load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BlockingQueueStats {
@@ -164,9 +168,11 @@ pub struct Stats {
     pub commits: u64,
     /// Command runs that wrote nothing.
     pub read_only: u64,
-    /// Conflicts (each caused one retry or one escalation).
+    /// Conflicts lost by commands.
     pub conflicts: u64,
-    /// Re-runs of a closure after a conflict.
+    /// Optimistic re-runs after a conflict. A conflict either causes a retry or is
+    /// the last one before escalation; with `max_conflicts: 0` commands escalate
+    /// without any conflict.
     pub retries: u64,
     /// Commands escalated to the blocking queue.
     pub escalations: u64,
@@ -305,7 +311,7 @@ impl Telemetry {
             commits: all.commits,
             read_only: all.read_only,
             conflicts: all.conflicts,
-            retries: all.conflicts.saturating_sub(all.escalations),
+            retries: all.retries,
             escalations: all.escalations,
             errors: all.errors,
             restructures: self.restructures.load(Ordering::Relaxed),

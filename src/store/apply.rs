@@ -315,19 +315,29 @@ impl Store {
         work.nodes.get_mut(&id).expect("just loaded")
     }
 
+    /// The child of inner node `id` whose range holds `key`, as edited so far.
+    fn child_toward(&self, work: &Work, id: PageId, key: &[u8]) -> PageId {
+        if let Some(n) = work.nodes.get(&id) {
+            return n.children[n.route(key)];
+        }
+        // SAFETY: inner nodes change only under the structure lock, which we hold.
+        let p = unsafe { self.page(self.table.slot(id).head()) };
+        debug_assert_eq!(p.kind(), Kind::Inner);
+        p.inner_child(p.inner_route(key))
+    }
+
     /// Records the path from the root to `target` (routing by `key`); returns its parent.
     fn parent_of(&self, work: &mut Work, key: &[u8], target: PageId) -> Option<PageId> {
         let mut id = ROOT;
         let mut depth = 0;
         let mut parent = None;
         while id != target {
-            let node = self.inner_of(work, id);
             work.depth.insert(id, depth);
             if let Some(p) = parent {
                 work.parent.insert(id, p);
             }
             parent = Some(id);
-            id = node.children[node.route(key)];
+            id = self.child_toward(work, id, key);
             depth += 1;
         }
         parent
@@ -416,7 +426,8 @@ impl Store {
         Ok(())
     }
 
-    /// The deepest edited inner node that still needs a fix.
+    /// The deepest edited inner node that still needs a fix (ties broken by page id,
+    /// so a given history restructures the same way every run).
     fn next_fix(&self, work: &Work, p: usize) -> Option<PageId> {
         work.nodes
             .iter()
@@ -426,7 +437,7 @@ impl Store {
                     || (**id == ROOT && n.children.len() == 1 && !work.tried.contains(id))
                     || (**id != ROOT && n.size() < p / 4 && !work.tried.contains(id))
             })
-            .max_by_key(|(id, _)| (work.depth.get(id).copied().unwrap_or(0), **id != ROOT))
+            .max_by_key(|(id, _)| (work.depth.get(id).copied().unwrap_or(0), **id != ROOT, **id))
             .map(|(id, _)| *id)
     }
 
@@ -749,7 +760,9 @@ fn split_leaf(
     let mut pieces = Vec::new();
     let (mut start, mut cur) = (0, 0);
     for (i, e) in entries.iter().enumerate() {
-        if cur > 0 && cur + e.size() > target.min(cap) {
+        // Cut once a piece reaches the target (rounding up, so no sliver is left
+        // over at the end), and always before it would overflow the page.
+        if cur > 0 && (cur >= target || cur + e.size() > cap) {
             pieces.push(start..i);
             start = i;
             cur = 0;

@@ -15,7 +15,10 @@ use crate::sync::{thread_shard, AtomicU64, AtomicUsize, CachePadded, Mutex, Orde
 
 /// Pages moved between a shard's free list and the shared pool at a time.
 const BATCH: usize = 64;
-/// Free pages kept resident in the shared pool before batches are returned to the kernel.
+/// Free pages always kept resident in the shared pool; beyond this and beyond a
+/// quarter of the pages in use, batches are returned to the kernel. Recycling
+/// versions is constant churn (every commit frees what it replaces), so the
+/// allowance must scale with the tree or every allocation would fault.
 const RESIDENT_FREE_LIMIT: usize = 1024;
 /// Pages in the first mapping; each further mapping doubles, up to `MAX_CHUNK_PAGES`.
 const FIRST_CHUNK_PAGES: usize = 256;
@@ -158,9 +161,10 @@ impl Arena {
     }
 
     fn spill(&self, pages: Vec<usize>) {
+        let allowance = RESIDENT_FREE_LIMIT.max(self.pages_in_use() as usize / 4);
         let mut pool = self.pool.lock();
         pool.resident.extend(pages);
-        if pool.resident.len() > RESIDENT_FREE_LIMIT + BATCH {
+        if pool.resident.len() > allowance + BATCH {
             let release: Vec<usize> = pool.resident.drain(..BATCH).collect();
             for &page in &release {
                 // SAFETY: every page in the pool is free and lies inside one of our

@@ -32,16 +32,17 @@ pub(crate) use table::PageSlot;
 
 use crate::error::Result;
 use crate::options::Options;
-use crate::sync::{thread_shard, AtomicU64, Mutex, Ordering};
+use crate::sync::{thread_local, Mutex};
 use arena::Arena;
 use page::{Page, ValRef};
 use reclaim::{Garbage, GarbageLists, Pins};
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
 use table::PageTable;
 
 /// Identifies a page of the store (a newtype: it never mixes with commit ids).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct PageId(pub u64);
 
 impl PageId {
@@ -140,8 +141,6 @@ pub(crate) struct Store {
     /// Serializes structure changes (splits, merges) among the commits that make them;
     /// commits that only rewrite leaves never take it.
     structure: Mutex<()>,
-    /// Commits since the last reclamation attempt, per engine (approximate).
-    since_collect: AtomicU64,
 }
 
 impl Store {
@@ -161,7 +160,6 @@ impl Store {
             pins: Pins::new(pin_slots),
             garbage: GarbageLists::new(),
             structure: Mutex::new(()),
-            since_collect: AtomicU64::new(0),
         };
         let root = store.table.allocate().expect("a new page table has room");
         debug_assert_eq!(root, ROOT);
@@ -274,8 +272,16 @@ impl Store {
     /// Frees what no snapshot can reach any more. Cheap to call often: it does real
     /// work only every few dozen commits.
     pub(crate) fn maybe_collect(&self) {
-        let n = self.since_collect.fetch_add(1, Ordering::Relaxed);
-        if n % 32 == (thread_shard() as u64 % 32) {
+        // A per-thread count: a shared one would be a cache line every commit writes.
+        thread_local! {
+            static COMMITS: Cell<u32> = Cell::new(0);
+        }
+        let n = COMMITS.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        if n.is_multiple_of(32) {
             self.collect();
         }
     }
@@ -306,5 +312,66 @@ impl Drop for Store {
         // Page buffers and chains live in the arena's mappings, which unmap with it;
         // only the bookkeeping needs emptying.
         self.garbage.drain_all(|_| {});
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Leaves and their entry counts of the newest tree, walked from the root.
+    fn leaf_counts(store: &Store) -> Vec<usize> {
+        let at = store.clock.visible();
+        let (mut stack, mut counts) = (vec![ROOT], Vec::new());
+        while let Some(id) = stack.pop() {
+            // SAFETY: no commit runs concurrently in this test; every version stays.
+            let p = unsafe { store.page(store.version_at(id, at)) };
+            match p.kind() {
+                Kind::Inner => stack.extend((0..p.count()).map(|i| p.inner_child(i))),
+                Kind::Leaf => counts.push(p.count()),
+                Kind::Dead => panic!("the live tree names a dead {id}"),
+            }
+        }
+        counts
+    }
+
+    /// Random-order batch loads must not leave slivers: the memory target depends
+    /// on leaves being about two-thirds full.
+    #[test]
+    fn random_batch_load_fills_leaves() {
+        let engine = crate::Engine::in_memory().unwrap();
+        let n = 60_000u64;
+        let mut order: Vec<u64> = (0..n).collect();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        for batch in order.chunks(500) {
+            engine
+                .run("load", |tx| {
+                    for &i in batch {
+                        let mut key = *b"key:000000000000";
+                        key[8..].copy_from_slice(&i.to_be_bytes());
+                        tx.put(&key, &[7u8; 100])?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let counts = leaf_counts(engine.store_for_tests());
+        let total: usize = counts.iter().sum();
+        assert_eq!(total, n as usize);
+        // A full 4 KiB leaf holds 30 such entries.
+        let mean = total as f64 / counts.len() as f64;
+        assert!(mean >= 19.0, "mean {mean:.1} entries per leaf");
+        let slivers = counts.iter().filter(|&&c| c < 4).count();
+        assert!(
+            slivers * 50 < counts.len(),
+            "{slivers} of {} leaves hold < 4 entries",
+            counts.len()
+        );
     }
 }

@@ -137,8 +137,11 @@ unsafe impl Send for Garbage {}
 
 /// Garbage waiting for the horizon to pass, sharded by committing thread so that
 /// commits do not share a lock to hand it over.
+/// Garbage of one shard, tagged with the commit that made it.
+type GarbageList = VecDeque<(u64, Garbage)>;
+
 pub(crate) struct GarbageLists {
-    shards: Box<[CachePadded<Mutex<VecDeque<(u64, Garbage)>>>]>,
+    shards: Box<[CachePadded<Mutex<GarbageList>>]>,
     waiting: AtomicU64,
 }
 

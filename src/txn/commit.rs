@@ -22,7 +22,7 @@
 
 use super::Tx;
 use crate::error::Result;
-use crate::store::{LeafWrites, PageId, Store};
+use crate::store::{Kind, LeafWrites, PageId, Store};
 use std::collections::BTreeMap;
 
 /// What happened to a commit attempt.
@@ -35,15 +35,27 @@ pub(crate) enum Outcome {
     Conflict(Conflict),
 }
 
-/// The page that failed validation, for telemetry and for waiting before a retry.
+/// The pages that failed validation, for telemetry and for waiting before a retry.
 pub(crate) struct Conflict {
-    pub page: PageId,
-    /// Stamp of the page's newest version: a retry must see at least this commit.
+    /// Every page of the read set that changed (up to `MAX_REPORTED`), so that the
+    /// hot-page table does not blame only the lowest page id.
+    pub pages: Vec<ChangedPage>,
+    /// Newest stamp among them: a retry must see at least this commit.
     pub newer: u64,
+}
+
+/// One page that changed under a transaction.
+pub(crate) struct ChangedPage {
+    pub page: PageId,
     /// First and last key of the page's newest version (empty for inner/dead pages).
     pub first_key: Vec<u8>,
     pub last_key: Vec<u8>,
 }
+
+const MAX_REPORTED: usize = 8;
+
+/// A key and its new value (`None` deletes).
+type KeyWrite<'a> = (&'a [u8], Option<&'a [u8]>);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -75,7 +87,7 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     }
     let store = tx.store;
     // Writes grouped by the leaf they land on; each group stays in key order.
-    let mut by_leaf: BTreeMap<PageId, Vec<(&[u8], Option<&[u8]>)>> = BTreeMap::new();
+    let mut by_leaf: BTreeMap<PageId, Vec<KeyWrite<'_>>> = BTreeMap::new();
     for (key, w) in &tx.writes {
         by_leaf
             .entry(w.leaf)
@@ -108,13 +120,19 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     }
 
     let mut edits = Vec::with_capacity(by_leaf.len());
+    let mut conflict: Option<Conflict> = None;
     for &(id, seen) in &tx.reads {
         let head = store.slot(id).head();
         // SAFETY: we hold this page's lock; its newest version stays allocated.
         let page = unsafe { store.page(head) };
         if page.stamp() != seen {
-            let (first_key, last_key) =
-                if page.kind() == crate::store::Kind::Leaf && page.count() > 0 {
+            let c = conflict.get_or_insert_with(|| Conflict {
+                pages: Vec::new(),
+                newer: 0,
+            });
+            c.newer = c.newer.max(page.stamp());
+            if c.pages.len() < MAX_REPORTED {
+                let (first_key, last_key) = if page.kind() == Kind::Leaf && page.count() > 0 {
                     (
                         page.leaf_key(0).to_vec(),
                         page.leaf_key(page.count() - 1).to_vec(),
@@ -122,12 +140,13 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
                 } else {
                     (Vec::new(), Vec::new())
                 };
-            return Ok(Outcome::Conflict(Conflict {
-                page: id,
-                newer: page.stamp(),
-                first_key,
-                last_key,
-            }));
+                c.pages.push(ChangedPage {
+                    page: id,
+                    first_key,
+                    last_key,
+                });
+            }
+            continue;
         }
         if let Some(writes) = by_leaf.remove(&id) {
             edits.push(LeafWrites {
@@ -136,6 +155,9 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
                 writes,
             });
         }
+    }
+    if let Some(c) = conflict {
+        return Ok(Outcome::Conflict(c));
     }
     debug_assert!(by_leaf.is_empty(), "every written leaf is in the read set");
 

@@ -52,10 +52,11 @@ pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Owned (start, end) bounds of a key range.
+pub(crate) type KeyBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// Owned bounds of a user range, with oversized keys rejected.
-pub(crate) fn bounds_of<'k, R: RangeBounds<&'k [u8]>>(
-    range: &R,
-) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+pub(crate) fn bounds_of<'k, R: RangeBounds<&'k [u8]>>(range: &R) -> Result<KeyBounds> {
     let own = |b: Bound<&&[u8]>| -> Result<Bound<Vec<u8>>> {
         Ok(match b {
             Bound::Included(k) => {

@@ -59,6 +59,12 @@ impl Rng {
         rest.copy_from_slice(&last[..n]);
     }
 
+    /// Random bytes, of a length uniform in `lo..=hi`.
+    pub fn bytes_between(&mut self, lo: usize, hi: usize) -> Vec<u8> {
+        let len = self.range_incl(lo as u64, hi as u64) as usize;
+        self.bytes(len)
+    }
+
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         let mut v = vec![0u8; len];
         self.fill(&mut v);
@@ -84,17 +90,30 @@ pub fn engine_with(page_size: usize) -> Engine {
 
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Renders a key for failure messages: text when printable, hex otherwise, shortened.
-pub fn show(key: &[u8]) -> String {
-    let s = if key.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
-        String::from_utf8_lossy(key).into_owned()
-    } else {
-        key.iter().map(|b| format!("{b:02x}")).collect()
-    };
-    if s.len() > 80 {
-        format!("{}..({} bytes)", &s[..80], key.len())
-    } else {
-        s
+/// Both ends of a range over borrowed keys.
+pub type Bounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+/// Renders a key for failure messages: text when printable, hex otherwise,
+/// shortened. Lazy: nothing is formatted unless the message is.
+pub fn show(key: &[u8]) -> Show<'_> {
+    Show(key)
+}
+
+pub struct Show<'a>(&'a [u8]);
+
+impl std::fmt::Display for Show<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = self.0;
+        let s: String = if key.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+            String::from_utf8_lossy(key).into_owned()
+        } else {
+            key.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        if s.len() > 80 {
+            write!(f, "{}..({} bytes)", &s[..80], key.len())
+        } else {
+            f.write_str(&s)
+        }
     }
 }
 
@@ -145,7 +164,7 @@ pub fn assert_entries(what: &str, got: &[(Vec<u8>, Vec<u8>)], want: &[(Vec<u8>, 
 
 /// Asserts an optional value equals the expectation without dumping it.
 #[track_caller]
-pub fn assert_value(what: &str, got: Option<&[u8]>, want: Option<&[u8]>) {
+pub fn assert_value(what: impl std::fmt::Display, got: Option<&[u8]>, want: Option<&[u8]>) {
     match (got, want) {
         (None, None) => {}
         (Some(g), Some(w)) if g == w => {}
@@ -197,12 +216,50 @@ pub fn model_entries(m: &BTreeMap<Vec<u8>, Vec<u8>>) -> Entries {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// Checks a snapshot against a model exactly: full forward and reverse scans.
+/// Checks a snapshot against a model exactly: full forward and reverse scans,
+/// compared item by item as they stream (no copies of the whole state).
 #[track_caller]
 pub fn assert_snapshot_is(what: &str, snap: &Snapshot, model: &BTreeMap<Vec<u8>, Vec<u8>>) {
-    let want = model_entries(model);
-    assert_entries(&format!("{what} (forward scan)"), &scan(snap), &want);
-    assert_entries(&format!("{what} (reverse scan)"), &scan_rev(snap), &want);
+    for reverse in [false, true] {
+        let dir = if reverse { "reverse" } else { "forward" };
+        let mut got = snap.range(..);
+        let mut want = model.iter();
+        for i in 0.. {
+            let (g, w) = if reverse {
+                (got.next_back(), want.next_back())
+            } else {
+                (got.next(), want.next())
+            };
+            match (g, w) {
+                (None, None) => break,
+                (Some(Err(e)), _) => panic!("{what} ({dir} scan): item {i}: error {e}"),
+                (Some(Ok((k, v))), Some((wk, wv))) => {
+                    assert!(
+                        k == *wk,
+                        "{what} ({dir} scan): item {i}: key {} but expected {} ({} entries expected)",
+                        show(&k),
+                        show(wk),
+                        model.len()
+                    );
+                    assert_value(
+                        format_args!("{what} ({dir} scan): item {i} ({})", show(&k)),
+                        Some(&v),
+                        Some(wv),
+                    );
+                }
+                (Some(Ok((k, _))), None) => {
+                    panic!(
+                        "{what} ({dir} scan): item {i}: unexpected key {} ({} entries expected)",
+                        show(&k),
+                        model.len()
+                    )
+                }
+                (None, Some((wk, _))) => {
+                    panic!("{what} ({dir} scan): ended after {i} items, expected key {} next ({} entries expected)", show(wk), model.len())
+                }
+            }
+        }
+    }
 }
 
 /// The entries of `model` within the bounds, with the engine's convention that an
