@@ -16,12 +16,24 @@ const RING: usize = 4096;
 #[cfg(loom)]
 const RING: usize = 4;
 
+/// Where commit `id` marks itself done: consecutive ids land on different cache
+/// lines (a bijection on `id mod RING`), so concurrent committers do not write the
+/// same line.
+fn slot(id: u64) -> usize {
+    const SPREAD: usize = 8;
+    let i = (id as usize) % RING;
+    if !RING.is_multiple_of(SPREAD) {
+        return i;
+    }
+    (i % SPREAD) * (RING / SPREAD) + i / SPREAD
+}
+
 pub(crate) struct Clock {
     /// Last commit id handed out.
     assigned: AtomicU64,
     /// Every commit id `<= visible` is fully installed.
     visible: AtomicU64,
-    /// `done[c % RING] == c` once commit `c` is installed.
+    /// `done[slot(c)] == c` once commit `c` is installed.
     done: Box<[AtomicU64]>,
 }
 
@@ -53,11 +65,11 @@ impl Clock {
     /// Marks commit `id` installed and advances the watermark over every
     /// contiguous installed id.
     pub(crate) fn publish(&self, id: u64) {
-        self.done[(id as usize) % RING].store(id, Ordering::SeqCst);
+        self.done[slot(id)].store(id, Ordering::SeqCst);
         loop {
             let v = self.visible.load(Ordering::SeqCst);
             let next = v + 1;
-            if self.done[(next as usize) % RING].load(Ordering::SeqCst) != next {
+            if self.done[slot(next)].load(Ordering::SeqCst) != next {
                 return;
             }
             // Losing this race means another committer advanced it; look again.

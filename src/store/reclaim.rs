@@ -142,7 +142,6 @@ type GarbageList = VecDeque<(u64, Garbage)>;
 
 pub(crate) struct GarbageLists {
     shards: Box<[CachePadded<Mutex<GarbageList>>]>,
-    waiting: AtomicU64,
 }
 
 impl GarbageLists {
@@ -151,18 +150,13 @@ impl GarbageLists {
             shards: (0..GARBAGE_SHARDS)
                 .map(|_| CachePadded::new(Mutex::new(VecDeque::new())))
                 .collect(),
-            waiting: AtomicU64::new(0),
         }
     }
 
     /// Hands over the garbage of commit `stamp`.
     pub(crate) fn defer(&self, stamp: u64, items: impl IntoIterator<Item = Garbage>) {
         let mut shard = self.shards[thread_shard() % self.shards.len()].lock();
-        let before = shard.len();
         shard.extend(items.into_iter().map(|g| (stamp, g)));
-        let added = (shard.len() - before) as u64;
-        drop(shard);
-        self.waiting.fetch_add(added, Ordering::Relaxed);
     }
 
     /// Frees, through `free`, every item whose stamp is at or below `horizon`.
@@ -181,13 +175,12 @@ impl GarbageLists {
                 freed += 1;
             }
         }
-        self.waiting.fetch_sub(freed, Ordering::Relaxed);
         freed
     }
 
     /// Items waiting for the horizon: versions pinned by snapshots, mostly.
     pub(crate) fn waiting(&self) -> u64 {
-        self.waiting.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| s.lock().len() as u64).sum()
     }
 
     /// Everything left, regardless of stamps (the engine is being dropped).
@@ -197,6 +190,5 @@ impl GarbageLists {
                 free(g);
             }
         }
-        self.waiting.store(0, Ordering::Relaxed);
     }
 }
