@@ -616,3 +616,59 @@ fn phantom_inside_a_range_over_many_leaves_is_caught() {
 fn phantom_inside_a_range_over_many_leaves_is_caught_by_a_reverse_scan() {
     phantom_is_caught(b"f:00200", b"f:01800", b"f:01000x", true);
 }
+
+/// Leaking a scan iterator must not hide the scan from validation: the leaves it
+/// visited join the read set as they are read, not when the iterator drops.
+#[test]
+fn a_leaked_scan_iterator_still_validates() {
+    let engine = Engine::in_memory().unwrap();
+    fill(&engine, "f:", 2_000, 50);
+    fill(&engine, "t:", 2_000, 50);
+    let (counted, attempts, ()) = interleave(
+        &engine,
+        "count then forget",
+        |tx, pause| {
+            let mut range = tx.range(b"t:".as_slice()..b"t;".as_slice());
+            let mut n = 0u64;
+            for item in range.by_ref() {
+                item?;
+                n += 1;
+            }
+            std::mem::forget(range);
+            pause();
+            tx.put(b"a:summary", &enc(n))?;
+            Ok(n)
+        },
+        "insert",
+        |tx| tx.put(b"t:zzz-phantom", b"phantom"),
+    );
+    assert_eq!(
+        attempts, 2,
+        "the forgotten scan still conflicts with B's insert"
+    );
+    assert_eq!(counted, 2_001);
+}
+
+/// `run` returns only once its commit is visible: the next snapshot on the same
+/// thread sees it, even while other threads' earlier commits are still installing.
+#[test]
+fn a_commit_is_visible_to_the_next_snapshot_on_its_thread() {
+    let engine = Engine::in_memory().unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let engine = &engine;
+            s.spawn(move || {
+                for i in 0..3_000u32 {
+                    let key = format!("ryw:{t}:{i:05}");
+                    engine
+                        .run("put", |tx| tx.put(key.as_bytes(), b"v"))
+                        .unwrap();
+                    assert!(
+                        engine.snapshot().get(key.as_bytes()).unwrap().is_some(),
+                        "thread {t} did not see its own commit {i}"
+                    );
+                }
+            });
+        }
+    });
+}

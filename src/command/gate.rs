@@ -54,7 +54,17 @@ impl CommitGate {
         }
     }
 
-    fn wait_open(&self) {
+    /// Waits while an escalated command holds the gate. Called before a command
+    /// takes its snapshot, so it does not start on a state the escalated command is
+    /// about to change (and then lose a conflict to it).
+    pub(crate) fn wait_open(&self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        self.wait_closed_to_open();
+    }
+
+    fn wait_closed_to_open(&self) {
         let mut backoff = Backoff::new();
         let mut spins = 0u32;
         while self.closed.load(Ordering::SeqCst) {

@@ -139,6 +139,7 @@ impl Executor {
         };
         let mut conflicts = 0u32;
         while conflicts < self.max_conflicts {
+            self.gate.wait_open();
             let mut tx = Tx::begin(store);
             let value = match f(&mut tx) {
                 Ok(v) => v,

@@ -483,13 +483,15 @@ impl Store {
             {
                 continue;
             }
-            plan.extra_locks.push(sib);
             // SAFETY: we hold the sibling's exclusive lock; `ours` is our own buffer.
             let (sp, op) = unsafe { (self.page(self.table.slot(sib).head()), self.page(ours)) };
             debug_assert_eq!(sp.kind(), Kind::Leaf);
             if sp.used() + op.used() - HEADER > self.page_size * 3 / 4 {
+                // Not merging: let the sibling's own committers in at once.
+                self.table.slot(sib).unlock_exclusive();
                 continue;
             }
+            plan.extra_locks.push(sib);
             let (left, right, lp, rp) = if si > at {
                 (leaf, sib, op, sp)
             } else {

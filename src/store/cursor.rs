@@ -31,8 +31,10 @@ pub(crate) struct TreeRange<'s> {
     front: End,
     back: End,
     done: bool,
-    /// Leaves read so far, with the stamp of the version seen (when recording).
-    pub(crate) visited: Option<Vec<(PageId, u64)>>,
+    /// Where each leaf read goes, with the stamp of the version seen: a
+    /// transaction's read set, written at once so that leaking the iterator
+    /// (`mem::forget`) cannot hide a read from validation.
+    reads: Option<&'s mut Vec<(PageId, u64)>>,
 }
 
 fn after_hi(key: &[u8], hi: &Bound<Vec<u8>>) -> bool {
@@ -58,7 +60,7 @@ impl<'s> TreeRange<'s> {
         at: u64,
         lo: Bound<Vec<u8>>,
         hi: Bound<Vec<u8>>,
-        record: bool,
+        reads: Option<&'s mut Vec<(PageId, u64)>>,
     ) -> Self {
         TreeRange {
             store,
@@ -68,7 +70,7 @@ impl<'s> TreeRange<'s> {
             front: End::default(),
             back: End::default(),
             done: false,
-            visited: record.then(Vec::new),
+            reads,
         }
     }
 
@@ -79,8 +81,8 @@ impl<'s> TreeRange<'s> {
 
     fn visit(&mut self, id: PageId, v: PagePtr) {
         let stamp = self.page(v).stamp();
-        if let Some(visited) = &mut self.visited {
-            visited.push((id, stamp));
+        if let Some(reads) = &mut self.reads {
+            reads.push((id, stamp));
         }
     }
 

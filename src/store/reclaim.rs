@@ -13,7 +13,7 @@
 use super::arena::PagePtr;
 use super::clock::Clock;
 use super::PageId;
-use crate::sync::{thread_shard, AtomicU64, CachePadded, Mutex, Ordering};
+use crate::sync::{spin_hint, thread_shard, AtomicU64, CachePadded, Mutex, Ordering};
 use std::collections::{BTreeMap, VecDeque};
 
 const FREE: u64 = u64::MAX;
@@ -90,7 +90,17 @@ impl Pins {
     pub(crate) fn horizon(&self, clock: &Clock) -> Option<u64> {
         let mut min = clock.visible();
         for slot in self.slots.iter() {
-            match slot.load(Ordering::SeqCst) {
+            let mut value = slot.load(Ordering::SeqCst);
+            // A pin in progress resolves within a few instructions; wait briefly. Any
+            // value seen afterwards is safe to use: the pin it belongs to either is
+            // counted here or read the watermark after `min` was read.
+            let mut tries = 0;
+            while value == PENDING && tries < 64 {
+                spin_hint();
+                value = slot.load(Ordering::SeqCst);
+                tries += 1;
+            }
+            match value {
                 FREE => {}
                 PENDING => return None,
                 at => min = min.min(at),
@@ -163,6 +173,7 @@ impl GarbageLists {
     /// Shards busy with another thread are skipped this time.
     pub(crate) fn collect(&self, horizon: u64, mut free: impl FnMut(Garbage)) -> u64 {
         let mut freed = 0;
+        let mut ready = Vec::new();
         for shard in self.shards.iter() {
             let Some(mut list) = shard.try_lock() else {
                 continue;
@@ -170,10 +181,13 @@ impl GarbageLists {
             // Lists are nearly sorted (one thread's commits ascend); stop at the first
             // item still needed, a later call gets the rest.
             while list.front().is_some_and(|(stamp, _)| *stamp <= horizon) {
-                let (_, g) = list.pop_front().expect("front exists");
-                free(g);
-                freed += 1;
+                ready.push(list.pop_front().expect("front exists").1);
             }
+            drop(list);
+            // Free outside the lock: a committer handing over garbage must not wait
+            // behind a large overflow chain being freed.
+            freed += ready.len() as u64;
+            ready.drain(..).for_each(&mut free);
         }
         freed
     }

@@ -60,7 +60,7 @@ impl Snapshot {
     pub fn range<'k, R: RangeBounds<&'k [u8]>>(&self, range: R) -> SnapshotRange<'_> {
         match bounds_of(&range) {
             Ok((lo, hi)) => SnapshotRange {
-                inner: Some(TreeRange::new(&self.store, self.at, lo, hi, false)),
+                inner: Some(TreeRange::new(&self.store, self.at, lo, hi, None)),
                 error: None,
             },
             Err(e) => SnapshotRange {

@@ -80,6 +80,18 @@ impl Drop for Locks<'_> {
     }
 }
 
+/// Publishes a taken commit id when dropped.
+struct Publish<'s> {
+    store: &'s Store,
+    id: u64,
+}
+
+impl Drop for Publish<'_> {
+    fn drop(&mut self) {
+        self.store.clock.publish(self.id);
+    }
+}
+
 /// Validates and installs `tx`. Read-only transactions return at once.
 pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     if tx.is_read_only() {
@@ -165,9 +177,14 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     let plan = store.plan(&edits, &|id| held.binary_search(&id).is_ok())?;
     let restructured = plan.restructured;
     let id = store.clock.assign();
+    // Ids have no gaps: once taken, `id` is published even if something below panics.
+    let publish = Publish { store, id };
     plan.install(id);
     drop(locks);
-    store.clock.publish(id);
+    drop(publish);
+    // `run` returns only when its commit is visible: a snapshot taken next on this
+    // thread sees it (earlier ids may still be installing on other threads).
+    store.clock.wait_visible(id);
     store.maybe_collect();
     Ok(Outcome::Committed { restructured })
 }

@@ -170,7 +170,7 @@ impl<'e> Tx<'e> {
             Ok((lo, hi)) => {
                 TxRange::new(self.store, self.at, lo, hi, &self.writes, &mut self.reads)
             }
-            Err(e) => TxRange::failed(e, &mut self.reads),
+            Err(e) => TxRange::failed(e),
         }
     }
 

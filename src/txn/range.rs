@@ -18,7 +18,6 @@ pub struct TxRange<'t> {
     back_tree: Option<Entry>,
     front_write: Option<Buffered<'t>>,
     back_write: Option<Buffered<'t>>,
-    reads: &'t mut Vec<(PageId, u64)>,
     error: Option<Error>,
 }
 
@@ -39,18 +38,17 @@ impl<'t> TxRange<'t> {
             Some(writes.range::<Vec<u8>, _>((lo.clone(), hi.clone())))
         };
         TxRange {
-            tree: Some(TreeRange::new(store, at, lo, hi, true)),
+            tree: Some(TreeRange::new(store, at, lo, hi, Some(reads))),
             writes: wrange,
             front_tree: None,
             back_tree: None,
             front_write: None,
             back_write: None,
-            reads,
             error: None,
         }
     }
 
-    pub(crate) fn failed(e: Error, reads: &'t mut Vec<(PageId, u64)>) -> Self {
+    pub(crate) fn failed(e: Error) -> Self {
         TxRange {
             tree: None,
             writes: None,
@@ -58,7 +56,6 @@ impl<'t> TxRange<'t> {
             back_tree: None,
             front_write: None,
             back_write: None,
-            reads,
             error: Some(e),
         }
     }
@@ -163,14 +160,6 @@ impl DoubleEndedIterator for TxRange<'_> {
             if let Some(entry) = self.back_write.take().and_then(buffered) {
                 return Some(Ok(entry));
             }
-        }
-    }
-}
-
-impl Drop for TxRange<'_> {
-    fn drop(&mut self) {
-        if let Some(visited) = self.tree.as_mut().and_then(|t| t.visited.take()) {
-            self.reads.extend(visited);
         }
     }
 }
