@@ -201,6 +201,8 @@ struct HotEntry {
 /// Everything `Engine::stats` reports about commands.
 pub(crate) struct Telemetry {
     pub(crate) all: Counters,
+    /// Counters per command name. Entries are never removed: executors hand out
+    /// plain references into them for the executor's life.
     commands: Mutex<HashMap<String, Arc<Counters>>>,
     hot: Mutex<HashMap<PageId, HotEntry>>,
     hot_tracked: usize,

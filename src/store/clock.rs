@@ -9,7 +9,7 @@
 //! hash chain and the feed's publish watermark advance over, in commit order,
 //! without re-serializing commits.
 
-use crate::sync::{AtomicU64, Backoff, Ordering};
+use crate::sync::{AtomicU64, Backoff, CachePadded, Ordering};
 
 #[cfg(not(loom))]
 const RING: usize = 4096;
@@ -28,11 +28,14 @@ fn slot(id: u64) -> usize {
     (i % SPREAD) * (RING / SPREAD) + i / SPREAD
 }
 
+/// The two counters every commit writes sit on cache lines of their own: sharing a
+/// line with each other, or with the store's read-mostly fields, made every page
+/// access of every other core miss.
 pub(crate) struct Clock {
     /// Last commit id handed out.
-    assigned: AtomicU64,
+    assigned: CachePadded<AtomicU64>,
     /// Every commit id `<= visible` is fully installed.
-    visible: AtomicU64,
+    visible: CachePadded<AtomicU64>,
     /// `done[slot(c)] == c` once commit `c` is installed.
     done: Box<[AtomicU64]>,
 }
@@ -40,8 +43,8 @@ pub(crate) struct Clock {
 impl Clock {
     pub(crate) fn new() -> Self {
         Clock {
-            assigned: AtomicU64::new(0),
-            visible: AtomicU64::new(0),
+            assigned: CachePadded::new(AtomicU64::new(0)),
+            visible: CachePadded::new(AtomicU64::new(0)),
             done: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
         }
     }
@@ -52,9 +55,14 @@ impl Clock {
     }
 
     /// Takes the next commit id. The caller must `publish` it: ids have no gaps.
-    pub(crate) fn assign(&self) -> u64 {
+    /// `seen` is a watermark value the caller already read (its snapshot): when the
+    /// new id is within the ring of it, the watermark need not be read again.
+    pub(crate) fn assign(&self, seen: u64) -> u64 {
         let id = self.assigned.fetch_add(1, Ordering::SeqCst) + 1;
         // At most RING commits may be between assignment and visibility.
+        if id - seen.min(id) < RING as u64 {
+            return id;
+        }
         let mut backoff = Backoff::new();
         while id - self.visible() > RING as u64 - 1 {
             backoff.snooze();
@@ -63,20 +71,33 @@ impl Clock {
     }
 
     /// Marks commit `id` installed and advances the watermark over every
-    /// contiguous installed id.
-    pub(crate) fn publish(&self, id: u64) {
+    /// contiguous installed id. Returns the last watermark value it saw.
+    pub(crate) fn publish(&self, id: u64) -> u64 {
         self.done[slot(id)].store(id, Ordering::SeqCst);
+        let mut v = self.visible.load(Ordering::SeqCst);
         loop {
-            let v = self.visible.load(Ordering::SeqCst);
             let next = v + 1;
             if self.done[slot(next)].load(Ordering::SeqCst) != next {
-                return;
+                return v;
             }
             // Losing this race means another committer advanced it; look again.
-            let _ = self
+            v = match self
                 .visible
-                .compare_exchange(v, next, Ordering::SeqCst, Ordering::SeqCst);
+                .compare_exchange(v, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => next,
+                Err(now) => now,
+            };
         }
+    }
+
+    /// Waits until commit `id` is visible to new snapshots; `seen` is a watermark
+    /// value already read (from `publish`), which often makes the wait free.
+    pub(crate) fn wait_visible_from(&self, id: u64, seen: u64) {
+        if seen >= id {
+            return;
+        }
+        self.wait_visible(id);
     }
 
     /// Waits until commit `id` is visible to new snapshots.

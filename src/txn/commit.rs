@@ -80,15 +80,26 @@ impl Drop for Locks<'_> {
     }
 }
 
-/// Publishes a taken commit id when dropped.
+/// Publishes a taken commit id: by `finish`, or when dropped during a panic.
 struct Publish<'s> {
     store: &'s Store,
     id: u64,
+    done: bool,
+}
+
+impl Publish<'_> {
+    /// Publishes the id; returns the watermark value seen while doing so.
+    fn finish(mut self) -> u64 {
+        self.done = true;
+        self.store.clock.publish(self.id)
+    }
 }
 
 impl Drop for Publish<'_> {
     fn drop(&mut self) {
-        self.store.clock.publish(self.id);
+        if !self.done {
+            self.store.clock.publish(self.id);
+        }
     }
 }
 
@@ -176,15 +187,19 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     let held: Vec<PageId> = locks.held.iter().map(|(id, _)| *id).collect();
     let plan = store.plan(&edits, &|id| held.binary_search(&id).is_ok())?;
     let restructured = plan.restructured;
-    let id = store.clock.assign();
+    let id = store.clock.assign(tx.at);
     // Ids have no gaps: once taken, `id` is published even if something below panics.
-    let publish = Publish { store, id };
+    let publish = Publish {
+        store,
+        id,
+        done: false,
+    };
     plan.install(id);
     drop(locks);
-    drop(publish);
+    let seen = publish.finish();
     // `run` returns only when its commit is visible: a snapshot taken next on this
     // thread sees it (earlier ids may still be installing on other threads).
-    store.clock.wait_visible(id);
+    store.clock.wait_visible_from(id, seen);
     store.maybe_collect();
     Ok(Outcome::Committed { restructured })
 }
