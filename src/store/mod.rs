@@ -270,7 +270,9 @@ impl Store {
     }
 
     /// Frees what no snapshot can reach any more. Cheap to call often: it does real
-    /// work only every few dozen commits.
+    /// work only every few dozen commits of this thread, on this thread's own
+    /// garbage, and every thousand or so on everyone's (so the garbage of threads
+    /// that stopped committing is freed too).
     pub(crate) fn maybe_collect(&self) {
         // A per-thread count: a shared one would be a cache line every commit writes.
         thread_local! {
@@ -281,15 +283,21 @@ impl Store {
             c.set(n);
             n
         });
-        if n.is_multiple_of(32) {
+        if n.is_multiple_of(1024) {
             self.collect();
+        } else if n.is_multiple_of(32) {
+            self.collect_from(true);
         }
     }
 
     /// Frees every piece of garbage below the horizon; returns how many.
     pub(crate) fn collect(&self) -> u64 {
+        self.collect_from(false)
+    }
+
+    fn collect_from(&self, only_own: bool) -> u64 {
         match self.pins.horizon(&self.clock) {
-            Some(h) => self.garbage.collect(h, |g| self.free(g)),
+            Some(h) => self.garbage.collect(h, only_own, |g| self.free(g)),
             None => 0,
         }
     }

@@ -171,10 +171,22 @@ impl GarbageLists {
 
     /// Frees, through `free`, every item whose stamp is at or below `horizon`.
     /// Shards busy with another thread are skipped this time.
-    pub(crate) fn collect(&self, horizon: u64, mut free: impl FnMut(Garbage)) -> u64 {
+    /// With `only_own`, just the calling thread's shard: its garbage was made on
+    /// this core, so freeing it here keeps page memory core-local.
+    pub(crate) fn collect(
+        &self,
+        horizon: u64,
+        only_own: bool,
+        mut free: impl FnMut(Garbage),
+    ) -> u64 {
         let mut freed = 0;
         let mut ready = Vec::new();
-        for shard in self.shards.iter() {
+        let (skip, take) = if only_own {
+            (thread_shard() % self.shards.len(), 1)
+        } else {
+            (0, self.shards.len())
+        };
+        for shard in self.shards.iter().skip(skip).take(take) {
             let Some(mut list) = shard.try_lock() else {
                 continue;
             };
