@@ -19,13 +19,13 @@
 mod common;
 
 use common::{
-    counter, cpu_time, full_run, key, key_count, load, loadavg, rate, share, Rng, Tally, VALUE_LEN,
+    counter, cpu_time, full_run, key, key_count, load, loadavg, rate, run_parallel, Tally,
+    VALUE_LEN,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardstone::Engine;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 const THREADS: [usize; 2] = [1, 2];
 
@@ -50,27 +50,8 @@ fn read_modify_write(engine: &Engine, k: &[u8]) {
 
 /// Runs `total` commands over `threads` threads; returns the wall time.
 fn run_commands(engine: &Engine, keys: u64, threads: usize, total: u64) -> Duration {
-    let start = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let start = &start;
-                let mine = share(total, threads, t);
-                s.spawn(move || {
-                    let mut rng = Rng::new(SEED.fetch_add(1, Ordering::Relaxed));
-                    start.wait();
-                    for _ in 0..mine {
-                        read_modify_write(engine, &key(rng.below(keys)));
-                    }
-                })
-            })
-            .collect();
-        start.wait();
-        let began = Instant::now();
-        for h in handles {
-            h.join().expect("bench thread panicked");
-        }
-        began.elapsed()
+    run_parallel(threads, total, &SEED, |rng| {
+        read_modify_write(engine, &key(rng.below(keys)))
     })
 }
 

@@ -21,14 +21,13 @@
 mod common;
 
 use common::{
-    counter, cpu_time, full_run, key, key_count, load, loadavg, permutation, rate, share, Rng,
+    counter, cpu_time, full_run, key, key_count, load, loadavg, permutation, rate, run_parallel,
     Tally, Zipf, KEY_LEN, VALUE_LEN,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardstone::{Engine, Stats};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 const THREADS: [usize; 4] = [1, 2, 4, 8];
 const KEYS_PER_COMMAND: usize = 4;
@@ -78,34 +77,15 @@ fn rmw_keys(engine: &Engine, keys: &[[u8; KEY_LEN]; KEYS_PER_COMMAND]) {
 }
 
 fn run_commands(setup: &Setup, mapping: Mapping, threads: usize, total: u64) -> Duration {
-    let start = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let start = &start;
-                let mine = share(total, threads, t);
-                s.spawn(move || {
-                    let mut rng = Rng::new(SEED.fetch_add(1, Ordering::Relaxed));
-                    start.wait();
-                    for _ in 0..mine {
-                        let keys = std::array::from_fn(|_| {
-                            let rank = setup.zipf.sample(&mut rng);
-                            key(match mapping {
-                                Mapping::Clustered => rank,
-                                Mapping::Scattered => u64::from(setup.perm[rank as usize]),
-                            })
-                        });
-                        rmw_keys(&setup.engine, &keys);
-                    }
-                })
+    run_parallel(threads, total, &SEED, |rng| {
+        let keys = std::array::from_fn(|_| {
+            let rank = setup.zipf.sample(rng);
+            key(match mapping {
+                Mapping::Clustered => rank,
+                Mapping::Scattered => u64::from(setup.perm[rank as usize]),
             })
-            .collect();
-        start.wait();
-        let began = Instant::now();
-        for h in handles {
-            h.join().expect("bench thread panicked");
-        }
-        began.elapsed()
+        });
+        rmw_keys(&setup.engine, &keys);
     })
 }
 

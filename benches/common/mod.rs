@@ -292,3 +292,35 @@ pub fn loadavg() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
+
+/// Runs `total` commands over `threads` threads, each with its own seeded `Rng`,
+/// all released together; returns the wall time until the last thread finishes.
+pub fn run_parallel(
+    threads: usize,
+    total: u64,
+    seed: &std::sync::atomic::AtomicU64,
+    command: impl Fn(&mut Rng) + Sync,
+) -> std::time::Duration {
+    let start = std::sync::Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (start, command) = (&start, &command);
+                let mine = share(total, threads, t);
+                s.spawn(move || {
+                    let mut rng = Rng::new(seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                    start.wait();
+                    for _ in 0..mine {
+                        command(&mut rng);
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        let began = std::time::Instant::now();
+        for h in handles {
+            h.join().expect("bench thread panicked");
+        }
+        began.elapsed()
+    })
+}
