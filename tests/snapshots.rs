@@ -443,3 +443,43 @@ fn read_only_commands_take_no_commit_id() {
     engine.run("write", |tx| tx.put(b"x", b"y")).unwrap();
     assert_eq!(engine.commit_id().get(), c.get() + 1);
 }
+
+/// Large values are written to overflow pages before a commit locks anything; a
+/// commit that then loses a conflict must give those pages back.
+#[test]
+fn overflow_pages_of_lost_commits_are_freed() {
+    let opts = shardstone::Options {
+        max_conflicts: 2,
+        ..Default::default()
+    };
+    let engine = Engine::in_memory_with(opts).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let engine = &engine;
+            s.spawn(move || {
+                for i in 0..150u32 {
+                    let key = [b'k', (i % 2) as u8];
+                    engine
+                        .run("big rmw", |tx| {
+                            let n = tx.get(&key)?.map_or(0, |v| v[0]);
+                            tx.put(&key, &vec![n.wrapping_add(t); 20_000])
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let st = engine.stats();
+    assert_eq!(st.commits, 600);
+    engine
+        .run("clear", |tx| tx.delete(b"k\0").and(tx.delete(b"k\x01")))
+        .unwrap();
+    engine.collect_garbage();
+    let store = engine.stats().store;
+    assert_eq!(
+        (store.pages, store.page_buffers, store.pinned_versions),
+        (1, 1, 0),
+        "every overflow page written for a lost commit was freed ({} conflicts)",
+        st.conflicts
+    );
+}

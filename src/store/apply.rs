@@ -18,7 +18,6 @@
 //!   never held while waiting for a page lock (no deadlock with leaf commits).
 
 use super::arena::PagePtr;
-use super::overflow;
 use super::page::{self, InnerNode, Kind, LeafEntry, ValRef, HEADER};
 use super::reclaim::Garbage;
 use super::{PageId, Store, ROOT};
@@ -31,8 +30,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub(crate) struct LeafWrites<'w> {
     pub page: PageId,
     pub head: PagePtr,
-    /// Sorted by key, one entry per key; `None` deletes.
-    pub writes: Vec<(&'w [u8], Option<&'w [u8]>)>,
+    /// Sorted by key, one entry per key; `None` deletes. Large values arrive as
+    /// overflow chains the committer wrote before taking any lock.
+    pub writes: Vec<(&'w [u8], Option<ValRef<'w>>)>,
 }
 
 enum Install {
@@ -46,7 +46,6 @@ pub(crate) struct Plan<'s> {
     store: &'s Store,
     installs: BTreeMap<PageId, Install>,
     fresh: Vec<PageId>,
-    new_chains: Vec<usize>,
     old_chains: Vec<usize>,
     extra_locks: Vec<PageId>,
     spare: Vec<PagePtr>,
@@ -89,7 +88,6 @@ impl Store {
             store: self,
             installs: BTreeMap::new(),
             fresh: Vec::new(),
-            new_chains: Vec::new(),
             old_chains: Vec::new(),
             extra_locks: Vec::new(),
             spare: Vec::new(),
@@ -172,20 +170,22 @@ impl Store {
     fn patch_in_place(
         &self,
         old: &page::Page<'_>,
-        writes: &[(&[u8], Option<&[u8]>)],
+        writes: &[(&[u8], Option<ValRef<'_>>)],
         plan: &mut Plan<'_>,
     ) -> Result<Option<PagePtr>> {
-        let mut spans = [(0usize, 0usize); 8];
+        let mut spans = [(0usize, 0usize, &[][..]); 8];
         if writes.len() > spans.len() {
             return Ok(None);
         }
         for (span, (key, value)) in spans.iter_mut().zip(writes) {
-            let Some(v) = value else { return Ok(None) };
+            let Some(ValRef::Inline(v)) = *value else {
+                return Ok(None);
+            };
             let Ok(i) = old.leaf_search(key) else {
                 return Ok(None);
             };
             match old.inline_value_span(i) {
-                Some((at, len)) if len == v.len() => *span = (at, len),
+                Some((at, len)) if len == v.len() => *span = (at, len, v),
                 _ => return Ok(None),
             }
         }
@@ -194,18 +194,17 @@ impl Store {
         // SAFETY: a fresh buffer owned by the plan, not yet published.
         let dst = unsafe { self.buf_mut(buf) };
         dst[..src.len()].copy_from_slice(src);
-        for ((at, len), (_, value)) in spans.iter().zip(writes) {
-            dst[*at..*at + *len].copy_from_slice(value.expect("checked above"));
+        for &(at, len, v) in &spans[..writes.len()] {
+            dst[at..at + len].copy_from_slice(v);
         }
         Ok(Some(Self::claim(plan, buf)))
     }
 
-    /// The entries of `old` with `writes` applied, in key order. Large new values
-    /// are written to overflow chains here.
+    /// The entries of `old` with `writes` applied, in key order.
     fn merge_writes<'a>(
         &self,
         old: &page::Page<'a>,
-        writes: &[(&'a [u8], Option<&'a [u8]>)],
+        writes: &[(&'a [u8], Option<ValRef<'a>>)],
         plan: &mut Plan<'_>,
     ) -> Result<Vec<LeafEntry<'a>>> {
         let n = old.count();
@@ -230,16 +229,7 @@ impl Store {
             }
             let (key, value) = writes[j];
             j += 1;
-            if let Some(v) = value {
-                let val = if page::inline_entry_size(key.len(), v.len())
-                    <= page::max_inline_entry(self.page_size)
-                {
-                    ValRef::Inline(v)
-                } else {
-                    let head = overflow::write_chain(&self.arena, v)?;
-                    plan.new_chains.push(head);
-                    ValRef::Overflow { head, len: v.len() }
-                };
+            if let Some(val) = value {
                 out.push(LeafEntry { key, val });
             }
         }
@@ -801,7 +791,6 @@ impl Plan<'_> {
         }
         garbage.extend(self.old_chains.drain(..).map(Garbage::Overflow));
         store.garbage.defer(stamp, garbage);
-        self.new_chains.clear();
         self.fresh.clear();
         self.installed = true;
     }
@@ -825,9 +814,6 @@ impl Drop for Plan<'_> {
             let (Install::Version(b) | Install::Dead(b)) = inst;
             // SAFETY: never published.
             unsafe { store.arena.free(b) };
-        }
-        for head in self.new_chains.drain(..) {
-            overflow::free_chain(&store.arena, head);
         }
         for id in self.fresh.drain(..) {
             store.table.release(id);

@@ -25,7 +25,7 @@ pub(crate) use apply::LeafWrites;
 pub(crate) use arena::PagePtr;
 pub(crate) use clock::Clock;
 pub(crate) use cursor::TreeRange;
-pub(crate) use page::Kind;
+pub(crate) use page::{Kind, ValRef};
 pub(crate) use reclaim::PinSlot;
 pub use snapshot::{Snapshot, SnapshotRange};
 pub(crate) use table::PageSlot;
@@ -34,7 +34,7 @@ use crate::error::Result;
 use crate::options::Options;
 use crate::sync::{thread_local, Mutex};
 use arena::Arena;
-use page::{Page, ValRef};
+use page::Page;
 use reclaim::{Garbage, GarbageLists, Pins};
 use std::cell::Cell;
 use std::fmt;
@@ -245,6 +245,26 @@ impl Store {
             ValRef::Inline(bytes) => Value(bytes.to_vec()),
             ValRef::Overflow { head, len } => Value(overflow::read_chain(head, len)),
         }
+    }
+
+    /// How `value` will be stored under `key`: inline, or in an overflow chain
+    /// written now (the caller owns it until a commit installs it, and frees it
+    /// with `free_overflow` otherwise).
+    pub(crate) fn stored_value<'v>(&self, key: &[u8], value: &'v [u8]) -> Result<ValRef<'v>> {
+        if page::inline_entry_size(key.len(), value.len()) <= page::max_inline_entry(self.page_size)
+        {
+            return Ok(ValRef::Inline(value));
+        }
+        let head = overflow::write_chain(&self.arena, value)?;
+        Ok(ValRef::Overflow {
+            head,
+            len: value.len(),
+        })
+    }
+
+    /// Frees an overflow chain that was never installed.
+    pub(crate) fn free_overflow(&self, head: usize) {
+        overflow::free_chain(&self.arena, head);
     }
 
     /// Pins a snapshot at the newest visible commit.

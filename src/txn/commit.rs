@@ -22,7 +22,7 @@
 
 use super::Tx;
 use crate::error::Result;
-use crate::store::{Kind, LeafWrites, PageId, Store};
+use crate::store::{Kind, LeafWrites, PageId, Store, ValRef};
 use std::collections::BTreeMap;
 
 /// What happened to a commit attempt.
@@ -55,7 +55,7 @@ pub(crate) struct ChangedPage {
 const MAX_REPORTED: usize = 8;
 
 /// A key and its new value (`None` deletes).
-type KeyWrite<'a> = (&'a [u8], Option<&'a [u8]>);
+type KeyWrite<'a> = (&'a [u8], Option<ValRef<'a>>);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -103,6 +103,24 @@ impl Drop for Publish<'_> {
     }
 }
 
+/// Overflow chains written for a commit: freed unless the commit installs them
+/// (a conflict, an error, or a panic before install).
+struct Chains<'s> {
+    store: &'s Store,
+    heads: Vec<usize>,
+    installed: bool,
+}
+
+impl Drop for Chains<'_> {
+    fn drop(&mut self) {
+        if !self.installed {
+            for &head in &self.heads {
+                self.store.free_overflow(head);
+            }
+        }
+    }
+}
+
 /// Validates and installs `tx`. Read-only transactions return at once.
 pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     if tx.is_read_only() {
@@ -110,12 +128,29 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     }
     let store = tx.store;
     // Writes grouped by the leaf they land on; each group stays in key order.
+    // Overflow chains for large values are written here, before any lock is taken,
+    // so a big value does not hold pages locked while it is copied.
+    let mut chains = Chains {
+        store,
+        heads: Vec::new(),
+        installed: false,
+    };
     let mut by_leaf: BTreeMap<PageId, Vec<KeyWrite<'_>>> = BTreeMap::new();
     for (key, w) in &tx.writes {
+        let value = match &w.value {
+            Some(v) => {
+                let stored = store.stored_value(key, v)?;
+                if let ValRef::Overflow { head, .. } = stored {
+                    chains.heads.push(head);
+                }
+                Some(stored)
+            }
+            None => None,
+        };
         by_leaf
             .entry(w.leaf)
             .or_default()
-            .push((key.as_slice(), w.value.as_deref()));
+            .push((key.as_slice(), value));
     }
     tx.reads.sort_unstable();
     tx.reads.dedup();
@@ -195,6 +230,7 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
         done: false,
     };
     plan.install(id);
+    chains.installed = true;
     drop(locks);
     let seen = publish.finish();
     // `run` returns only when its commit is visible: a snapshot taken next on this
