@@ -199,14 +199,23 @@ impl Store {
     /// The version of `id` a snapshot at `at` sees. The caller holds a pin `<= at`.
     pub(crate) fn version_at(&self, id: PageId, at: u64) -> PagePtr {
         let mut v = self.table.slot(id).head();
+        let mut newer = u64::MAX;
         loop {
             debug_assert!(!v.is_null(), "{id} has no version visible at {at}");
             // SAFETY: versions newer than the caller's pin are not freed while it is held
             // (their superseding commit is newer still, above the horizon).
             let p = unsafe { self.page(v) };
+            // A chain strictly descends in stamps; anything else is a freed and reused
+            // version (a reclamation bug): fail loudly in tests instead of looping.
+            #[cfg(any(debug_assertions, loom))]
+            assert!(
+                p.stamp() < newer,
+                "{id}: version chain not descending at {at}: a reclaimed version was reached"
+            );
             if p.stamp() <= at {
                 return v;
             }
+            newer = p.stamp();
             v = p.next_version();
         }
     }

@@ -13,7 +13,7 @@
 use super::arena::PagePtr;
 use super::clock::Clock;
 use super::PageId;
-use crate::sync::{spin_hint, thread_shard, AtomicU64, CachePadded, Mutex, Ordering};
+use crate::sync::{fence, spin_hint, thread_shard, AtomicU64, CachePadded, Mutex, Ordering};
 use std::collections::{BTreeMap, VecDeque};
 
 const FREE: u64 = u64::MAX;
@@ -59,6 +59,9 @@ impl Pins {
                     .compare_exchange(FREE, PENDING, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
             {
+                // Orders the PENDING store before the watermark load against the
+                // reclaimer's fence (see `horizon`).
+                fence(Ordering::SeqCst);
                 let at = clock.visible();
                 slot.store(at, Ordering::SeqCst);
                 return (PinSlot::Slot(idx), at);
@@ -89,6 +92,9 @@ impl Pins {
     /// is being taken right now and the horizon cannot be known this instant.
     pub(crate) fn horizon(&self, clock: &Clock) -> Option<u64> {
         let mut min = clock.visible();
+        // Pairs with the fence in `pin`: a pin whose PENDING this scan misses reads
+        // the watermark after `min` was read, so it pins at `min` or later.
+        fence(Ordering::SeqCst);
         for slot in self.slots.iter() {
             let mut value = slot.load(Ordering::SeqCst);
             // A pin in progress resolves within a few instructions; wait briefly. Any
