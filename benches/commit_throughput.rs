@@ -19,8 +19,8 @@
 mod common;
 
 use common::{
-    counter, cpu_time, full_run, key, key_count, load, loadavg, rate, run_parallel, Tally,
-    VALUE_LEN,
+    counter, cpu_time, criterion_config, full_run, key, key_count, load, loadavg, rate,
+    run_parallel, Tally, VALUE_LEN,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardstone::Engine;
@@ -139,10 +139,7 @@ fn commit_throughput(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
+    config = criterion_config();
     targets = commit_throughput
 }
 criterion_main!(benches);

@@ -21,8 +21,8 @@
 mod common;
 
 use common::{
-    counter, cpu_time, full_run, key, key_count, load, loadavg, permutation, rate, run_parallel,
-    Tally, Zipf, KEY_LEN, VALUE_LEN,
+    counter, cpu_time, criterion_config, full_run, key, key_count, load, loadavg, permutation,
+    rate, run_parallel, Tally, Zipf, KEY_LEN, VALUE_LEN,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardstone::{Engine, Stats};
@@ -220,10 +220,7 @@ fn contended(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
+    config = criterion_config();
     targets = contended
 }
 criterion_main!(benches);

@@ -324,3 +324,12 @@ pub fn run_parallel(
         began.elapsed()
     })
 }
+
+/// The criterion settings every bench here uses: short, so `cargo bench` of all of
+/// them takes minutes, not hours.
+pub fn criterion_config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(5))
+}

@@ -76,6 +76,17 @@ struct Work {
     tried: HashSet<PageId>,
 }
 
+impl Work {
+    /// Edited nodes whose recorded parent is `id`.
+    fn children_of(&self, id: PageId) -> Vec<PageId> {
+        self.parent
+            .iter()
+            .filter(|(_, p)| **p == id)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+}
+
 impl Store {
     /// Builds the new versions for `edits`. `locked` says whether the committer
     /// holds a page's lock (such pages never join a merge).
@@ -581,13 +592,7 @@ impl Store {
             }
         }
         // Edited nodes below moved to whichever piece now holds them.
-        let moved: Vec<PageId> = work
-            .parent
-            .iter()
-            .filter(|(_, p)| **p == id)
-            .map(|(c, _)| *c)
-            .collect();
-        for child in moved {
+        for child in work.children_of(id) {
             if let Some(owner) = ids
                 .iter()
                 .find(|pid| work.nodes[*pid].children.contains(&child))
@@ -635,13 +640,7 @@ impl Store {
         work.parent.insert(left, parent);
         work.parent.insert(sib, parent);
         work.depth.insert(left, depth);
-        let moved: Vec<PageId> = work
-            .parent
-            .iter()
-            .filter(|(_, p)| **p == right)
-            .map(|(c, _)| *c)
-            .collect();
-        for child in moved {
+        for child in work.children_of(right) {
             work.parent.insert(child, left);
         }
         self.kill(plan, right)?;
@@ -711,13 +710,7 @@ impl Store {
         for d in work.depth.values_mut() {
             *d = d.saturating_sub(1);
         }
-        let moved: Vec<PageId> = work
-            .parent
-            .iter()
-            .filter(|(_, p)| **p == child)
-            .map(|(c, _)| *c)
-            .collect();
-        for c in moved {
+        for c in work.children_of(child) {
             work.parent.insert(c, ROOT);
         }
         work.nodes.insert(ROOT, node);
