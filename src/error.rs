@@ -3,7 +3,9 @@
 //! Every variant carries what the caller needs to act on it: the limit that was
 //! exceeded, the command that misbehaved, the option that was wrong.
 
+use crate::txn::CommitId;
 use std::fmt;
+use std::path::PathBuf;
 
 /// Result alias used by every fallible shardstone call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,6 +54,44 @@ pub enum Error {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// A file operation failed. `op` names it (`"create"`, `"fdatasync"`, `"rename"`, ...).
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory it was done to.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A journal segment or checkpoint is damaged in a way recovery must not paper
+    /// over: acknowledged data would be lost or reordered. Nothing was changed on disk.
+    Corrupt {
+        /// The damaged file (or the journal directory, for a commit missing from it).
+        path: PathBuf,
+        /// Byte offset of the damage in that file.
+        offset: u64,
+        /// The commit the damaged bytes belong to, or the first one missing, where known.
+        commit_id: Option<CommitId>,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// Another engine (in this process or another) has the database open.
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The process that holds it, where it recorded itself.
+        pid: Option<u32>,
+    },
+    /// A write on an engine that cannot write: it was opened read-only.
+    ReadOnly,
+    /// The journal failed to write or sync a commit earlier. The engine refuses
+    /// writes from then on rather than acknowledge commits it may not keep (a failed
+    /// fsync can drop pages silently); reads still work. Reopen to recover. The
+    /// commit that met the failure may or may not survive the reopen.
+    Halted {
+        /// The failure that halted the engine.
+        cause: String,
+    },
 }
 
 impl Error {
@@ -90,6 +130,33 @@ impl fmt::Display for Error {
             Error::OutOfMemory { requested, source } => {
                 write!(f, "could not map {requested} bytes of page memory: {source}")
             }
+            Error::Io { op, path, source } => {
+                write!(f, "{op} failed on {}: {source}", path.display())
+            }
+            Error::Corrupt {
+                path,
+                offset,
+                commit_id,
+                reason,
+            } => {
+                write!(f, "{} is damaged at byte {offset}", path.display())?;
+                if let Some(c) = commit_id {
+                    write!(f, " ({c})")?;
+                }
+                write!(f, ": {reason}")
+            }
+            Error::Locked { path, pid } => {
+                write!(f, "the database is in use: {} is locked", path.display())?;
+                match pid {
+                    Some(pid) => write!(f, " by process {pid}"),
+                    None => Ok(()),
+                }
+            }
+            Error::ReadOnly => write!(f, "the engine is read-only"),
+            Error::Halted { cause } => write!(
+                f,
+                "the engine refuses writes after a journal failure ({cause}); reopen it to recover"
+            ),
         }
     }
 }
@@ -97,7 +164,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::OutOfMemory { source, .. } => Some(source),
+            Error::OutOfMemory { source, .. } | Error::Io { source, .. } => Some(source),
             _ => None,
         }
     }

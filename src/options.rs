@@ -25,6 +25,32 @@ pub struct Options {
     pub max_value_len: usize,
     /// How many of the most-conflicted pages `Engine::stats` keeps and reports.
     pub hot_pages_tracked: usize,
+    /// When `run` returns, relative to the commit's journal record. In-memory
+    /// engines have no files, so for them every level behaves as `None`.
+    pub durability: Durability,
+    /// Journal shards: 0 (the default) gives one per CPU. A commit appends to the
+    /// shard of the CPU it runs on.
+    pub journal_shards: usize,
+    /// Size of a journal segment file in bytes (default 64 MiB). A record larger
+    /// than this gets a segment of its own size.
+    pub segment_size: u64,
+}
+
+/// How durable a commit is when `run` returns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Durability {
+    /// Journal records are kept in memory only (they still feed the hash chain);
+    /// only checkpoints reach the disk. A restart loses every commit after the
+    /// last checkpoint.
+    None,
+    /// The record is written to the operating system (a shared file mapping)
+    /// before `run` returns, without an fsync: it survives the process crashing,
+    /// not the machine losing power.
+    Buffered,
+    /// `run` returns only after the record is on disk (fdatasync). Concurrent
+    /// commits on a shard share one fsync (group commit).
+    #[default]
+    Durable,
 }
 
 impl Default for Options {
@@ -34,6 +60,9 @@ impl Default for Options {
             max_conflicts: 3,
             max_value_len: 16 << 20,
             hot_pages_tracked: 64,
+            durability: Durability::Durable,
+            journal_shards: 0,
+            segment_size: 64 << 20,
         }
     }
 }
@@ -53,6 +82,18 @@ impl Options {
             return Err(Error::InvalidOptions {
                 option: "max_value_len",
                 reason: format!("{} exceeds the 1 GiB ceiling", self.max_value_len),
+            });
+        }
+        if self.journal_shards > 4096 {
+            return Err(Error::InvalidOptions {
+                option: "journal_shards",
+                reason: format!("{} exceeds the limit of 4096", self.journal_shards),
+            });
+        }
+        if !(1 << 16..=1 << 40).contains(&self.segment_size) {
+            return Err(Error::InvalidOptions {
+                option: "segment_size",
+                reason: format!("{} is not between 64 KiB and 1 TiB", self.segment_size),
             });
         }
         Ok(())

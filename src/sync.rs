@@ -35,10 +35,34 @@ mod imp {
         }
     }
 
+    /// A condition variable paired with [`Mutex`].
+    #[derive(Default)]
+    pub(crate) struct Condvar(parking_lot::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Self {
+            Condvar(parking_lot::Condvar::new())
+        }
+        pub(crate) fn wait<'a, T>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+            self.0.wait(&mut guard);
+            guard
+        }
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
     /// Busy-wait hint used inside bounded spin loops before yielding.
     #[inline]
     pub(crate) fn spin_hint() {
         std::hint::spin_loop();
+    }
+
+    /// The CPU this thread is running on right now (0 where unknown).
+    pub(crate) fn current_cpu() -> usize {
+        // SAFETY: sched_getcpu takes no arguments and only reads the CPU number.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu).unwrap_or(0)
     }
 }
 
@@ -79,6 +103,26 @@ mod imp {
     pub(crate) fn spin_hint() {
         loom::thread::yield_now();
     }
+
+    /// loom's condition variable behind the production interface.
+    pub(crate) struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Self {
+            Condvar(loom::sync::Condvar::new())
+        }
+        pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+            self.0.wait(guard).expect("loom mutexes do not poison here")
+        }
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    /// Under loom every thread runs on "CPU 0".
+    pub(crate) fn current_cpu() -> usize {
+        0
+    }
 }
 
 pub(crate) use imp::*;
@@ -109,6 +153,14 @@ impl Backoff {
         }
         self.step = self.step.saturating_add(1);
     }
+}
+
+/// CPUs the system is configured with (at least 1): `sched_getcpu` values are
+/// below it.
+pub(crate) fn cpu_count() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }
 
 /// A small per-thread index used to pick a shard of a sharded structure

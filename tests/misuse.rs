@@ -583,15 +583,6 @@ fn invalid_options_are_refused() {
 }
 
 #[test]
-fn open_is_unsupported_for_now() {
-    let dir = std::env::temp_dir().join("shardstone-misuse-open");
-    let r = Engine::open(&dir);
-    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
-    let r = Engine::open_with(&dir, Options::default());
-    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
-}
-
-#[test]
 fn errors_display_and_implement_std_error() {
     fn is_error<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
     let errors = vec![

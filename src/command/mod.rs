@@ -14,9 +14,10 @@ mod stats;
 pub use stats::{BlockingQueueStats, CommandStats, HotPage, Stats};
 
 use crate::error::{Error, Result};
+use crate::journal::Journal;
 use crate::store::Store;
 use crate::sync::{thread_local, Arc, Mutex};
-use crate::txn::{commit, Outcome, Tx};
+use crate::txn::{commit, Log, Outcome, Tx};
 use gate::CommitGate;
 use stats::{Counters, Ending, Telemetry};
 use std::cell::RefCell;
@@ -118,7 +119,13 @@ impl Executor {
     }
 
     /// Runs `f` atomically; see `Engine::run`.
-    pub(crate) fn run<T, F>(&self, store: &Store, name: &str, mut f: F) -> Result<T>
+    pub(crate) fn run<T, F>(
+        &self,
+        store: &Store,
+        journal: &Journal,
+        name: &str,
+        mut f: F,
+    ) -> Result<T>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
@@ -156,7 +163,13 @@ impl Executor {
                 }
             };
             let pass = self.gate.enter();
-            let outcome = commit(tx);
+            let outcome = commit(
+                tx,
+                Log::Journal {
+                    journal,
+                    command: name,
+                },
+            );
             drop(pass);
             match outcome {
                 Ok(Outcome::Committed { restructured }) => {
@@ -180,7 +193,10 @@ impl Executor {
                             .conflict_on(p.page, &p.first_key, &p.last_key, name);
                     }
                     // Retry on a snapshot that includes the commit that beat us.
-                    store.clock.wait_visible(c.newer);
+                    if !store.clock.wait_visible(c.newer) {
+                        record.finish(Ending::Failed);
+                        return Err(journal.halted_error());
+                    }
                 }
                 Err(e) => {
                     record.finish(Ending::Failed);
@@ -190,7 +206,7 @@ impl Executor {
         }
         counters.escalation();
         self.telemetry.all.escalation();
-        let result = self.run_escalated(store, &mut f);
+        let result = self.run_escalated(store, journal, name, &mut f);
         record.finish(match &result {
             Ok((_, true)) => Ending::Committed,
             Ok((_, false)) => Ending::ReadOnly,
@@ -201,7 +217,13 @@ impl Executor {
 
     /// The blocking queue: runs `f` with exclusive commit rights. Returns the value
     /// and whether it committed writes.
-    fn run_escalated<T, F>(&self, store: &Store, f: &mut F) -> Result<(T, bool)>
+    fn run_escalated<T, F>(
+        &self,
+        store: &Store,
+        journal: &Journal,
+        name: &str,
+        f: &mut F,
+    ) -> Result<(T, bool)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
@@ -219,7 +241,11 @@ impl Executor {
         loop {
             let mut tx = Tx::begin(store);
             let value = f(&mut tx)?;
-            match commit(tx)? {
+            let log = Log::Journal {
+                journal,
+                command: name,
+            };
+            match commit(tx, log)? {
                 Outcome::Committed { restructured } => {
                     if restructured {
                         self.telemetry.restructured();
@@ -234,7 +260,9 @@ impl Executor {
                         "escalated command conflicted on {:?}",
                         c.pages.first().map(|p| p.page)
                     );
-                    store.clock.wait_visible(c.newer);
+                    if !store.clock.wait_visible(c.newer) {
+                        return Err(journal.halted_error());
+                    }
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! which are rare next to commits, go to a small table of the hottest pages with
 //! the command names that lost on each.
 
+use crate::journal::JournalStats;
 use crate::store::{PageId, StoreStats};
 use crate::sync::{thread_shard, Arc, AtomicU64, CachePadded, Mutex, Ordering};
 use std::collections::HashMap;
@@ -188,6 +189,8 @@ pub struct Stats {
     pub hot_pages: Vec<HotPage>,
     /// Memory and snapshot pins of the page store.
     pub store: StoreStats,
+    /// Journal shards, group-commit fsyncs, checkpoint and recovery.
+    pub journal: JournalStats,
 }
 
 #[derive(Default)]
@@ -273,7 +276,12 @@ impl Telemetry {
         self.queue_max_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, commit_id: u64, store: StoreStats) -> Stats {
+    pub(crate) fn snapshot(
+        &self,
+        commit_id: u64,
+        store: StoreStats,
+        journal: JournalStats,
+    ) -> Stats {
         let all = self.all.sum();
         let mut commands: Vec<CommandStats> = self
             .commands
@@ -326,6 +334,7 @@ impl Telemetry {
             commands,
             hot_pages,
             store,
+            journal,
         }
     }
 }

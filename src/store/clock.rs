@@ -9,7 +9,7 @@
 //! hash chain and the feed's publish watermark advance over, in commit order,
 //! without re-serializing commits.
 
-use crate::sync::{AtomicU64, Backoff, CachePadded, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Backoff, CachePadded, Ordering};
 
 #[cfg(not(loom))]
 const RING: usize = 4096;
@@ -38,6 +38,8 @@ pub(crate) struct Clock {
     visible: CachePadded<AtomicU64>,
     /// `done[slot(c)] == c` once commit `c` is installed.
     done: Box<[AtomicU64]>,
+    /// Set when the journal failed: the watermark never moves again.
+    halted: AtomicBool,
 }
 
 impl Clock {
@@ -46,6 +48,7 @@ impl Clock {
             assigned: CachePadded::new(AtomicU64::new(0)),
             visible: CachePadded::new(AtomicU64::new(0)),
             done: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            halted: AtomicBool::new(false),
         }
     }
 
@@ -55,30 +58,35 @@ impl Clock {
     }
 
     /// Takes the next commit id. The caller must `publish` it: ids have no gaps.
-    /// `seen` is a watermark value the caller already read (its snapshot): when the
-    /// new id is within the ring of it, the watermark need not be read again.
-    pub(crate) fn assign(&self, seen: u64) -> u64 {
-        let id = self.assigned.fetch_add(1, Ordering::SeqCst) + 1;
-        // At most RING commits may be between assignment and visibility.
-        if id - seen.min(id) < RING as u64 {
-            return id;
-        }
-        let mut backoff = Backoff::new();
-        while id - self.visible() > RING as u64 - 1 {
-            backoff.snooze();
-        }
-        id
+    pub(crate) fn assign(&self) -> u64 {
+        self.assigned.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Marks commit `id` installed and advances the watermark over every
-    /// contiguous installed id. Returns the last watermark value it saw.
-    pub(crate) fn publish(&self, id: u64) -> u64 {
+    /// contiguous installed id. Returns the last watermark value it saw, or `None`
+    /// when the clock was halted before `id` could be published.
+    ///
+    /// `seen` is a watermark value the caller already read (its snapshot): when
+    /// `id` is within the ring of it, the watermark need not be read to make room.
+    pub(crate) fn publish(&self, id: u64, seen: u64) -> Option<u64> {
+        // At most RING commits may be between assignment and visibility: commit
+        // `id` reuses the done slot of `id - RING`, which must be consumed first.
+        // Waiting here, outside every lock, only waits on older commits.
+        if id - seen.min(id) >= RING as u64 {
+            let mut backoff = Backoff::new();
+            while id - self.visible() > RING as u64 - 1 {
+                if self.halted.load(Ordering::SeqCst) {
+                    return None;
+                }
+                backoff.snooze();
+            }
+        }
         self.done[slot(id)].store(id, Ordering::SeqCst);
         let mut v = self.visible.load(Ordering::SeqCst);
         loop {
             let next = v + 1;
             if self.done[slot(next)].load(Ordering::SeqCst) != next {
-                return v;
+                return Some(v);
             }
             // Losing this race means another committer advanced it; look again.
             v = match self
@@ -91,20 +99,39 @@ impl Clock {
         }
     }
 
-    /// Waits until commit `id` is visible to new snapshots; `seen` is a watermark
-    /// value already read (from `publish`), which often makes the wait free.
-    pub(crate) fn wait_visible_from(&self, id: u64, seen: u64) {
-        if seen >= id {
-            return;
-        }
-        self.wait_visible(id);
+    /// Stops the watermark for good: commits not yet published never become
+    /// visible, and waiters return. Used when the journal fails to persist a commit.
+    pub(crate) fn halt(&self) {
+        self.halted.store(true, Ordering::SeqCst);
     }
 
-    /// Waits until commit `id` is visible to new snapshots.
-    pub(crate) fn wait_visible(&self, id: u64) {
+    /// Waits until commit `id` is visible to new snapshots; `seen` is a watermark
+    /// value already read (from `publish`), which often makes the wait free.
+    /// Returns false when the clock was halted first.
+    pub(crate) fn wait_visible_from(&self, id: u64, seen: u64) -> bool {
+        if seen >= id {
+            return true;
+        }
+        self.wait_visible(id)
+    }
+
+    /// Waits until commit `id` is visible to new snapshots; false when the clock
+    /// was halted first.
+    pub(crate) fn wait_visible(&self, id: u64) -> bool {
         let mut backoff = Backoff::new();
         while self.visible() < id {
+            if self.halted.load(Ordering::SeqCst) {
+                return false;
+            }
             backoff.snooze();
         }
+        true
+    }
+
+    /// Restarts the clock after recovery: `id` is the last recovered commit, fully
+    /// visible. Only while no transaction runs.
+    pub(crate) fn resume(&self, id: u64) {
+        self.assigned.store(id, Ordering::SeqCst);
+        self.visible.store(id, Ordering::SeqCst);
     }
 }

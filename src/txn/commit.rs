@@ -7,8 +7,12 @@
 //! 2. validate: each page's newest version is still the one seen at `s`; if not,
 //!    the commit is a conflict and nothing was taken (no commit id, no memory);
 //! 3. plan the new versions (allocation happens here, so it may fail cleanly);
-//! 4. take the commit id `c` — while every lock is still held;
-//! 5. install the versions stamped `c`, release the locks, publish `c`.
+//! 4. take the commit id `c` — while every lock is still held — and append the
+//!    commit's journal record to the shard of this CPU;
+//! 5. install the versions stamped `c`, release the locks;
+//! 6. wait until the record is as durable as the journal's level asks, then
+//!    publish `c`: a commit becomes visible only once it is durable, so nothing
+//!    can read (and build on) a commit a crash would take back.
 //!
 //! Why this is serializable in commit-id order: from step 1 to step 5 no other
 //! commit can change a page this one read or wrote, so at the instant `c` is taken
@@ -21,7 +25,8 @@
 //! counter, so they validate and install in parallel.
 
 use super::Tx;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::journal::{Frame, Journal, Ticket};
 use crate::store::{Kind, LeafWrites, PageId, Store, ValRef};
 use std::collections::BTreeMap;
 
@@ -80,25 +85,60 @@ impl Drop for Locks<'_> {
     }
 }
 
-/// Publishes a taken commit id: by `finish`, or when dropped during a panic.
+/// Where a commit's record goes.
+pub(crate) enum Log<'a> {
+    /// Into the journal, as a commit of `command`.
+    Journal {
+        journal: &'a Journal,
+        command: &'a str,
+    },
+    /// Nowhere: recovery re-installing records that are already in the journal or
+    /// a checkpoint. The caller has set the clock so the commit takes the right id.
+    Replay,
+}
+
+/// Publishes a taken commit id: by `finish`, or when dropped during a panic (the
+/// record still reaches the chain, so neither ids nor the chain have gaps).
 struct Publish<'s> {
     store: &'s Store,
+    journal: Option<&'s Journal>,
     id: u64,
-    done: bool,
+    seen: u64,
+    frame: Option<Frame>,
 }
 
 impl Publish<'_> {
-    /// Publishes the id; returns the watermark value seen while doing so.
-    fn finish(mut self) -> u64 {
-        self.done = true;
-        self.store.clock.publish(self.id)
+    /// Makes the commit durable per the journal's level, then visible. Returns the
+    /// watermark value seen while publishing.
+    fn finish(mut self, ticket: Option<Ticket>) -> Result<u64> {
+        if let (Some(journal), Some(frame)) = (self.journal, self.frame.take()) {
+            journal.hand_to_chain(self.id, frame);
+            if let Some(ticket) = ticket {
+                if let Err(e) = journal.wait(ticket) {
+                    // Not durable: it must never become visible, nor anything after.
+                    self.store.clock.halt();
+                    self.journal = None;
+                    return Err(e);
+                }
+            }
+        }
+        self.journal = None;
+        self.store
+            .clock
+            .publish(self.id, self.seen)
+            .ok_or_else(|| Error::Halted {
+                cause: "an earlier commit failed to reach the journal".to_owned(),
+            })
     }
 }
 
 impl Drop for Publish<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.store.clock.publish(self.id);
+        if let Some(journal) = self.journal {
+            if let Some(frame) = self.frame.take() {
+                journal.hand_to_chain(self.id, frame);
+            }
+            self.store.clock.publish(self.id, self.seen);
         }
     }
 }
@@ -121,12 +161,26 @@ impl Drop for Chains<'_> {
     }
 }
 
-/// Validates and installs `tx`. Read-only transactions return at once.
-pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
+/// Validates and installs `tx`, and logs it to `log`. Read-only transactions
+/// return at once.
+pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     if tx.is_read_only() {
         return Ok(Outcome::ReadOnly);
     }
     let store = tx.store;
+    // The record is encoded before any lock is taken; the commit id is filled in
+    // when it is taken.
+    let (journal, mut frame) = match log {
+        Log::Journal { journal, command } => {
+            journal.check_writable()?;
+            let ops = tx
+                .writes
+                .iter()
+                .map(|(k, w)| (k.as_slice(), w.value.as_deref()));
+            (Some(journal), Some(Frame::commit(command, ops)))
+        }
+        Log::Replay => (None, None),
+    };
     // Writes grouped by the leaf they land on; each group stays in key order.
     // Overflow chains for large values are written here, before any lock is taken,
     // so a big value does not hold pages locked while it is copied.
@@ -222,20 +276,33 @@ pub(crate) fn commit(mut tx: Tx<'_>) -> Result<Outcome> {
     let held: Vec<PageId> = locks.held.iter().map(|(id, _)| *id).collect();
     let plan = store.plan(&edits, &|id| held.binary_search(&id).is_ok())?;
     let restructured = plan.restructured;
-    let id = store.clock.assign(tx.at);
+    let (id, ticket) = match (journal, frame.as_mut()) {
+        (Some(journal), Some(frame)) => {
+            let durable = store.clock.visible();
+            let ticket = journal.append(frame, durable, || store.clock.assign())?;
+            (ticket.id(), Some(ticket))
+        }
+        _ => (store.clock.assign(), None),
+    };
     // Ids have no gaps: once taken, `id` is published even if something below panics.
     let publish = Publish {
         store,
+        journal,
         id,
-        done: false,
+        seen: tx.at,
+        frame,
     };
     plan.install(id);
     chains.installed = true;
     drop(locks);
-    let seen = publish.finish();
+    let seen = publish.finish(ticket)?;
     // `run` returns only when its commit is visible: a snapshot taken next on this
     // thread sees it (earlier ids may still be installing on other threads).
-    store.clock.wait_visible_from(id, seen);
+    if !store.clock.wait_visible_from(id, seen) {
+        return Err(Error::Halted {
+            cause: "an earlier commit failed to reach the journal".to_owned(),
+        });
+    }
     store.maybe_collect();
     Ok(Outcome::Committed { restructured })
 }

@@ -9,7 +9,7 @@
 mod commit;
 mod range;
 
-pub(crate) use commit::{commit, Outcome};
+pub(crate) use commit::{commit, Log, Outcome};
 pub use range::TxRange;
 
 use crate::error::{Error, Result};

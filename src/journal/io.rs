@@ -1,0 +1,174 @@
+//! The file operations of the journal and checkpoints, behind a trait so that a
+//! test can make any one of them fail (SQLite's and TigerBeetle's habit: fault
+//! injection designed in, not bolted on).
+//!
+//! Record bytes reach a segment through a shared file mapping, not through this
+//! trait: the fallible steps are reserving the segment's space (`allocate`), which
+//! is where a full disk shows up, and `sync`, where a failed write shows up.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Every file operation the journal and checkpoints do that can fail.
+pub trait Io: Send + Sync + 'static {
+    /// Creates (truncating) a file for writing and reading.
+    fn create(&self, path: &Path) -> io::Result<File> {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    }
+    /// Reserves `len` bytes of disk for `file` (a segment), so that writes through
+    /// its mapping cannot run out of space later.
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        allocate(file, len)
+    }
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+    /// Makes the file's data durable (fdatasync).
+    fn sync(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+    /// Makes a directory's entries durable (after a create, rename or remove).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    /// Cuts a file to `len` bytes (a torn tail, after recovery).
+    fn truncate(&self, file: &File, len: u64) -> io::Result<()> {
+        file.set_len(len)
+    }
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+}
+
+/// The operating system's file operations.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsIo;
+
+impl Io for OsIo {}
+
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        // File systems without fallocate: a sparse file. A full disk then surfaces
+        // when a mapped page is first written back, not here.
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len as u64),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}
+
+/// Which operations a [`FaultyIo`] counts and fails.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FaultKind {
+    /// `allocate` and `write_at`: where a full disk or a failing device shows up.
+    Write,
+    /// `sync` and `sync_dir`.
+    Sync,
+    /// `rename`.
+    Rename,
+    /// Every operation above, plus `create`, `truncate` and `remove`.
+    Any,
+}
+
+/// The OS's file operations, except that the `fail_at`-th operation of `kind`
+/// (counting from 0) fails with `error`, and so does every later one of that kind
+/// when `sticky`. For fault-injection tests: loop `fail_at` over every operation
+/// of a scenario (`ops()` after a clean run says how many there are).
+#[derive(Debug)]
+pub struct FaultyIo {
+    kind: FaultKind,
+    fail_at: u64,
+    error: i32,
+    sticky: bool,
+    seen: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl FaultyIo {
+    /// Fails operation number `fail_at` of `kind` with the OS error `errno`
+    /// (`libc::EIO`, `libc::ENOSPC`, ...); with `sticky`, every one after it too.
+    pub fn new(kind: FaultKind, fail_at: u64, errno: i32, sticky: bool) -> FaultyIo {
+        FaultyIo {
+            kind,
+            fail_at,
+            error: errno,
+            sticky,
+            seen: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Operations of the counted kind seen so far.
+    pub fn ops(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// Operations that were made to fail.
+    pub fn failures(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn check(&self, kind: FaultKind) -> io::Result<()> {
+        if self.kind != FaultKind::Any && self.kind != kind {
+            return Ok(());
+        }
+        let n = self.seen.fetch_add(1, Ordering::SeqCst);
+        if n == self.fail_at || (self.sticky && n > self.fail_at) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(self.error));
+        }
+        Ok(())
+    }
+}
+
+impl Io for FaultyIo {
+    fn create(&self, path: &Path) -> io::Result<File> {
+        self.check(FaultKind::Any)?;
+        OsIo.create(path)
+    }
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        self.check(FaultKind::Write)?;
+        OsIo.allocate(file, len)
+    }
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.check(FaultKind::Write)?;
+        OsIo.write_at(file, buf, offset)
+    }
+    fn sync(&self, file: &File) -> io::Result<()> {
+        self.check(FaultKind::Sync)?;
+        OsIo.sync(file)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check(FaultKind::Sync)?;
+        OsIo.sync_dir(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(FaultKind::Rename)?;
+        OsIo.rename(from, to)
+    }
+    fn truncate(&self, file: &File, len: u64) -> io::Result<()> {
+        self.check(FaultKind::Any)?;
+        OsIo.truncate(file, len)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultKind::Any)?;
+        OsIo.remove(path)
+    }
+}

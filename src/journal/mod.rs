@@ -1,0 +1,442 @@
+//! The journal: one logical redo record per commit, appended to the shard of the
+//! committing CPU, hash-chained in commit order, made durable by group commit,
+//! and replayed on open after the newest checkpoint.
+//!
+//! Invariants:
+//! - the frames of one shard are in commit-id order (the id is taken under the
+//!   shard lock), so recovery merges shards with one cursor each;
+//! - a commit becomes visible only after its record is as durable as
+//!   [`Durability`] asks, so the visible watermark is also the acknowledged one,
+//!   and every frame records the watermark it saw (recovery uses it to tell a
+//!   torn tail from damage);
+//! - the hash chain is computed after the fact, over contiguous ids, by whichever
+//!   committer finds the chain lock free: appends never wait on it;
+//! - after a failed write or sync nothing more is acknowledged (the engine halts).
+//!
+//! Files in a database directory:
+//! ```text
+//! LOCK                                    flock, holder's pid
+//! checkpoint-<commit id, 20 digits>.ckpt  the newest checkpoint
+//! journal/s<shard>-<segment>.log          journal segments
+//! ```
+
+mod chain;
+mod checkpoint;
+mod io;
+mod lock;
+mod record;
+mod recovery;
+mod shard;
+
+pub use io::{FaultKind, FaultyIo, Io, OsIo};
+pub(crate) use record::Frame;
+pub use record::{ChainHash, CommitRecord, Op};
+
+use crate::error::{Error, Result};
+use crate::options::{Durability, Options};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
+use chain::Chain;
+use checkpoint::Checkpoint;
+use lock::DirLock;
+use record::BodyView;
+use shard::Shard;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Receives what recovery reads, in commit order: the store side of `open`.
+pub(crate) trait Loader {
+    /// `key` holds `value` (`None`: deleted) as of the commit being loaded.
+    fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()>;
+    /// Every write since the last call belongs to commit `id` (a checkpoint loads
+    /// as one commit).
+    fn end_commit(&mut self, id: u64) -> Result<()>;
+    /// Nothing more follows.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// Where a commit's record went, to wait on its durability.
+pub(crate) struct Ticket {
+    id: u64,
+    shard: Option<usize>,
+}
+
+impl Ticket {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// A journal segment that is no longer appended to: deletable once a checkpoint
+/// covers `last_id` and no retention hold needs it.
+struct Retired {
+    path: PathBuf,
+    last_id: u64,
+}
+
+/// Journal counters, in `Stats::journal`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Shards appended to (0 for in-memory engines and `Durability::None`).
+    pub shards: usize,
+    /// fdatasync calls made by group commit.
+    pub syncs: u64,
+    /// Commit id of the newest checkpoint (0: none).
+    pub checkpoint: u64,
+    /// Commits replayed from the journal when the engine was opened.
+    pub replayed: u64,
+    /// Journal segments written and not yet deleted by a checkpoint.
+    pub segments: usize,
+}
+
+pub(crate) struct Journal {
+    durability: Durability,
+    read_only: bool,
+    dir: Option<PathBuf>,
+    io: Arc<dyn Io>,
+    shards: Box<[Shard]>,
+    chain: Chain,
+    halted: AtomicBool,
+    cause: Mutex<Option<String>>,
+    retired: Arc<Mutex<Vec<Retired>>>,
+    /// Retention holds: the oldest commit each named consumer still needs. The
+    /// replication feed registers them; checkpoints never delete past the lowest.
+    holds: Mutex<BTreeMap<String, u64>>,
+    checkpointing: Mutex<()>,
+    checkpoint: AtomicU64,
+    replayed: u64,
+    syncs: Arc<AtomicU64>,
+    _lock: Option<DirLock>,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Io { op, path, source }
+}
+
+impl Journal {
+    /// The journal of an in-memory engine: no files; records feed the chain only.
+    pub(crate) fn in_memory() -> Journal {
+        Journal {
+            durability: Durability::None,
+            read_only: false,
+            dir: None,
+            io: Arc::new(OsIo),
+            shards: Box::new([]),
+            chain: Chain::new(0, ChainHash::genesis()),
+            halted: AtomicBool::new(false),
+            cause: Mutex::new(None),
+            retired: Arc::new(Mutex::new(Vec::new())),
+            holds: Mutex::new(BTreeMap::new()),
+            checkpointing: Mutex::new(()),
+            checkpoint: AtomicU64::new(0),
+            replayed: 0,
+            syncs: Arc::new(AtomicU64::new(0)),
+            _lock: None,
+        }
+    }
+
+    /// Opens the journal in `dir` (creating it), locks the directory, loads the
+    /// newest checkpoint and replays every commit after it into `loader`. Returns
+    /// the journal and the last recovered commit id.
+    pub(crate) fn open(
+        dir: &Path,
+        opts: &Options,
+        io: Arc<dyn Io>,
+        read_only: bool,
+        loader: &mut dyn Loader,
+    ) -> Result<(Journal, u64)> {
+        if read_only {
+            if !dir.is_dir() {
+                return Err(Error::Io {
+                    op: "open database directory",
+                    path: dir.to_owned(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+        } else {
+            std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        let lock = DirLock::acquire(dir, !read_only)?;
+        let jdir = dir.join("journal");
+        if !read_only {
+            std::fs::create_dir_all(&jdir).map_err(io_err("create directory", &jdir))?;
+        }
+
+        // The newest checkpoint; older ones and leftovers of interrupted
+        // checkpoints go.
+        let mut ids = Vec::new();
+        let mut stale = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+            let entry = entry.map_err(io_err("read directory", dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".ckpt.tmp") {
+                stale.push(entry.path());
+            } else if let Some(id) = checkpoint::parse_checkpoint_name(name) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let newest = ids.pop();
+        stale.extend(
+            ids.iter()
+                .map(|&id| dir.join(checkpoint::checkpoint_name(id))),
+        );
+        let mut start = (0, ChainHash::genesis());
+        if let Some(id) = newest {
+            let ckpt = Checkpoint::open(&dir.join(checkpoint::checkpoint_name(id)))?;
+            if ckpt.id != id {
+                return Err(Error::Corrupt {
+                    path: ckpt.path.clone(),
+                    offset: 0,
+                    commit_id: None,
+                    reason: format!("the file name says commit {id}, the header {}", ckpt.id),
+                });
+            }
+            let path = ckpt.path.clone();
+            ckpt.load(|k, v| {
+                loader.write(k, Some(v)).map_err(|e| Error::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    commit_id: Some(crate::CommitId(id)),
+                    reason: format!("an entry cannot be loaded: {e}"),
+                })
+            })?;
+            loader.end_commit(id)?;
+            start = (id, ckpt.hash);
+        }
+        if !read_only {
+            for path in stale {
+                io.remove(&path).map_err(io_err("remove", &path))?;
+            }
+        }
+
+        let recovered = if jdir.is_dir() {
+            Some(recovery::recover(
+                &jdir,
+                &*io,
+                start,
+                read_only,
+                |id, body: &BodyView<'_>| {
+                    recovery::for_each_op(body, |k, v| loader.write(k, v))?;
+                    loader.end_commit(id)
+                },
+            )?)
+        } else {
+            None
+        };
+        loader.finish()?;
+        let (last_id, last_hash, replayed, next_seq, segments) = match recovered {
+            Some(r) => (r.last_id, r.last_hash, r.replayed, r.next_seq, r.segments),
+            None => (start.0, start.1, 0, 0, Vec::new()),
+        };
+        let retired = Arc::new(Mutex::new(
+            segments
+                .into_iter()
+                .map(|s| Retired {
+                    path: s.path,
+                    last_id: s.last_id,
+                })
+                .collect(),
+        ));
+        let writes_files = !read_only && opts.durability != Durability::None;
+        let shard_count = if !writes_files {
+            0
+        } else if opts.journal_shards > 0 {
+            opts.journal_shards
+        } else {
+            crate::sync::cpu_count()
+        };
+        let syncs = Arc::new(AtomicU64::new(0));
+        let shards = (0..shard_count)
+            .map(|i| {
+                Shard::new(
+                    i,
+                    &jdir,
+                    next_seq,
+                    opts.segment_size,
+                    io.clone(),
+                    retired.clone(),
+                    syncs.clone(),
+                )
+            })
+            .collect();
+        let journal = Journal {
+            durability: opts.durability,
+            read_only,
+            dir: Some(dir.to_owned()),
+            io,
+            shards,
+            chain: Chain::new(last_id, last_hash),
+            halted: AtomicBool::new(false),
+            cause: Mutex::new(None),
+            retired,
+            holds: Mutex::new(BTreeMap::new()),
+            checkpointing: Mutex::new(()),
+            checkpoint: AtomicU64::new(start.0),
+            replayed,
+            syncs,
+            _lock: Some(lock),
+        };
+        Ok((journal, last_id))
+    }
+
+    /// Refuses a write before any work is done: read-only or halted engines.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.halted.load(Ordering::SeqCst) {
+            return Err(self.halted_error());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn halted_error(&self) -> Error {
+        Error::Halted {
+            cause: self
+                .cause
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "an earlier journal failure".to_owned()),
+        }
+    }
+
+    fn halt(&self, e: &Error) {
+        let mut cause = self.cause.lock();
+        if cause.is_none() {
+            *cause = Some(e.to_string());
+        }
+        self.halted.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the commit id (through `assign`) and appends `frame` with it to the
+    /// shard of this CPU. `durable` is the visible watermark the caller just read.
+    pub(crate) fn append(
+        &self,
+        frame: &mut Frame,
+        durable: u64,
+        assign: impl FnOnce() -> u64,
+    ) -> Result<Ticket> {
+        let anchor = self.chain.head();
+        let seal = |f: &mut Frame, id: u64| f.seal(id, durable, anchor);
+        if self.shards.is_empty() {
+            let id = assign();
+            seal(frame, id);
+            return Ok(Ticket { id, shard: None });
+        }
+        let shard = crate::sync::current_cpu() % self.shards.len();
+        match self.shards[shard].append(frame, assign, seal) {
+            Ok(id) => Ok(Ticket {
+                id,
+                shard: (self.durability == Durability::Durable).then_some(shard),
+            }),
+            // Nothing was taken (no id, nothing written): the commit fails alone,
+            // and a later one may succeed once the disk has room again.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a committed frame to the hash chain.
+    pub(crate) fn hand_to_chain(&self, id: u64, frame: Frame) {
+        self.chain.push(id, frame.bytes);
+    }
+
+    /// Waits until the ticket's record is as durable as the level asks.
+    pub(crate) fn wait(&self, ticket: Ticket) -> Result<()> {
+        let Some(shard) = ticket.shard else {
+            return Ok(());
+        };
+        self.shards[shard]
+            .wait_durable(ticket.id)
+            .inspect_err(|e| self.halt(e))
+    }
+
+    /// The chain hash of commit `id`, if it is recent enough to be known.
+    pub(crate) fn hash_at(&self, id: u64) -> Option<ChainHash> {
+        self.chain.hash_at(id)
+    }
+
+    /// Writes a checkpoint at the snapshot `at`, whose entries `entries` yields in
+    /// key order, then deletes the checkpoint before it and every journal segment
+    /// it makes unnecessary (down to the lowest retention hold).
+    pub(crate) fn checkpoint<V: AsRef<[u8]>>(
+        &self,
+        at: u64,
+        entries: impl Iterator<Item = Result<(Vec<u8>, V)>>,
+    ) -> Result<u64> {
+        let Some(dir) = &self.dir else {
+            return Err(Error::Unsupported(
+                "an in-memory engine has no directory to checkpoint into",
+            ));
+        };
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let _one = self.checkpointing.lock();
+        let previous = self.checkpoint.load(Ordering::SeqCst);
+        if at <= previous {
+            return Ok(previous);
+        }
+        let hash = self.hash_at(at).ok_or(Error::Unsupported(
+            "the chain moved too far past the checkpoint's snapshot; retry",
+        ))?;
+        checkpoint::write(dir, &*self.io, at, hash, entries)?;
+        self.checkpoint.store(at, Ordering::SeqCst);
+        if previous > 0 {
+            let old = dir.join(checkpoint::checkpoint_name(previous));
+            self.io.remove(&old).map_err(io_err("remove", &old))?;
+        }
+        let floor = self
+            .holds
+            .lock()
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(at);
+        let mut retired = self.retired.lock();
+        let mut kept = Vec::with_capacity(retired.len());
+        for seg in retired.drain(..) {
+            if seg.last_id <= floor {
+                self.io
+                    .remove(&seg.path)
+                    .map_err(io_err("remove", &seg.path))?;
+            } else {
+                kept.push(seg);
+            }
+        }
+        *retired = kept;
+        Ok(at)
+    }
+
+    /// A clean close: writes each shard's final watermark and syncs and trims it.
+    pub(crate) fn close(&self, visible: u64) -> Result<()> {
+        if self.halted.load(Ordering::SeqCst) {
+            return Err(self.halted_error());
+        }
+        let anchor = self.chain.head();
+        let mut result = Ok(());
+        for shard in self.shards.iter() {
+            let r = shard
+                .mark(|f| f.seal(0, visible, anchor))
+                .and_then(|()| shard.close());
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    pub(crate) fn stats(&self) -> JournalStats {
+        JournalStats {
+            shards: self.shards.len(),
+            syncs: self.syncs.load(Ordering::Relaxed),
+            checkpoint: self.checkpoint.load(Ordering::Relaxed),
+            replayed: self.replayed,
+            segments: self.retired.lock().len()
+                + self.shards.iter().filter(|s| s.has_segment()).count(),
+        }
+    }
+}
