@@ -4,9 +4,12 @@
 //! ```text
 //! cargo run --release --example demo
 //! cargo run --release --example demo -- --threads 8 --seconds 10 --keys 1000000 --accounts 64
+//! cargo run --release --example demo -- --dir /var/tmp/demo-db --durability durable
 //! ```
 //!
-//! Worker threads run a mix of commands against one in-memory engine:
+//! Worker threads run a mix of commands against one engine: in memory by default;
+//! with `--dir`, a durable one in that directory (run it again on the same
+//! directory and it carries on from the recovered state, with the same invariant):
 //! - `transfer`: moves money between two accounts of a small hot set, so concurrent
 //!   transfers collide on the same pages; some conflict, some keep losing and are
 //!   escalated to the blocking queue.
@@ -19,7 +22,7 @@
 //! the hottest pages. The exit status is non-zero if the total was ever wrong or a
 //! command failed.
 
-use shardstone::{Engine, Stats, Value};
+use shardstone::{Durability, Engine, Options, Stats, Value};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -40,13 +43,17 @@ struct Config {
     seconds: f64,
     keys: u64,
     accounts: u64,
+    dir: Option<std::path::PathBuf>,
+    durability: Durability,
 }
 
 const USAGE: &str = "usage: demo [--threads N] [--seconds S] [--keys K] [--accounts A]
   --threads N    worker threads running commands (default 4; one more thread audits snapshots)
   --seconds S    how long to run (default 3)
   --keys K       item keys for the uncontended commands (default 200000)
-  --accounts A   accounts in the hot set the transfers use (default 256, at least 2)";
+  --accounts A   accounts in the hot set the transfers use (default 256, at least 2)
+  --dir PATH     run a durable engine in PATH (default: in memory); rerun to recover and go on
+  --durability D with --dir: none, buffered or durable (default durable)";
 
 fn parse_args() -> Result<Config, String> {
     let mut cfg = Config {
@@ -54,6 +61,8 @@ fn parse_args() -> Result<Config, String> {
         seconds: 3.0,
         keys: 200_000,
         accounts: 256,
+        dir: None,
+        durability: Durability::Durable,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -67,6 +76,15 @@ fn parse_args() -> Result<Config, String> {
             "--seconds" => cfg.seconds = value.parse().map_err(|e| bad(&e))?,
             "--keys" => cfg.keys = value.parse().map_err(|e| bad(&e))?,
             "--accounts" => cfg.accounts = value.parse().map_err(|e| bad(&e))?,
+            "--dir" => cfg.dir = Some(value.into()),
+            "--durability" => {
+                cfg.durability = match value.as_str() {
+                    "none" => Durability::None,
+                    "buffered" => Durability::Buffered,
+                    "durable" => Durability::Durable,
+                    _ => return Err(bad(&"expected none, buffered or durable")),
+                }
+            }
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -244,7 +262,18 @@ fn check_snapshot(
     }
 }
 
-fn setup(engine: &Engine, cfg: &Config) -> shardstone::Result<()> {
+/// Where the demo records its shape, so a rerun on the same directory checks the
+/// same invariant.
+const CONFIG_KEY: &[u8] = b"demo:config";
+
+/// Loads the accounts and items, or, on a recovered database, adopts its shape.
+/// Returns whether the data was recovered.
+fn setup(engine: &Engine, cfg: &mut Config) -> shardstone::Result<bool> {
+    if let Some(v) = engine.snapshot().get(CONFIG_KEY)? {
+        cfg.accounts = u64::from_le_bytes(v[0..8].try_into().expect("8 bytes"));
+        cfg.keys = u64::from_le_bytes(v[8..16].try_into().expect("8 bytes"));
+        return Ok(true);
+    }
     let mut start = 0;
     while start < cfg.accounts {
         let end = (start + LOAD_BATCH).min(cfg.accounts);
@@ -269,7 +298,10 @@ fn setup(engine: &Engine, cfg: &Config) -> shardstone::Result<()> {
         })?;
         start = end;
     }
-    Ok(())
+    let mut shape = cfg.accounts.to_le_bytes().to_vec();
+    shape.extend_from_slice(&cfg.keys.to_le_bytes());
+    engine.run("save_config", |tx| tx.put(CONFIG_KEY, &shape))?;
+    Ok(false)
 }
 
 /// `1234567` → `1,234,567`.
@@ -467,7 +499,7 @@ fn print_summary(cfg: &Config, base: &Stats, end: &Stats, secs: f64, shared: &Sh
 }
 
 fn main() -> ExitCode {
-    let cfg = match parse_args() {
+    let mut cfg = match parse_args() {
         Ok(c) => c,
         Err(e) if e.is_empty() => {
             println!("{USAGE}");
@@ -479,17 +511,50 @@ fn main() -> ExitCode {
         }
     };
 
-    let engine = match Engine::in_memory() {
+    let loading = Instant::now();
+    let opened = match &cfg.dir {
+        None => Engine::in_memory(),
+        Some(dir) => Engine::open_with(
+            dir,
+            Options {
+                durability: cfg.durability,
+                ..Options::default()
+            },
+        ),
+    };
+    let engine = match opened {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("demo: cannot create the engine: {e}");
+            eprintln!("demo: cannot open the engine: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let loading = Instant::now();
-    if let Err(e) = setup(&engine, &cfg) {
-        eprintln!("demo: setup failed: {e}");
-        return ExitCode::FAILURE;
+    let recovered = match setup(&engine, &mut cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("demo: setup failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match (&cfg.dir, recovered) {
+        (None, _) => println!("engine: in memory"),
+        (Some(dir), false) => println!(
+            "engine: new database in {} ({:?})",
+            dir.display(),
+            cfg.durability
+        ),
+        (Some(dir), true) => {
+            let (id, hash) = engine.last_commit();
+            println!(
+                "engine: recovered {} in {:.2} s: {} commits replayed after checkpoint {}, now at commit {} (chain {})",
+                dir.display(),
+                loading.elapsed().as_secs_f64(),
+                num(engine.stats().journal.replayed),
+                num(engine.stats().journal.checkpoint),
+                num(id.get()),
+                &hash.to_string()[..16]
+            );
+        }
     }
     println!(
         "shardstone demo: {} accounts x {} = {} in the bank, {} items; setup took {:.2} s",
@@ -568,6 +633,33 @@ fn main() -> ExitCode {
     );
 
     print_summary(&cfg, &base, &end_stats, secs, &shared);
+    if cfg.dir.is_some() {
+        let j = &end_stats.journal;
+        let syncs = j.syncs - base.journal.syncs;
+        let commits = end_stats.commits - base.commits;
+        let (id, hash) = engine.last_commit();
+        println!();
+        println!(
+            "== journal ==\n  {} shards, {} fsyncs ({:.1} commits per fsync), last commit {} chain {}",
+            j.shards,
+            num(syncs),
+            commits as f64 / syncs.max(1) as f64,
+            num(id.get()),
+            hash
+        );
+        let started = Instant::now();
+        match engine.checkpoint() {
+            Ok(at) => println!(
+                "  checkpoint at commit {} written in {:.2} s",
+                num(at.get()),
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                println!("  checkpoint failed: {e}");
+                shared.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 
     let violations = shared.violations.load(Ordering::Relaxed);
     let failures = shared.failures.load(Ordering::Relaxed);

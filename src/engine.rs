@@ -240,6 +240,7 @@ impl Engine {
     /// checkpoint and the journal segments the new one makes unnecessary. Returns
     /// the checkpoint's commit id. Opening replays only the journal after it.
     pub fn checkpoint(&self) -> Result<CommitId> {
+        self.journal.prepare_checkpoint()?;
         let snap = self.snapshot();
         let at = snap.commit_id().get();
         self.journal.checkpoint(at, snap.range(..)).map(CommitId)

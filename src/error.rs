@@ -21,6 +21,13 @@ pub enum Error {
         /// The limit in force ([`crate::MAX_KEY_LEN`]).
         max: usize,
     },
+    /// A command's writes add up to more than one journal record can hold (4 GiB).
+    CommitTooLarge {
+        /// Bytes the record would take.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A value longer than [`crate::Options::max_value_len`] was given to `put`.
     ValueTooLarge {
         /// Length of the rejected value in bytes.
@@ -112,6 +119,10 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::CommitTooLarge { len, max } => write!(
+                f,
+                "the command's writes take {len} bytes of journal record, over the limit of {max}; split it into smaller commands"
+            ),
             Error::KeyTooLarge { len, max } => {
                 write!(f, "key of {len} bytes exceeds the limit of {max} bytes")
             }

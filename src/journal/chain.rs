@@ -187,7 +187,7 @@ mod tests {
 
     fn frame(id: u64) -> Vec<u8> {
         let key = id.to_be_bytes();
-        let mut f = Frame::commit("t", [(&key[..], Some(&b"v"[..]))].into_iter());
+        let mut f = Frame::commit("t", [(&key[..], Some(&b"v"[..]))].into_iter()).unwrap();
         f.seal(id, 0, (0, ChainHash::genesis()));
         f.bytes
     }

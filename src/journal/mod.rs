@@ -319,13 +319,13 @@ impl Journal {
         durable: u64,
         assign: impl FnOnce() -> u64,
     ) -> Result<Ticket> {
-        let anchor = self.chain.head();
-        let seal = |f: &mut Frame, id: u64| f.seal(id, durable, anchor);
         if self.shards.is_empty() {
             let id = assign();
-            seal(frame, id);
+            frame.set_id(id);
             return Ok(Ticket { id, shard: None });
         }
+        let anchor = self.chain.head();
+        let seal = |f: &mut Frame, id: u64| f.seal(id, durable, anchor);
         let shard = crate::sync::current_cpu() % self.shards.len();
         match self.shards[shard].append(frame, assign, seal) {
             Ok(id) => Ok(Ticket {
@@ -356,6 +356,16 @@ impl Journal {
     /// The chain hash of commit `id`, if it is recent enough to be known.
     pub(crate) fn hash_at(&self, id: u64) -> Option<ChainHash> {
         self.chain.hash_at(id)
+    }
+
+    /// Starts a checkpoint: retires every shard's current segment, so that the
+    /// checkpoint about to be taken can delete them. Then call `checkpoint`.
+    pub(crate) fn prepare_checkpoint(&self) -> Result<()> {
+        self.check_writable()?;
+        for shard in self.shards.iter() {
+            shard.roll_if_used()?;
+        }
+        Ok(())
     }
 
     /// Writes a checkpoint at the snapshot `at`, whose entries `entries` yields in

@@ -22,10 +22,13 @@
 //! Anchors tie the chain to the disk without serializing appends on it: a frame
 //! carries whatever point of the chain was already known when it was made.
 
+use crate::error::{Error, Result};
 use crate::txn::CommitId;
 use std::fmt;
 
 pub(crate) const FRAME_HEADER: usize = 64;
+/// The frame length is a u32; keep the padded length in range too.
+const MAX_FRAME: usize = u32::MAX as usize - 8;
 pub(crate) const KIND_COMMIT: u8 = 1;
 pub(crate) const KIND_MARK: u8 = 2;
 const TAG_PUT: u8 = 1;
@@ -194,7 +197,7 @@ impl Frame {
     pub(crate) fn commit<'a>(
         command: &str,
         ops: impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)> + Clone,
-    ) -> Frame {
+    ) -> Result<Frame> {
         let name = &command.as_bytes()[..command.len().min(u16::MAX as usize)];
         let size = FRAME_HEADER
             + 14
@@ -203,6 +206,12 @@ impl Frame {
                 .clone()
                 .map(|(k, v)| 7 + k.len() + v.map_or(0, <[u8]>::len))
                 .sum::<usize>();
+        if size > MAX_FRAME {
+            return Err(Error::CommitTooLarge {
+                len: size,
+                max: MAX_FRAME,
+            });
+        }
         let mut bytes = Vec::with_capacity(size.next_multiple_of(8));
         bytes.resize(FRAME_HEADER + 8, 0);
         bytes[8] = KIND_COMMIT;
@@ -218,7 +227,7 @@ impl Frame {
             bytes.extend_from_slice(v);
         }
         debug_assert_eq!(bytes.len(), size);
-        Frame { bytes }
+        Ok(Frame { bytes })
     }
 
     /// A mark: a frame with no commit, recording the acknowledged watermark (written
@@ -228,6 +237,12 @@ impl Frame {
         let mut bytes = vec![0; FRAME_HEADER];
         bytes[8] = KIND_MARK;
         Frame { bytes }
+    }
+
+    /// Fills in the commit id only: for a frame that feeds the chain but is never
+    /// written to a file.
+    pub(crate) fn set_id(&mut self, id: u64) {
+        self.bytes[FRAME_HEADER..FRAME_HEADER + 8].copy_from_slice(&id.to_le_bytes());
     }
 
     /// Fills in the commit id (commits only), the watermark and the anchor, and
@@ -317,7 +332,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_detect_damage() {
         let ops: Vec<(&[u8], Option<&[u8]>)> = vec![(b"a", Some(b"1")), (b"b", None)];
-        let mut f = Frame::commit("cmd", ops.iter().copied());
+        let mut f = Frame::commit("cmd", ops.iter().copied()).unwrap();
         let len = f.seal(7, 6, (5, ChainHash::genesis()));
         let mut disk = f.bytes.clone();
         disk.resize(len.next_multiple_of(8) + 16, 0);

@@ -177,6 +177,16 @@ impl Shard {
         Ok(())
     }
 
+    /// Retires the current segment if it holds any frame, so that a checkpoint
+    /// that follows can delete it.
+    pub(crate) fn roll_if_used(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.failed.is_some() || !st.current.as_ref().is_some_and(|s| s.len > SEGMENT_HEADER) {
+            return Ok(());
+        }
+        self.roll(&mut st, 0)
+    }
+
     /// Starts a new segment with room for at least `stride` bytes of frame.
     fn roll(&self, st: &mut State, stride: usize) -> Result<()> {
         let seq = st.next_seq;

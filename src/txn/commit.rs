@@ -177,7 +177,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
                 .writes
                 .iter()
                 .map(|(k, w)| (k.as_slice(), w.value.as_deref()));
-            (Some(journal), Some(Frame::commit(command, ops)))
+            (Some(journal), Some(Frame::commit(command, ops)?))
         }
         Log::Replay => (None, None),
     };
