@@ -164,7 +164,8 @@ fn crash_child() {
     let shards = env_u64(SHARDS_ENV).expect("the parent sets the shard count") as usize;
     let engine = Engine::open_with(&dir, opts(shards))
         .unwrap_or_else(|e| panic!("child {gen}: open failed: {e}"));
-    say(&format!("ready {}", engine.commit_id().get()));
+    // On a line of its own: libtest's "test crash_child ... " has no newline yet.
+    say(&format!("\nready {}", engine.commit_id().get()));
     std::thread::scope(|s| {
         for thread in 0..THREADS {
             let engine = &engine;
@@ -206,7 +207,10 @@ fn work(engine: &Engine, gen: u64, thread: u64) {
                 Ok(id)
             })
             .unwrap_or_else(|e| panic!("child {gen} thread {thread} iter {iter}: run: {e}"));
-        say(&format!("ack {id} {gen} {thread} {iter} {} {}", entry.big, entry.del as u8));
+        say(&format!(
+            "ack {id} {gen} {thread} {iter} {} {}",
+            entry.big, entry.del as u8
+        ));
         if rng.chance(1, 200) {
             match engine.checkpoint() {
                 // The chain outran the snapshot: allowed, the next one will do.
@@ -333,6 +337,8 @@ struct Parent {
     history: Vec<Entry>,
     last: (CommitId, ChainHash),
     checkpoints_seen: u64,
+    /// Kills after which commits beyond the last acknowledged one were recovered.
+    unacked_recovered: u64,
 }
 
 impl Parent {
@@ -407,16 +413,23 @@ impl Parent {
                 fail(format!("log:{id} is missing"));
             };
             let Some(e) = Entry::decode(v) else {
-                fail(format!("log:{id} holds {} bytes that are no entry", v.len()));
+                fail(format!(
+                    "log:{id} holds {} bytes that are no entry",
+                    v.len()
+                ));
             };
             if let Some(prev) = self.history.get(id as usize - 1) {
                 if *prev != e {
-                    fail(format!("log:{id} was {prev:?} when recovered before, now {e:?}"));
+                    fail(format!(
+                        "log:{id} was {prev:?} when recovered before, now {e:?}"
+                    ));
                 }
             }
             if let Some(a) = self.acked.get(&id) {
                 if *a != e {
-                    fail(format!("log:{id} is {e:?}, but the child acknowledged {a:?}"));
+                    fail(format!(
+                        "log:{id} is {e:?}, but the child acknowledged {a:?}"
+                    ));
                 }
             }
             model.insert(key, v.to_vec());
@@ -431,7 +444,11 @@ impl Parent {
             history.push(e);
         }
         let want: Entries = model.into_iter().collect();
-        assert_entries(&format!("state after the crash\n{}", ctx(count)), &state, &want);
+        assert_entries(
+            &format!("state after the crash\n{}", ctx(count)),
+            &state,
+            &want,
+        );
 
         // A clean reopen gives the same history and the same chain head.
         drop(engine);
@@ -450,6 +467,9 @@ impl Parent {
         );
         drop(engine);
 
+        if count > max_acked {
+            self.unacked_recovered += 1;
+        }
         if journal.checkpoint > self.checkpoints_seen {
             self.checkpoints_seen = journal.checkpoint;
         }
@@ -472,9 +492,11 @@ fn sigkill_never_loses_an_acknowledged_commit() {
         history: Vec::new(),
         last: (CommitId::default(), ChainHash::genesis()),
         checkpoints_seen: 0,
+        unacked_recovered: 0,
     };
     let started = Instant::now();
     let mut early_kills = 0;
+    let mut mid_checkpoint = 0;
     for i in 0..iters {
         let shards = rng.range_incl(2, 3) as usize;
         // Now and then kill without waiting for the child to open: the kill may
@@ -509,6 +531,13 @@ fn sigkill_never_loses_an_acknowledged_commit() {
         if status.signal() != Some(libc::SIGKILL) {
             panic!("iteration {i}: the child ended by itself ({status})\nchild stderr:\n{stderr}");
         }
+        // A leftover of a checkpoint the kill interrupted (the reopen removes it).
+        if std::fs::read_dir(parent.dir.path())
+            .expect("list the database directory")
+            .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".ckpt.tmp")))
+        {
+            mid_checkpoint += 1;
+        }
         let mut new = 0;
         for line in &lines {
             let Some((id, entry)) = parse_ack(line) else {
@@ -532,8 +561,10 @@ fn sigkill_never_loses_an_acknowledged_commit() {
         }
     }
     eprintln!(
-        "crash test: {iters} kills ({early_kills} early), {} commits acknowledged, \
-         {} recovered, newest checkpoint at {}, {:.1?}",
+        "crash test: {iters} kills ({early_kills} early, {mid_checkpoint} mid-checkpoint, {} \
+         recovering unacknowledged commits), {} commits acknowledged, {} recovered, \
+         newest checkpoint at {}, {:.1?}",
+        parent.unacked_recovered,
         parent.acked.len(),
         parent.history.len(),
         parent.checkpoints_seen,

@@ -181,7 +181,8 @@ impl Shard {
     /// that follows can delete it.
     pub(crate) fn roll_if_used(&self) -> Result<()> {
         let mut st = self.state.lock();
-        if st.failed.is_some() || !st.current.as_ref().is_some_and(|s| s.len > SEGMENT_HEADER) {
+        let used = st.current.as_ref().is_some_and(|s| s.len > SEGMENT_HEADER);
+        if st.failed.is_some() || !used {
             return Ok(());
         }
         self.roll(&mut st, 0)
