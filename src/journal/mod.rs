@@ -407,18 +407,20 @@ impl Journal {
             .unwrap_or(u64::MAX)
             .min(at);
         let mut retired = self.retired.lock();
-        let mut kept = Vec::with_capacity(retired.len());
-        for seg in retired.drain(..) {
-            if seg.last_id <= floor {
-                self.io
-                    .remove(&seg.path)
-                    .map_err(io_err("remove", &seg.path))?;
-            } else {
-                kept.push(seg);
+        let mut result = Ok(at);
+        retired.retain(|seg| {
+            if seg.last_id > floor || result.is_err() {
+                return true;
             }
-        }
-        *retired = kept;
-        Ok(at)
+            match self.io.remove(&seg.path) {
+                Ok(()) => false,
+                Err(e) => {
+                    result = Err(io_err("remove", &seg.path)(e));
+                    true
+                }
+            }
+        });
+        result
     }
 
     /// A clean close: writes each shard's final watermark and syncs and trims it.

@@ -164,7 +164,7 @@ fn scan(log: &mut ShardLog) -> Result<u64> {
     let mut last = 0u64;
     for si in 0..log.segments.len() {
         let seg = &log.segments[si];
-        if seg.map.is_none() && si + 1 == log.segments.len() {
+        if si + 1 == log.segments.len() && seg.bytes().iter().all(|&b| b == 0) {
             // Created, never written (a crash right after creating it).
             continue;
         }
@@ -339,8 +339,8 @@ pub(crate) fn recover(
             let missing = last_id + 1;
             if missing <= acked {
                 return Err(corrupt(
-                    path,
-                    at as u64,
+                    dir,
+                    0,
                     Some(missing),
                     format!(
                         "commit {missing} is missing from every shard, but commits up to {acked} were acknowledged"
