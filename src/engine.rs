@@ -8,9 +8,9 @@ use crate::journal::{ChainHash, Io, Journal, Loader, OsIo};
 #[cfg(doc)]
 use crate::options::Durability;
 use crate::options::Options;
-use crate::store::{Snapshot, Store};
+use crate::store::{Builder, Snapshot, Store};
 use crate::sync::Arc;
-use crate::txn::{commit, CommitId, Log, Outcome, Tx};
+use crate::txn::{CommitId, Tx};
 #[cfg(doc)]
 use crate::Error;
 use std::path::Path;
@@ -38,57 +38,33 @@ pub struct Engine {
     closed: bool,
 }
 
-/// Feeds recovered commits into the store in batches, each installed like one
-/// commit (with no journal record: they are already in the journal).
+/// Builds the store from the recovered state (the checkpoint merged with the
+/// journal after it), bottom-up in one pass.
 struct StoreLoader<'s> {
     store: &'s Store,
-    tx: Option<Tx<'s>>,
-    writes: usize,
-    last: u64,
-}
-
-impl StoreLoader<'_> {
-    const BATCH: usize = 8192;
-
-    fn flush(&mut self) -> Result<()> {
-        self.writes = 0;
-        let Some(tx) = self.tx.take() else {
-            return Ok(());
-        };
-        // The batch takes commit id `last`: the ids before it are covered by it.
-        self.store.clock.resume(self.last - 1);
-        match commit(tx, Log::Replay)? {
-            Outcome::Committed { .. } | Outcome::ReadOnly => Ok(()),
-            Outcome::Conflict(_) => unreachable!("nothing else runs during recovery"),
-        }
-    }
+    builder: Option<Builder<'s>>,
+    last_id: u64,
 }
 
 impl Loader for StoreLoader<'_> {
-    fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-        let store = self.store;
-        let tx = self.tx.get_or_insert_with(|| Tx::begin(store));
-        match value {
-            Some(v) => tx.put(key, v)?,
-            None => {
-                tx.delete(key)?;
-            }
-        }
-        self.writes += 1;
+    fn start(&mut self, last_id: u64) -> Result<()> {
+        self.last_id = last_id;
+        self.builder = Some(Builder::new(self.store, last_id));
         Ok(())
     }
 
-    fn end_commit(&mut self, id: u64) -> Result<()> {
-        self.last = id;
-        if self.writes >= Self::BATCH {
-            self.flush()?;
-        }
-        Ok(())
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.builder
+            .as_mut()
+            .expect("start comes before put")
+            .push(key, value)
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.flush()?;
-        self.store.clock.resume(self.last);
+        if let Some(builder) = self.builder.take() {
+            builder.finish()?;
+        }
+        self.store.clock.resume(self.last_id);
         Ok(())
     }
 }
@@ -152,9 +128,8 @@ impl Engine {
         let store = Arc::new(Store::new(&opts)?);
         let mut loader = StoreLoader {
             store: &store,
-            tx: None,
-            writes: 0,
-            last: 0,
+            builder: None,
+            last_id: 0,
         };
         let (journal, last) = Journal::open(dir, &opts, io, read_only, &mut loader)?;
         drop(loader);

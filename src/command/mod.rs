@@ -165,7 +165,7 @@ impl Executor {
             let pass = self.gate.enter();
             let outcome = commit(
                 tx,
-                Log::Journal {
+                Log {
                     journal,
                     command: name,
                 },
@@ -241,7 +241,7 @@ impl Executor {
         loop {
             let mut tx = Tx::begin(store);
             let value = f(&mut tx)?;
-            let log = Log::Journal {
+            let log = Log {
                 journal,
                 command: name,
             };

@@ -44,15 +44,84 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Receives what recovery reads, in commit order: the store side of `open`.
+/// Receives the recovered state: the store side of `open`.
 pub(crate) trait Loader {
-    /// `key` holds `value` (`None`: deleted) as of the commit being loaded.
-    fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()>;
-    /// Every write since the last call belongs to commit `id` (a checkpoint loads
-    /// as one commit).
-    fn end_commit(&mut self, id: u64) -> Result<()>;
-    /// Nothing more follows.
+    /// Loading begins; the state loaded is as of commit `last_id`.
+    fn start(&mut self, last_id: u64) -> Result<()>;
+    /// The next entry of the recovered state, in strictly ascending key order.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Everything was put.
     fn finish(&mut self) -> Result<()>;
+}
+
+/// The writes replayed from the journal, copied out of the segments in commit
+/// order, then reduced to the last write of each key, in key order.
+#[derive(Default)]
+struct Replayed {
+    bytes: Vec<u8>,
+    ops: Vec<ReplayedOp>,
+}
+
+struct ReplayedOp {
+    key: (usize, usize),
+    /// `None`: a delete.
+    value: Option<(usize, usize)>,
+}
+
+impl Replayed {
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let k = (self.bytes.len(), key.len());
+        self.bytes.extend_from_slice(key);
+        let value = value.map(|v| {
+            let at = self.bytes.len();
+            self.bytes.extend_from_slice(v);
+            (at, v.len())
+        });
+        self.ops.push(ReplayedOp { key: k, value });
+    }
+
+    fn key(&self, op: &ReplayedOp) -> &[u8] {
+        &self.bytes[op.key.0..op.key.0 + op.key.1]
+    }
+
+    fn value(&self, op: &ReplayedOp) -> Option<&[u8]> {
+        op.value.map(|(at, len)| &self.bytes[at..at + len])
+    }
+
+    /// Puts every reduced write from `*next` on whose key is below `bound` (all
+    /// of them for `None`), skipping deletes; advances `*next` past them.
+    fn put_below(
+        &self,
+        next: &mut usize,
+        bound: Option<&[u8]>,
+        loader: &mut dyn Loader,
+    ) -> Result<()> {
+        while let Some(op) = self.ops.get(*next) {
+            if bound.is_some_and(|b| self.key(op) >= b) {
+                break;
+            }
+            if let Some(v) = self.value(op) {
+                loader.put(self.key(op), v)?;
+            }
+            *next += 1;
+        }
+        Ok(())
+    }
+
+    /// Sorts by key, keeping only the last write of each key (the sort is stable,
+    /// so commit order survives among equal keys).
+    fn reduce(&mut self) {
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.sort_by(|a, b| self.key(a).cmp(self.key(b)));
+        let mut out: Vec<ReplayedOp> = Vec::with_capacity(ops.len());
+        for op in ops {
+            match out.last_mut() {
+                Some(last) if self.key(last) == self.key(&op) => *last = op,
+                _ => out.push(op),
+            }
+        }
+        self.ops = out;
+    }
 }
 
 /// Where a commit's record went, to wait on its durability.
@@ -184,27 +253,19 @@ impl Journal {
                 .map(|&id| dir.join(checkpoint::checkpoint_name(id))),
         );
         let mut start = (0, ChainHash::genesis());
+        let mut ckpt = None;
         if let Some(id) = newest {
-            let ckpt = Checkpoint::open(&dir.join(checkpoint::checkpoint_name(id)))?;
-            if ckpt.id != id {
+            let c = Checkpoint::open(&dir.join(checkpoint::checkpoint_name(id)))?;
+            if c.id != id {
                 return Err(Error::Corrupt {
-                    path: ckpt.path.clone(),
+                    path: c.path.clone(),
                     offset: 0,
                     commit_id: None,
-                    reason: format!("the file name says commit {id}, the header {}", ckpt.id),
+                    reason: format!("the file name says commit {id}, the header {}", c.id),
                 });
             }
-            let path = ckpt.path.clone();
-            ckpt.load(|k, v| {
-                loader.write(k, Some(v)).map_err(|e| Error::Corrupt {
-                    path: path.clone(),
-                    offset: 0,
-                    commit_id: Some(crate::CommitId(id)),
-                    reason: format!("an entry cannot be loaded: {e}"),
-                })
-            })?;
-            loader.end_commit(id)?;
-            start = (id, ckpt.hash);
+            start = (id, c.hash);
+            ckpt = Some(c);
         }
         if !read_only {
             for path in stale {
@@ -212,25 +273,60 @@ impl Journal {
             }
         }
 
+        // The journal after the checkpoint, verified and reduced to the last write
+        // of each key; then the checkpoint and it, merged in key order, build the
+        // store in one pass.
+        let mut replayed = Replayed::default();
         let recovered = if jdir.is_dir() {
             Some(recovery::recover(
                 &jdir,
                 &*io,
                 start,
                 read_only,
-                |id, body: &BodyView<'_>| {
-                    recovery::for_each_op(body, |k, v| loader.write(k, v))?;
-                    loader.end_commit(id)
+                |_, body: &BodyView<'_>| {
+                    recovery::for_each_op(body, |k, v| {
+                        replayed.push(k, v);
+                        Ok(())
+                    })
                 },
             )?)
         } else {
             None
         };
-        loader.finish()?;
-        let (last_id, last_hash, replayed, next_seq, segments) = match recovered {
+        let (last_id, last_hash, replayed_count, next_seq, segments) = match recovered {
             Some(r) => (r.last_id, r.last_hash, r.replayed, r.next_seq, r.segments),
             None => (start.0, start.1, 0, 0, Vec::new()),
         };
+        loader.start(last_id)?;
+        replayed.reduce();
+        let mut next = 0;
+        let ops = &replayed.ops;
+        if let Some(c) = &ckpt {
+            let path = c.path.clone();
+            c.load(|k, v| {
+                replayed.put_below(&mut next, Some(k), loader)?;
+                match ops.get(next) {
+                    // The journal rewrote or deleted this key after the checkpoint.
+                    Some(op) if replayed.key(op) == k => {
+                        if let Some(v) = replayed.value(op) {
+                            loader.put(k, v)?;
+                        }
+                        next += 1;
+                        Ok(())
+                    }
+                    _ => loader.put(k, v),
+                }
+                .map_err(|e| Error::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    commit_id: Some(crate::CommitId(start.0)),
+                    reason: format!("an entry cannot be loaded: {e}"),
+                })
+            })?;
+        }
+        replayed.put_below(&mut next, None, loader)?;
+        loader.finish()?;
+        drop(replayed);
         let retired = Arc::new(Mutex::new(
             segments
                 .into_iter()
@@ -275,7 +371,7 @@ impl Journal {
             holds: Mutex::new(BTreeMap::new()),
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(start.0),
-            replayed,
+            replayed: replayed_count,
             syncs,
             _lock: Some(lock),
         };

@@ -13,6 +13,7 @@
 
 mod apply;
 mod arena;
+mod build;
 mod clock;
 mod cursor;
 mod overflow;
@@ -23,6 +24,7 @@ mod table;
 
 pub(crate) use apply::LeafWrites;
 pub(crate) use arena::PagePtr;
+pub(crate) use build::Builder;
 pub(crate) use clock::Clock;
 pub(crate) use cursor::TreeRange;
 pub(crate) use page::{Kind, ValRef};
@@ -415,5 +417,68 @@ mod tests {
             "{slivers} of {} leaves hold < 4 entries",
             counts.len()
         );
+    }
+
+    /// Bulk build: every size from empty to a three-level tree of 1 KiB keys, read
+    /// back in full, then changed through ordinary commits (splits and merges on a
+    /// built tree).
+    #[test]
+    fn bulk_build_makes_a_tree_commits_can_change() {
+        for (n, klen, vlen) in [
+            (0usize, 8usize, 8usize),
+            (1, 8, 8),
+            (29, 16, 100),
+            (5_000, 16, 100),
+            (3_000, 1024, 10),
+            (300, 16, 5_000),
+        ] {
+            let engine = crate::Engine::in_memory().unwrap();
+            let store = engine.store_for_tests();
+            let key = |i: usize| {
+                let mut k = vec![b'k'; klen];
+                k[klen - 8..].copy_from_slice(&(i as u64).to_be_bytes());
+                k
+            };
+            let val = |i: usize| vec![(i % 251) as u8; vlen];
+            let mut b = Builder::new(store, 7);
+            for i in 0..n {
+                b.push(&key(i), &val(i)).unwrap();
+            }
+            b.finish().unwrap();
+            store.clock.resume(7);
+            let counts = leaf_counts(store);
+            assert_eq!(counts.iter().sum::<usize>(), n, "n={n} klen={klen}");
+            let snap = engine.snapshot();
+            let all: Vec<_> = snap.range(..).map(|r| r.unwrap()).collect();
+            assert_eq!(all.len(), n);
+            for (i, (k, v)) in all.iter().enumerate() {
+                assert_eq!((k, &v[..]), (&key(i), &val(i)[..]), "entry {i} of {n}");
+            }
+            drop(snap);
+            // Delete every other key, then grow again: merges and splits.
+            engine
+                .run("thin", |tx| {
+                    for i in (0..n).step_by(2) {
+                        tx.delete(&key(i))?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            engine
+                .run("grow", |tx| {
+                    for i in n..n + n / 2 {
+                        tx.put(&key(i), &val(i))?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            let snap = engine.snapshot();
+            let want: Vec<usize> = (0..n + n / 2).filter(|i| *i >= n || i % 2 == 1).collect();
+            let got: Vec<_> = snap.range(..).map(|r| r.unwrap().0).collect();
+            assert_eq!(got, want.iter().map(|&i| key(i)).collect::<Vec<_>>());
+            for &i in want.iter().step_by(97) {
+                assert_eq!(snap.get(&key(i)).unwrap().as_deref(), Some(&val(i)[..]));
+            }
+        }
     }
 }

@@ -25,7 +25,7 @@
 //! counter, so they validate and install in parallel.
 
 use super::Tx;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::journal::{Frame, Journal, Ticket};
 use crate::store::{Kind, LeafWrites, PageId, Store, ValRef};
 use std::collections::BTreeMap;
@@ -85,58 +85,49 @@ impl Drop for Locks<'_> {
     }
 }
 
-/// Where a commit's record goes.
-pub(crate) enum Log<'a> {
-    /// Into the journal, as a commit of `command`.
-    Journal {
-        journal: &'a Journal,
-        command: &'a str,
-    },
-    /// Nowhere: recovery re-installing records that are already in the journal or
-    /// a checkpoint. The caller has set the clock so the commit takes the right id.
-    Replay,
+/// Where a commit's record goes: into `journal`, as a commit of `command`.
+pub(crate) struct Log<'a> {
+    pub journal: &'a Journal,
+    pub command: &'a str,
 }
 
 /// Publishes a taken commit id: by `finish`, or when dropped during a panic (the
 /// record still reaches the chain, so neither ids nor the chain have gaps).
 struct Publish<'s> {
     store: &'s Store,
-    journal: Option<&'s Journal>,
+    journal: &'s Journal,
     id: u64,
     seen: u64,
+    /// Until the frame goes to the chain.
     frame: Option<Frame>,
+    done: bool,
 }
 
 impl Publish<'_> {
     /// Makes the commit durable per the journal's level, then visible. Returns the
     /// watermark value seen while publishing.
-    fn finish(mut self, ticket: Option<Ticket>) -> Result<u64> {
-        if let (Some(journal), Some(frame)) = (self.journal, self.frame.take()) {
-            journal.hand_to_chain(self.id, frame);
-            if let Some(ticket) = ticket {
-                if let Err(e) = journal.wait(ticket) {
-                    // Not durable: it must never become visible, nor anything after.
-                    self.store.clock.halt();
-                    self.journal = None;
-                    return Err(e);
-                }
-            }
+    fn finish(mut self, ticket: Ticket) -> Result<u64> {
+        self.done = true;
+        if let Some(frame) = self.frame.take() {
+            self.journal.hand_to_chain(self.id, frame);
         }
-        self.journal = None;
+        if let Err(e) = self.journal.wait(ticket) {
+            // Not durable: it must never become visible, nor anything after it.
+            self.store.clock.halt();
+            return Err(e);
+        }
         self.store
             .clock
             .publish(self.id, self.seen)
-            .ok_or_else(|| Error::Halted {
-                cause: "an earlier commit failed to reach the journal".to_owned(),
-            })
+            .ok_or_else(|| self.journal.halted_error())
     }
 }
 
 impl Drop for Publish<'_> {
     fn drop(&mut self) {
-        if let Some(journal) = self.journal {
+        if !self.done {
             if let Some(frame) = self.frame.take() {
-                journal.hand_to_chain(self.id, frame);
+                self.journal.hand_to_chain(self.id, frame);
             }
             self.store.clock.publish(self.id, self.seen);
         }
@@ -170,17 +161,13 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     let store = tx.store;
     // The record is encoded before any lock is taken; the commit id is filled in
     // when it is taken.
-    let (journal, mut frame) = match log {
-        Log::Journal { journal, command } => {
-            journal.check_writable()?;
-            let ops = tx
-                .writes
-                .iter()
-                .map(|(k, w)| (k.as_slice(), w.value.as_deref()));
-            (Some(journal), Some(Frame::commit(command, ops)?))
-        }
-        Log::Replay => (None, None),
-    };
+    let journal = log.journal;
+    journal.check_writable()?;
+    let ops = tx
+        .writes
+        .iter()
+        .map(|(k, w)| (k.as_slice(), w.value.as_deref()));
+    let mut frame = Frame::commit(log.command, ops)?;
     // Writes grouped by the leaf they land on; each group stays in key order.
     // Overflow chains for large values are written here, before any lock is taken,
     // so a big value does not hold pages locked while it is copied.
@@ -276,21 +263,17 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     let held: Vec<PageId> = locks.held.iter().map(|(id, _)| *id).collect();
     let plan = store.plan(&edits, &|id| held.binary_search(&id).is_ok())?;
     let restructured = plan.restructured;
-    let (id, ticket) = match (journal, frame.as_mut()) {
-        (Some(journal), Some(frame)) => {
-            let durable = store.clock.visible();
-            let ticket = journal.append(frame, durable, || store.clock.assign())?;
-            (ticket.id(), Some(ticket))
-        }
-        _ => (store.clock.assign(), None),
-    };
+    let durable = store.clock.visible();
+    let ticket = journal.append(&mut frame, durable, || store.clock.assign())?;
+    let id = ticket.id();
     // Ids have no gaps: once taken, `id` is published even if something below panics.
     let publish = Publish {
         store,
         journal,
         id,
         seen: tx.at,
-        frame,
+        frame: Some(frame),
+        done: false,
     };
     plan.install(id);
     chains.installed = true;
@@ -299,9 +282,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     // `run` returns only when its commit is visible: a snapshot taken next on this
     // thread sees it (earlier ids may still be installing on other threads).
     if !store.clock.wait_visible_from(id, seen) {
-        return Err(Error::Halted {
-            cause: "an earlier commit failed to reach the journal".to_owned(),
-        });
+        return Err(journal.halted_error());
     }
     store.maybe_collect();
     Ok(Outcome::Committed { restructured })
