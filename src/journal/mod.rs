@@ -63,6 +63,11 @@ struct Replayed {
 }
 
 struct ReplayedOp {
+    /// The key's first 16 bytes, big-endian (zero-padded): most comparisons of
+    /// the sort end here, without touching the key bytes.
+    prefix: u128,
+    /// Position in commit order, which decides between writes of one key.
+    seq: usize,
     key: (usize, usize),
     /// `None`: a delete.
     value: Option<(usize, usize)>,
@@ -77,7 +82,15 @@ impl Replayed {
             self.bytes.extend_from_slice(v);
             (at, v.len())
         });
-        self.ops.push(ReplayedOp { key: k, value });
+        let mut p = [0u8; 16];
+        let n = key.len().min(16);
+        p[..n].copy_from_slice(&key[..n]);
+        self.ops.push(ReplayedOp {
+            prefix: u128::from_be_bytes(p),
+            seq: self.ops.len(),
+            key: k,
+            value,
+        });
     }
 
     fn key(&self, op: &ReplayedOp) -> &[u8] {
@@ -108,11 +121,15 @@ impl Replayed {
         Ok(())
     }
 
-    /// Sorts by key, keeping only the last write of each key (the sort is stable,
-    /// so commit order survives among equal keys).
+    /// Sorts by key, keeping only the last write of each key (in commit order).
     fn reduce(&mut self) {
         let mut ops = std::mem::take(&mut self.ops);
-        ops.sort_by(|a, b| self.key(a).cmp(self.key(b)));
+        ops.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| self.key(a).cmp(self.key(b)))
+                .then(a.seq.cmp(&b.seq))
+        });
         let mut out: Vec<ReplayedOp> = Vec::with_capacity(ops.len());
         for op in ops {
             match out.last_mut() {

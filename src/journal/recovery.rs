@@ -18,7 +18,9 @@
 //! the frames carry.
 
 use super::io::Io;
-use super::record::{parse_frame, BodyView, ChainHash, OpView, Parsed, KIND_MARK};
+use super::record::{
+    parse_frame, parse_verified_frame, BodyView, ChainHash, OpView, Parsed, KIND_MARK,
+};
 use super::shard::{parse_segment_name, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION};
 use crate::error::{Error, Result};
 use crate::txn::CommitId;
@@ -295,7 +297,7 @@ pub(crate) fn recover(
                 c.offset = SEGMENT_HEADER;
                 continue;
             }
-            let Parsed::Frame(f) = parse_frame(&b[c.offset..]) else {
+            let Parsed::Frame(f) = parse_verified_frame(&b[c.offset..]) else {
                 // Zeros to the end of the segment (a stop point returned above).
                 c.segment += 1;
                 c.offset = SEGMENT_HEADER;
@@ -318,8 +320,9 @@ pub(crate) fn recover(
     let (mut last_id, mut hash) = start;
     // Recent chain hashes, to check anchors against.
     const RECENT: u64 = 1 << 16;
-    let mut recent: HashMap<u64, ChainHash> = HashMap::new();
-    recent.insert(last_id, hash);
+    // Indexed by `id mod RECENT`; each slot says which id it holds.
+    let mut recent = vec![(u64::MAX, ChainHash([0; 32])); RECENT as usize];
+    recent[(last_id % RECENT) as usize] = (last_id, hash);
     let mut replayed = 0u64;
     // Where each shard's frames stop counting: the first unacknowledged one.
     let mut cut: Vec<Option<(usize, usize)>> = vec![None; logs.len()];
@@ -355,7 +358,7 @@ pub(crate) fn recover(
             }
             break;
         } else {
-            let Parsed::Frame(f) = parse_frame(&log.segments[seg].bytes()[at..]) else {
+            let Parsed::Frame(f) = parse_verified_frame(&log.segments[seg].bytes()[at..]) else {
                 unreachable!("the scan verified this frame");
             };
             let (anchor, anchor_hash) = f.anchor;
@@ -367,17 +370,16 @@ pub(crate) fn recover(
                     format!("anchor names commit {anchor}, which is not before it"),
                 ));
             }
-            if let Some(expected) = recent.get(&anchor) {
-                if *expected != anchor_hash {
-                    return Err(corrupt(
-                        path,
-                        at as u64,
-                        Some(id),
-                        format!(
-                            "hash chain mismatch: the frame says commit {anchor} hashes to {anchor_hash}, replay computed {expected}"
-                        ),
-                    ));
-                }
+            let (held, expected) = &recent[(anchor % RECENT) as usize];
+            if *held == anchor && *expected != anchor_hash {
+                return Err(corrupt(
+                    path,
+                    at as u64,
+                    Some(id),
+                    format!(
+                        "hash chain mismatch: the frame says commit {anchor} hashes to {anchor_hash}, replay computed {expected}"
+                    ),
+                ));
             }
             let body = BodyView::parse(f.body).ok_or_else(|| {
                 corrupt(path, at as u64, Some(id), "the record body is malformed")
@@ -385,10 +387,7 @@ pub(crate) fn recover(
             debug_assert_eq!(body.commit_id, id);
             hash = hash.next(f.body);
             last_id = id;
-            recent.insert(id, hash);
-            if id >= RECENT {
-                recent.remove(&(id - RECENT));
-            }
+            recent[(id % RECENT) as usize] = (id, hash);
             apply(id, &body)?;
             replayed += 1;
         }
