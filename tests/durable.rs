@@ -252,3 +252,57 @@ fn read_only_opens_share_and_refuse_writes() {
     drop((a, b));
     assert!(Engine::open_read_only(dir.path().join("missing"), Options::default()).is_err());
 }
+
+/// A record altered together with its checksum (a forged or foreign record) still
+/// breaks the hash chain: a later frame's anchor disagrees with the replayed chain.
+#[test]
+fn an_altered_record_with_a_valid_checksum_breaks_the_chain() {
+    let dir = TempDir::new("chain");
+    let o = Options {
+        journal_shards: 1,
+        ..opts(Durability::Durable)
+    };
+    {
+        let engine = Engine::open_with(dir.path(), o.clone()).unwrap();
+        for i in 0..200u64 {
+            engine
+                .run("put", |tx| tx.put(&enc(i), b"value-value-value"))
+                .unwrap();
+        }
+    }
+    // Find commit 100's frame in the one shard's segments and change its value.
+    let mut forged = false;
+    for entry in std::fs::read_dir(dir.path().join("journal")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut off = 64;
+        while off + 64 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            let kind = bytes[off + 8];
+            let id = u64::from_le_bytes(bytes[off + 64..off + 72].try_into().unwrap());
+            if kind == 1 && id == 100 {
+                bytes[off + len - 1] ^= 0x20; // the value's last byte
+                let crc = crc32c::crc32c(&bytes[off..off + 4]);
+                let crc = crc32c::crc32c_append(crc, &bytes[off + 8..off + len]);
+                bytes[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+                std::fs::write(&path, &bytes).unwrap();
+                forged = true;
+                break;
+            }
+            off += len.next_multiple_of(8);
+        }
+    }
+    assert!(forged, "commit 100's frame was found");
+    match Engine::open_with(dir.path(), o) {
+        Err(Error::Corrupt {
+            commit_id, reason, ..
+        }) => {
+            assert!(reason.contains("hash chain mismatch"), "{reason}");
+            assert!(commit_id.unwrap().get() > 100, "{commit_id:?}");
+        }
+        other => panic!("expected a chain mismatch, got {other:?}"),
+    }
+}

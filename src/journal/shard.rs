@@ -61,6 +61,29 @@ struct Segment {
     map: MmapMut,
     /// Bytes written, header included.
     len: usize,
+    /// The mapping is faulted in up to here.
+    populated: usize,
+}
+
+/// How much of a segment's mapping is faulted in at a time, ahead of the appends:
+/// one `madvise` per chunk instead of one page fault per 4 KiB on the commit path.
+const POPULATE_CHUNK: usize = 1 << 20;
+
+impl Segment {
+    /// Faults in the next chunk of the mapping once appends come near its end.
+    fn populate_ahead(&mut self) {
+        if self.len + POPULATE_CHUNK / 4 < self.populated || self.populated >= self.map.len() {
+            return;
+        }
+        let end = (self.populated + POPULATE_CHUNK).min(self.map.len());
+        // Best effort: before Linux 5.14 this fails and pages fault in on first write.
+        let _ = self.map.advise_range(
+            memmap2::Advice::PopulateWrite,
+            self.populated,
+            end - self.populated,
+        );
+        self.populated = end;
+    }
 }
 
 struct State {
@@ -153,6 +176,7 @@ impl Shard {
             .expect("a segment with room was made above");
         seg.map[seg.len..seg.len + len].copy_from_slice(&frame.bytes[..len]);
         seg.len += stride;
+        seg.populate_ahead();
         debug_assert!(id > st.appended, "frames of a shard are in commit order");
         st.appended = id;
         Ok(id)
@@ -221,6 +245,7 @@ impl Shard {
             file: Arc::new(file),
             map,
             len: SEGMENT_HEADER,
+            populated: 0,
         });
         Ok(())
     }
@@ -301,6 +326,7 @@ impl Shard {
             file,
             map,
             len,
+            ..
         } = seg;
         map.flush().map_err(|source| Error::Io {
             op: "msync",
