@@ -613,6 +613,36 @@ fn errors_display_and_implement_std_error() {
             },
             vec!["page_size", "3000"],
         ),
+        (
+            Error::CommitTooLarge {
+                len: 5 << 30,
+                max: 4 << 30,
+            },
+            vec!["5368709120", "split"],
+        ),
+        (
+            Error::Corrupt {
+                path: "/db/journal/s0001-0000000002.log".into(),
+                offset: 4096,
+                commit_id: Some(77.into()),
+                reason: "invalid bytes".into(),
+            },
+            vec!["s0001-0000000002.log", "4096", "commit 77", "invalid bytes"],
+        ),
+        (
+            Error::Locked {
+                path: "/db/LOCK".into(),
+                pid: Some(4242),
+            },
+            vec!["/db/LOCK", "4242"],
+        ),
+        (Error::ReadOnly, vec!["read-only"]),
+        (
+            Error::Halted {
+                cause: "fdatasync failed".into(),
+            },
+            vec!["fdatasync failed", "reopen"],
+        ),
     ];
     for (e, needles) in &errors {
         is_error(e);
@@ -627,6 +657,20 @@ fn errors_display_and_implement_std_error() {
         assert!(boxed.to_string().contains(&text));
         assert!(e.source().is_none());
     }
+    let io = Error::Io {
+        op: "fdatasync",
+        path: "/db/journal/s0000-0000000001.log".into(),
+        source: std::io::Error::from_raw_os_error(5),
+    };
+    let text = io.to_string();
+    assert!(
+        text.contains("fdatasync") && text.contains("s0000-0000000001.log"),
+        "{text}"
+    );
+    assert!(
+        io.source().is_some(),
+        "an I/O error keeps its OS error as the source"
+    );
     let r: Result<(), Box<dyn std::error::Error>> = (|| {
         let engine = Engine::in_memory()?;
         engine.run("q", |tx| tx.put(&[0u8; 2000], b""))?;
