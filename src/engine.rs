@@ -3,15 +3,17 @@
 use crate::command::{Executor, Stats};
 use crate::error::Result;
 #[cfg(doc)]
+use crate::feed::FeedControl;
+use crate::feed::{self, Consumers, Feed};
+#[cfg(doc)]
 use crate::journal::FaultyIo;
-use crate::journal::{ChainHash, Io, Journal, Loader, OsIo};
+use crate::journal::{ChainHash, CommitRecord, Io, Journal, Loader, OsIo};
 #[cfg(doc)]
 use crate::options::Durability;
 use crate::options::Options;
 use crate::store::{Builder, Snapshot, Store};
-use crate::sync::Arc;
+use crate::sync::{Arc, Mutex};
 use crate::txn::{CommitId, Tx};
-#[cfg(doc)]
 use crate::Error;
 use std::path::Path;
 
@@ -34,7 +36,10 @@ use std::path::Path;
 pub struct Engine {
     store: Arc<Store>,
     executor: Executor,
-    journal: Journal,
+    journal: std::sync::Arc<Journal>,
+    consumers: Consumers,
+    /// Serializes `apply` on a follower.
+    applying: Mutex<()>,
     closed: bool,
 }
 
@@ -139,7 +144,9 @@ impl Engine {
         Ok(Engine {
             store,
             executor: Executor::new(opts.max_conflicts, opts.hot_pages_tracked),
-            journal,
+            journal: std::sync::Arc::new(journal),
+            consumers: Consumers::default(),
+            applying: Mutex::new(()),
             closed: false,
         })
     }
@@ -156,7 +163,9 @@ impl Engine {
         Ok(Engine {
             store,
             executor: Executor::new(opts.max_conflicts, opts.hot_pages_tracked),
-            journal: Journal::in_memory(),
+            journal: std::sync::Arc::new(Journal::in_memory(&opts)),
+            consumers: Consumers::default(),
+            applying: Mutex::new(()),
             closed: false,
         })
     }
@@ -221,6 +230,117 @@ impl Engine {
         self.journal.checkpoint(at, snap.range(..)).map(CommitId)
     }
 
+    /// Every commit after `from`, in commit order: history first (from the
+    /// journal files, or the in-memory window), then live commits as they become
+    /// visible. See [`Feed`].
+    pub fn subscribe(&self, from: impl Into<CommitId>) -> Result<Feed> {
+        Feed::new(
+            self.store.clone(),
+            self.journal.clone(),
+            &self.consumers,
+            from.into().get(),
+            None,
+        )
+    }
+
+    /// [`Engine::subscribe`] as the named consumer `name`, which holds a retention
+    /// mark (like a replication slot): checkpoints keep the journal from its last
+    /// [`Feed::ack`] on, up to `Options::retention_limit_bytes`, and across
+    /// restarts. [`Engine::consumer_position`] says where it was.
+    pub fn subscribe_as(&self, name: &str, from: impl Into<CommitId>) -> Result<Feed> {
+        if name.is_empty() || name.contains(['\t', '\n', '\r']) {
+            return Err(Error::InvalidOptions {
+                option: "consumer name",
+                reason: format!("{name:?} must be non-empty, without tabs or line breaks"),
+            });
+        }
+        Feed::new(
+            self.store.clone(),
+            self.journal.clone(),
+            &self.consumers,
+            from.into().get(),
+            Some(name),
+        )
+    }
+
+    /// The last commit the named consumer acknowledged (its hold is just after
+    /// it), including one recorded before a restart; `None` if there is no such
+    /// consumer or its hold lapsed.
+    pub fn consumer_position(&self, name: &str) -> Option<CommitId> {
+        let hold = self.journal.hold_of(name)?;
+        if hold.lapsed.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        Some(CommitId(
+            hold.needed
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .saturating_sub(1),
+        ))
+    }
+
+    /// Drops the named consumer's retention hold; false if it had none.
+    pub fn release_consumer(&self, name: &str) -> bool {
+        self.journal.release(name)
+    }
+
+    /// Pauses every feed of the named consumer (see [`FeedControl`]).
+    pub fn pause_consumer(&self, name: &str) -> Result<()> {
+        match self.consumers.set_paused(&self.journal, name, true) {
+            true => Ok(()),
+            false => Err(Error::UnknownConsumer(name.to_owned())),
+        }
+    }
+
+    /// Resumes every feed of the named consumer.
+    pub fn resume_consumer(&self, name: &str) -> Result<()> {
+        match self.consumers.set_paused(&self.journal, name, false) {
+            true => Ok(()),
+            false => Err(Error::UnknownConsumer(name.to_owned())),
+        }
+    }
+
+    /// Opens (or creates) the database in `dir` as a follower: it serves snapshots,
+    /// changes only through [`Engine::apply`], and `run` on it returns
+    /// [`Error::ReadOnly`] for commands that write.
+    pub fn open_follower(dir: impl AsRef<Path>, opts: Options) -> Result<Engine> {
+        let engine = Engine::open_with(dir, opts)?;
+        engine.journal.set_follower(true);
+        Ok(engine)
+    }
+
+    /// An in-memory follower. See [`Engine::open_follower`].
+    pub fn in_memory_follower(opts: Options) -> Result<Engine> {
+        let engine = Engine::in_memory_with(opts)?;
+        engine.journal.set_follower(true);
+        Ok(engine)
+    }
+
+    /// On a follower: applies the leader's record atomically, if and only if it is
+    /// the next commit (`commit_id == last + 1`, else [`Error::Gap`]) and continues
+    /// this engine's history (`prev_hash` equals our chain hash and the record
+    /// hashes to its `hash`, else [`Error::Fork`]). Nothing is applied on an error.
+    pub fn apply(&self, rec: &CommitRecord) -> Result<()> {
+        if !self.journal.is_follower() {
+            return Err(Error::Unsupported(
+                "apply is for followers (Engine::open_follower); a leader commits with run",
+            ));
+        }
+        let _one = self.applying.lock();
+        feed::apply(&self.store, &self.journal, rec)
+    }
+
+    /// Makes a follower a leader at its last commit: `run` writes from now on and
+    /// `apply` is refused. No-op on a leader.
+    pub fn promote(&self) {
+        let _one = self.applying.lock();
+        self.journal.set_follower(false);
+    }
+
+    /// Whether this engine is a follower.
+    pub fn is_follower(&self) -> bool {
+        self.journal.is_follower()
+    }
+
     /// Closes the engine cleanly: syncs every journal shard, records the final
     /// watermark and trims the segment files. Dropping the engine does the same
     /// but cannot report a failure.
@@ -239,6 +359,7 @@ impl Engine {
             self.store.clock.visible(),
             self.store.stats(),
             self.journal.stats(),
+            self.consumers.stats(&self.store, &self.journal),
         )
     }
 

@@ -3,6 +3,7 @@
 //! Every variant carries what the caller needs to act on it: the limit that was
 //! exceeded, the command that misbehaved, the option that was wrong.
 
+use crate::journal::ChainHash;
 use crate::txn::CommitId;
 use std::fmt;
 use std::path::PathBuf;
@@ -89,8 +90,42 @@ pub enum Error {
         /// The process that holds it, where it recorded itself.
         pid: Option<u32>,
     },
-    /// A write on an engine that cannot write: it was opened read-only.
+    /// A write on an engine that cannot write: it was opened read-only, or it is a
+    /// follower (which changes only through `Engine::apply`).
     ReadOnly,
+    /// A follower was given a record that does not come next: it holds commits up
+    /// to `expected - 1`.
+    Gap {
+        /// The commit id the follower needs next.
+        expected: CommitId,
+        /// The commit id it was given.
+        got: CommitId,
+    },
+    /// A record's history disagrees with the follower's: the two have forked.
+    Fork {
+        /// The commit where they disagree.
+        commit_id: CommitId,
+        /// This engine's chain hash there.
+        ours: ChainHash,
+        /// The hash the record claims.
+        theirs: ChainHash,
+    },
+    /// A feed asked for commits the engine no longer has: the journal before
+    /// `oldest_available` was deleted (or never kept, for an in-memory engine).
+    Truncated {
+        /// The oldest commit id a new subscription can still be given.
+        oldest_available: CommitId,
+    },
+    /// A commit record that cannot be applied as it is (no ops, a key over the limit,
+    /// bytes that do not decode).
+    InvalidRecord {
+        /// The record's commit id, where known.
+        commit_id: Option<CommitId>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No feed consumer has this name.
+    UnknownConsumer(String),
     /// The journal failed to write or sync a commit earlier. The engine refuses
     /// writes from then on rather than acknowledge commits it may not keep (a failed
     /// fsync can drop pages silently); reads still work. Reopen to recover. The
@@ -163,7 +198,34 @@ impl fmt::Display for Error {
                     None => Ok(()),
                 }
             }
-            Error::ReadOnly => write!(f, "the engine is read-only"),
+            Error::ReadOnly => write!(
+                f,
+                "the engine is read-only (opened read-only, or a follower: use apply or promote)"
+            ),
+            Error::Gap { expected, got } => write!(
+                f,
+                "record for {got} does not follow this engine's last commit: it needs {expected} next"
+            ),
+            Error::Fork {
+                commit_id,
+                ours,
+                theirs,
+            } => write!(
+                f,
+                "histories forked at {commit_id}: our chain hash {ours}, the record's {theirs}"
+            ),
+            Error::Truncated { oldest_available } => write!(
+                f,
+                "the journal before {oldest_available} is no longer available"
+            ),
+            Error::InvalidRecord { commit_id, reason } => {
+                write!(f, "invalid commit record")?;
+                if let Some(c) = commit_id {
+                    write!(f, " ({c})")?;
+                }
+                write!(f, ": {reason}")
+            }
+            Error::UnknownConsumer(name) => write!(f, "no feed consumer is named {name:?}"),
             Error::Halted { cause } => write!(
                 f,
                 "the engine refuses writes after a journal failure ({cause}); reopen it to recover"

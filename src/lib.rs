@@ -52,6 +52,7 @@
 mod command;
 mod engine;
 mod error;
+mod feed;
 mod journal;
 mod options;
 mod store;
@@ -61,6 +62,7 @@ mod txn;
 pub use command::{BlockingQueueStats, CommandStats, HotPage, Stats};
 pub use engine::Engine;
 pub use error::{Error, Result};
+pub use feed::{ConsumerStats, Feed, FeedControl, StateDigest};
 pub use journal::{ChainHash, CommitRecord, FaultKind, FaultyIo, Io, JournalStats, Op, OsIo};
 pub use options::{Durability, Options, MAX_KEY_LEN};
 pub use store::{PageId, Snapshot, SnapshotRange, StoreStats, Value};

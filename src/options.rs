@@ -34,6 +34,14 @@ pub struct Options {
     /// Size of a journal segment file in bytes (default 64 MiB). A record larger
     /// than this gets a segment of its own size.
     pub segment_size: u64,
+    /// Bytes of the newest commits kept in memory for feed consumers (default 64
+    /// MiB). A consumer further behind reads the journal files; an in-memory engine
+    /// has no files, so for it this is all the history a new subscription can get.
+    pub feed_window_bytes: usize,
+    /// Journal bytes a named consumer's retention hold may keep from deletion
+    /// (default 1 GiB). A consumer that falls further behind loses its hold and
+    /// gets `Error::Truncated` once what it needs is gone.
+    pub retention_limit_bytes: u64,
 }
 
 /// How durable a commit is when `run` returns.
@@ -63,6 +71,8 @@ impl Default for Options {
             durability: Durability::Durable,
             journal_shards: 0,
             segment_size: 64 << 20,
+            feed_window_bytes: 64 << 20,
+            retention_limit_bytes: 1 << 30,
         }
     }
 }

@@ -47,6 +47,14 @@ mod imp {
             self.0.wait(&mut guard);
             guard
         }
+        pub(crate) fn wait_timeout<'a, T>(
+            &self,
+            mut guard: MutexGuard<'a, T>,
+            timeout: std::time::Duration,
+        ) -> MutexGuard<'a, T> {
+            self.0.wait_for(&mut guard, timeout);
+            guard
+        }
         pub(crate) fn notify_all(&self) {
             self.0.notify_all();
         }
@@ -113,6 +121,14 @@ mod imp {
         }
         pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
             self.0.wait(guard).expect("loom mutexes do not poison here")
+        }
+        /// loom has no clock: a timed wait is a plain wait.
+        pub(crate) fn wait_timeout<'a, T>(
+            &self,
+            guard: MutexGuard<'a, T>,
+            _timeout: std::time::Duration,
+        ) -> MutexGuard<'a, T> {
+            self.wait(guard)
         }
         pub(crate) fn notify_all(&self) {
             self.0.notify_all();

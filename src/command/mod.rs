@@ -168,6 +168,7 @@ impl Executor {
                 Log {
                     journal,
                     command: name,
+                    apply: false,
                 },
             );
             drop(pass);
@@ -244,6 +245,7 @@ impl Executor {
             let log = Log {
                 journal,
                 command: name,
+                apply: false,
             };
             match commit(tx, log)? {
                 Outcome::Committed { restructured } => {

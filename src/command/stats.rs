@@ -5,6 +5,7 @@
 //! which are rare next to commits, go to a small table of the hottest pages with
 //! the command names that lost on each.
 
+use crate::feed::ConsumerStats;
 use crate::journal::JournalStats;
 use crate::store::{PageId, StoreStats};
 use crate::sync::{thread_shard, Arc, AtomicU64, CachePadded, Mutex, Ordering};
@@ -191,6 +192,8 @@ pub struct Stats {
     pub store: StoreStats,
     /// Journal shards, group-commit fsyncs, checkpoint and recovery.
     pub journal: JournalStats,
+    /// Every attached feed consumer: position, lag, paused.
+    pub feed: Vec<ConsumerStats>,
 }
 
 #[derive(Default)]
@@ -281,6 +284,7 @@ impl Telemetry {
         commit_id: u64,
         store: StoreStats,
         journal: JournalStats,
+        feed: Vec<ConsumerStats>,
     ) -> Stats {
         let all = self.all.sum();
         let mut commands: Vec<CommandStats> = self
@@ -335,6 +339,7 @@ impl Telemetry {
             hot_pages,
             store,
             journal,
+            feed,
         }
     }
 }

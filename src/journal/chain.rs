@@ -9,6 +9,8 @@
 
 use super::record::{ChainHash, FRAME_HEADER};
 use crate::sync::{AtomicU64, Backoff, Mutex, Ordering};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 #[cfg(not(loom))]
 const RING: usize = 8192;
@@ -26,6 +28,40 @@ struct State {
 /// A ring slot: a commit id and its frame, waiting to be hashed.
 type Slot = Mutex<Option<(u64, Vec<u8>)>>;
 
+/// A hashed commit kept for the feed.
+#[derive(Clone)]
+pub(crate) struct Retained {
+    pub id: u64,
+    pub prev_hash: ChainHash,
+    pub hash: ChainHash,
+    /// The whole frame; the record body starts at `FRAME_HEADER`.
+    pub frame: Arc<Vec<u8>>,
+    /// Record bytes hashed since the engine started, this one included.
+    pub total_bytes: u64,
+}
+
+/// The newest hashed commits, oldest first, up to a byte budget: the in-memory
+/// journal live feed consumers read from.
+pub(crate) struct Tail {
+    pub records: VecDeque<Retained>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Tail {
+    /// The retained commit `id`, if it is in the window.
+    pub(crate) fn get(&self, id: u64) -> Option<&Retained> {
+        let first = self.records.front()?.id;
+        self.records
+            .get(usize::try_from(id.checked_sub(first)?).ok()?)
+    }
+
+    /// Oldest and newest retained commit ids.
+    pub(crate) fn span(&self) -> Option<(u64, u64)> {
+        Some((self.records.front()?.id, self.records.back()?.id))
+    }
+}
+
 pub(crate) struct Chain {
     /// Frames waiting to be hashed, at `id mod RING`.
     ring: Box<[Slot]>,
@@ -35,11 +71,16 @@ pub(crate) struct Chain {
     seq: AtomicU64,
     head_id: AtomicU64,
     head_hash: [AtomicU64; 4],
+    /// Hashed commits for the feed; appended to in commit order by the hasher.
+    pub(crate) tail: Mutex<Tail>,
+    /// Record bytes hashed so far (for the feed's lag in bytes).
+    total_bytes: AtomicU64,
 }
 
 impl Chain {
-    /// A chain whose last hashed commit is `id`, with hash `hash`.
-    pub(crate) fn new(id: u64, hash: ChainHash) -> Chain {
+    /// A chain whose last hashed commit is `id`, with hash `hash`, keeping up to
+    /// `window` bytes of hashed commits for the feed.
+    pub(crate) fn new(id: u64, hash: ChainHash, window: usize) -> Chain {
         let mut recent = vec![(u64::MAX, ChainHash([0; 32])); RING].into_boxed_slice();
         recent[id as usize % RING] = (id, hash);
         let chain = Chain {
@@ -48,6 +89,12 @@ impl Chain {
             seq: AtomicU64::new(0),
             head_id: AtomicU64::new(0),
             head_hash: std::array::from_fn(|_| AtomicU64::new(0)),
+            tail: Mutex::new(Tail {
+                records: VecDeque::new(),
+                bytes: 0,
+                limit: window,
+            }),
+            total_bytes: AtomicU64::new(0),
         };
         chain.publish_head(id, &hash);
         chain
@@ -96,6 +143,8 @@ impl Chain {
     /// Hashes every contiguous ready frame up to `to`.
     fn advance_locked(&self, st: &mut State, to: u64) {
         let start = st.id;
+        let mut hashed = Vec::new();
+        let mut total = self.total_bytes.load(Ordering::Relaxed);
         while st.id < to {
             let next = st.id + 1;
             let frame = {
@@ -106,13 +155,39 @@ impl Chain {
                 }
             };
             let Some(frame) = frame else { break };
+            let prev_hash = st.hash;
             st.hash = st.hash.next(&frame[FRAME_HEADER..]);
             st.id = next;
             st.recent[next as usize % RING] = (next, st.hash);
+            total += (frame.len() - FRAME_HEADER) as u64;
+            hashed.push(Retained {
+                id: next,
+                prev_hash,
+                hash: st.hash,
+                frame: Arc::new(frame),
+                total_bytes: total,
+            });
         }
         if st.id != start {
+            self.total_bytes.store(total, Ordering::Relaxed);
             self.publish_head(st.id, &st.hash);
+            // Still under the state lock, so the tail is appended in commit order.
+            let mut tail = self.tail.lock();
+            for r in hashed {
+                tail.bytes += r.frame.len();
+                tail.records.push_back(r);
+            }
+            while tail.bytes > tail.limit && tail.records.len() > 1 {
+                let old = tail.records.pop_front().expect("more than one record");
+                tail.bytes -= old.frame.len();
+            }
         }
+    }
+
+    /// Hashes everything pushed up to `id` (which every commit `<= id` must be),
+    /// so that the tail holds it unless the window already moved past it.
+    pub(crate) fn advance_to(&self, id: u64) {
+        self.advance_blocking(id);
     }
 
     /// Waits until commit `id` is hashed, hashing it (and what precedes it) here.
@@ -194,7 +269,7 @@ mod tests {
 
     #[test]
     fn out_of_order_pushes_hash_in_order() {
-        let chain = Chain::new(0, ChainHash::genesis());
+        let chain = Chain::new(0, ChainHash::genesis(), 1 << 20);
         let mut expect = ChainHash::genesis();
         let frames: Vec<Vec<u8>> = (1..=100).map(frame).collect();
         for f in &frames {

@@ -22,23 +22,25 @@
 
 mod chain;
 mod checkpoint;
+mod history;
 mod io;
 mod lock;
 mod record;
 mod recovery;
 mod shard;
 
+pub(crate) use chain::Retained;
+pub(crate) use history::History;
 pub use io::{FaultKind, FaultyIo, Io, OsIo};
-pub(crate) use record::Frame;
+pub(crate) use record::{BodyView, Frame, FRAME_HEADER};
 pub use record::{ChainHash, CommitRecord, Op};
 
 use crate::error::{Error, Result};
 use crate::options::{Durability, Options};
-use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use chain::Chain;
 use checkpoint::Checkpoint;
 use lock::DirLock;
-use record::BodyView;
 use shard::Shard;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -186,13 +188,163 @@ pub(crate) struct Journal {
     cause: Mutex<Option<String>>,
     retired: Arc<Mutex<Vec<Retired>>>,
     /// Retention holds: the oldest commit each named consumer still needs. The
-    /// replication feed registers them; checkpoints never delete past the lowest.
-    holds: Mutex<BTreeMap<String, u64>>,
+    /// feed registers them; checkpoints never delete past the lowest, unless a hold
+    /// would keep more than `retention_limit` bytes (then it lapses).
+    holds: Mutex<BTreeMap<String, Arc<Hold>>>,
+    retention_limit: u64,
     checkpointing: Mutex<()>,
     checkpoint: AtomicU64,
+    /// The newest checkpoint's commit and chain hash: where history can start.
+    checkpoint_point: Mutex<(u64, ChainHash)>,
+    /// Wakes feed consumers waiting for new commits.
+    pub(crate) signal: Signal,
+    /// A follower: changes only through `apply`.
+    follower: AtomicBool,
     replayed: u64,
     syncs: Arc<AtomicU64>,
     _lock: Option<DirLock>,
+}
+
+/// A named consumer's retention mark.
+pub(crate) struct Hold {
+    /// The oldest commit id the consumer still needs.
+    pub needed: AtomicU64,
+    /// Set when the hold was dropped for keeping too much journal.
+    pub lapsed: AtomicBool,
+}
+
+/// Wakes threads waiting for commits to become visible, without costing commits
+/// anything while nobody waits: a committer only reads `waiters`.
+pub(crate) struct Signal {
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    cond: Condvar,
+    closed: AtomicBool,
+}
+
+impl Signal {
+    fn new() -> Signal {
+        Signal {
+            waiters: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Called after a commit became visible.
+    pub(crate) fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock();
+            self.cond.notify_all();
+        }
+    }
+
+    /// Waits until `ready()` holds, the engine closes, or `timeout` passes; returns
+    /// `ready()`. The waiter is counted before `ready` is checked under the lock,
+    /// so a commit that lands in between either is seen or notifies.
+    pub(crate) fn wait(&self, timeout: std::time::Duration, ready: impl Fn() -> bool) -> bool {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.lock.lock();
+        let result = loop {
+            if ready() {
+                break true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline || self.closed.load(Ordering::SeqCst) {
+                break false;
+            }
+            g = self.cond.wait_timeout(g, deadline - now);
+        };
+        drop(g);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// The engine is closing: waiters return.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _g = self.lock.lock();
+        self.cond.notify_all();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Wakes every waiter (a consumer was paused or resumed).
+    pub(crate) fn wake(&self) {
+        let _g = self.lock.lock();
+        self.cond.notify_all();
+    }
+}
+
+const HOLDS_FILE: &str = "consumers";
+
+/// Reads the retention holds recorded at the last checkpoint or close.
+fn load_holds(dir: &Path) -> Result<BTreeMap<String, Arc<Hold>>> {
+    let path = dir.join(HOLDS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(source) => {
+            return Err(Error::Io {
+                op: "read",
+                path,
+                source,
+            })
+        }
+    };
+    let bad = |reason: &str| Error::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        commit_id: None,
+        reason: reason.to_owned(),
+    };
+    let (body, crc) = text
+        .rsplit_once("crc32c ")
+        .ok_or_else(|| bad("the consumers file has no checksum line"))?;
+    if crc.trim().parse::<u32>().ok() != Some(crc32c::crc32c(body.as_bytes())) {
+        return Err(bad("the consumers file checksum does not match"));
+    }
+    let mut holds = BTreeMap::new();
+    for line in body.lines() {
+        let (name, needed) = line
+            .rsplit_once('\t')
+            .ok_or_else(|| bad("a consumers line has no tab"))?;
+        let needed: u64 = needed
+            .parse()
+            .map_err(|_| bad("a consumers line has no commit id"))?;
+        holds.insert(
+            name.to_owned(),
+            Arc::new(Hold {
+                needed: AtomicU64::new(needed),
+                lapsed: AtomicBool::new(false),
+            }),
+        );
+    }
+    Ok(holds)
+}
+
+/// Records the retention holds durably (temporary file, fsync, rename).
+fn save_holds(dir: &Path, io: &dyn Io, holds: &BTreeMap<String, Arc<Hold>>) -> Result<()> {
+    let path = dir.join(HOLDS_FILE);
+    if holds.is_empty() && !path.exists() {
+        return Ok(());
+    }
+    let mut body = String::new();
+    for (name, hold) in holds {
+        body.push_str(&format!("{name}\t{}\n", hold.needed.load(Ordering::SeqCst)));
+    }
+    let text = format!("{body}crc32c {}\n", crc32c::crc32c(body.as_bytes()));
+    let tmp = dir.join(format!("{HOLDS_FILE}.tmp"));
+    let file = io.create(&tmp).map_err(io_err("create", &tmp))?;
+    io.write_at(&file, text.as_bytes(), 0)
+        .map_err(io_err("write", &tmp))?;
+    io.sync(&file).map_err(io_err("fsync", &tmp))?;
+    io.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+    io.sync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -202,20 +354,24 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 
 impl Journal {
     /// The journal of an in-memory engine: no files; records feed the chain only.
-    pub(crate) fn in_memory() -> Journal {
+    pub(crate) fn in_memory(opts: &Options) -> Journal {
         Journal {
             durability: Durability::None,
             read_only: false,
             dir: None,
             io: Arc::new(OsIo),
             shards: Box::new([]),
-            chain: Chain::new(0, ChainHash::genesis()),
+            chain: Chain::new(0, ChainHash::genesis(), opts.feed_window_bytes),
             halted: AtomicBool::new(false),
             cause: Mutex::new(None),
             retired: Arc::new(Mutex::new(Vec::new())),
             holds: Mutex::new(BTreeMap::new()),
+            retention_limit: opts.retention_limit_bytes,
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(0),
+            checkpoint_point: Mutex::new((0, ChainHash::genesis())),
+            signal: Signal::new(),
+            follower: AtomicBool::new(false),
             replayed: 0,
             syncs: Arc::new(AtomicU64::new(0)),
             _lock: None,
@@ -381,13 +537,17 @@ impl Journal {
             dir: Some(dir.to_owned()),
             io,
             shards,
-            chain: Chain::new(last_id, last_hash),
+            chain: Chain::new(last_id, last_hash, opts.feed_window_bytes),
             halted: AtomicBool::new(false),
             cause: Mutex::new(None),
             retired,
-            holds: Mutex::new(BTreeMap::new()),
+            holds: Mutex::new(load_holds(dir)?),
+            retention_limit: opts.retention_limit_bytes,
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(start.0),
+            checkpoint_point: Mutex::new(start),
+            signal: Signal::new(),
+            follower: AtomicBool::new(false),
             replayed: replayed_count,
             syncs,
             _lock: Some(lock),
@@ -395,9 +555,10 @@ impl Journal {
         Ok((journal, last_id))
     }
 
-    /// Refuses a write before any work is done: read-only or halted engines.
-    pub(crate) fn check_writable(&self) -> Result<()> {
-        if self.read_only {
+    /// Refuses a write before any work is done: read-only or halted engines, and
+    /// followers unless the write is an `apply`.
+    pub(crate) fn check_writable(&self, apply: bool) -> Result<()> {
+        if self.read_only || (self.follower.load(Ordering::SeqCst) && !apply) {
             return Err(Error::ReadOnly);
         }
         if self.halted.load(Ordering::SeqCst) {
@@ -474,7 +635,7 @@ impl Journal {
     /// Starts a checkpoint: retires every shard's current segment, so that the
     /// checkpoint about to be taken can delete them. Then call `checkpoint`.
     pub(crate) fn prepare_checkpoint(&self) -> Result<()> {
-        self.check_writable()?;
+        self.check_writable(false)?;
         for shard in self.shards.iter() {
             shard.roll_if_used()?;
         }
@@ -507,19 +668,37 @@ impl Journal {
         ))?;
         checkpoint::write(dir, &*self.io, at, hash, entries)?;
         self.checkpoint.store(at, Ordering::SeqCst);
+        *self.checkpoint_point.lock() = (at, hash);
         if previous > 0 {
             let old = dir.join(checkpoint::checkpoint_name(previous));
             self.io.remove(&old).map_err(io_err("remove", &old))?;
         }
-        let floor = self
-            .holds
-            .lock()
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(u64::MAX)
-            .min(at);
         let mut retired = self.retired.lock();
+        let floor = {
+            let mut holds = self.holds.lock();
+            // A hold that would keep more than the limit lapses: its consumer gets
+            // `Truncated` instead of the disk filling up.
+            holds.retain(|_, hold| {
+                let needed = hold.needed.load(Ordering::SeqCst);
+                let kept: u64 = retired
+                    .iter()
+                    .filter(|seg| seg.last_id >= needed && seg.last_id <= at)
+                    .map(|seg| std::fs::metadata(&seg.path).map_or(0, |m| m.len()))
+                    .sum();
+                let keep = kept <= self.retention_limit;
+                if !keep {
+                    hold.lapsed.store(true, Ordering::SeqCst);
+                }
+                keep
+            });
+            save_holds(dir, &*self.io, &holds)?;
+            holds
+                .values()
+                .map(|h| h.needed.load(Ordering::SeqCst).saturating_sub(1))
+                .min()
+                .unwrap_or(u64::MAX)
+                .min(at)
+        };
         let mut result = Ok(at);
         retired.retain(|seg| {
             if seg.last_id > floor || result.is_err() {
@@ -538,8 +717,12 @@ impl Journal {
 
     /// A clean close: writes each shard's final watermark and syncs and trims it.
     pub(crate) fn close(&self, visible: u64) -> Result<()> {
+        self.signal.close();
         if self.halted.load(Ordering::SeqCst) {
             return Err(self.halted_error());
+        }
+        if let (Some(dir), false) = (&self.dir, self.read_only) {
+            save_holds(dir, &*self.io, &self.holds.lock())?;
         }
         let anchor = self.chain.head();
         let mut result = Ok(());
@@ -552,6 +735,57 @@ impl Journal {
             }
         }
         result
+    }
+
+    /// The hash chain, with the in-memory window of hashed commits.
+    pub(crate) fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    /// A reader of the commits after `from` in the journal files; `None` for an
+    /// engine without journal files.
+    pub(crate) fn history(&self, from: u64) -> Result<Option<History>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let jdir = dir.join("journal");
+        if !jdir.is_dir() {
+            return Ok(None);
+        }
+        let point = *self.checkpoint_point.lock();
+        History::open(&jdir, point, from).map(Some)
+    }
+
+    /// Registers (or moves) the retention hold `name`: commits from `needed` on
+    /// are kept.
+    pub(crate) fn hold(&self, name: &str, needed: u64) -> Arc<Hold> {
+        let mut holds = self.holds.lock();
+        let hold = holds.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Hold {
+                needed: AtomicU64::new(needed),
+                lapsed: AtomicBool::new(false),
+            })
+        });
+        hold.needed.store(needed, Ordering::SeqCst);
+        hold.clone()
+    }
+
+    /// The hold `name`, if there is one (also one recorded before a restart).
+    pub(crate) fn hold_of(&self, name: &str) -> Option<Arc<Hold>> {
+        self.holds.lock().get(name).cloned()
+    }
+
+    /// Drops the hold `name`; false if there was none.
+    pub(crate) fn release(&self, name: &str) -> bool {
+        self.holds.lock().remove(name).is_some()
+    }
+
+    pub(crate) fn is_follower(&self) -> bool {
+        self.follower.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_follower(&self, follower: bool) {
+        self.follower.store(follower, Ordering::SeqCst);
     }
 
     pub(crate) fn stats(&self) -> JournalStats {

@@ -101,10 +101,42 @@ pub struct CommitRecord {
     pub ops: Vec<Op>,
 }
 
+impl CommitRecord {
+    /// The record as bytes, for sending to a follower: both hashes, then the
+    /// record body exactly as the journal hashes it.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let ops = self.ops.iter().map(|op| match op {
+            Op::Put { key, value } => (key.as_slice(), Some(value.as_slice())),
+            Op::Delete { key } => (key.as_slice(), None),
+        });
+        let mut frame = Frame::commit(&self.command, ops)?;
+        frame.set_id(self.commit_id.get());
+        let mut out = Vec::with_capacity(64 + frame.bytes.len() - FRAME_HEADER);
+        out.extend_from_slice(&self.prev_hash.0);
+        out.extend_from_slice(&self.hash.0);
+        out.extend_from_slice(&frame.bytes[FRAME_HEADER..]);
+        Ok(out)
+    }
+
+    /// Decodes [`CommitRecord::encode`]'s bytes. The hashes are not checked here:
+    /// [`crate::Engine::apply`] checks them.
+    pub fn decode(bytes: &[u8]) -> Result<CommitRecord> {
+        let bad = || Error::InvalidRecord {
+            commit_id: None,
+            reason: "the bytes are not an encoded commit record".to_owned(),
+        };
+        if bytes.len() < 64 {
+            return Err(bad());
+        }
+        let hash = |b: &[u8]| ChainHash(b.try_into().expect("32 bytes"));
+        let body = BodyView::parse(&bytes[64..]).ok_or_else(bad)?;
+        Ok(body.to_record(hash(&bytes[0..32]), hash(&bytes[32..64])))
+    }
+}
+
 /// A record's body decoded without copying.
 pub(crate) struct BodyView<'a> {
     pub commit_id: u64,
-    #[allow(dead_code)]
     pub command: &'a [u8],
     op_count: u32,
     ops: &'a [u8],
@@ -150,8 +182,6 @@ impl<'a> BodyView<'a> {
         })
     }
 
-    // The replication feed builds its records with this; today only tests do.
-    #[allow(dead_code)]
     pub(crate) fn to_record(&self, prev_hash: ChainHash, hash: ChainHash) -> CommitRecord {
         CommitRecord {
             commit_id: CommitId(self.commit_id),

@@ -89,6 +89,8 @@ impl Drop for Locks<'_> {
 pub(crate) struct Log<'a> {
     pub journal: &'a Journal,
     pub command: &'a str,
+    /// A follower applying its leader's record (allowed on a follower).
+    pub apply: bool,
 }
 
 /// Publishes a taken commit id: by `finish`, or when dropped during a panic (the
@@ -162,7 +164,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     // The record is encoded before any lock is taken; the commit id is filled in
     // when it is taken.
     let journal = log.journal;
-    journal.check_writable()?;
+    journal.check_writable(log.apply)?;
     let ops = tx
         .writes
         .iter()
@@ -281,6 +283,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     let seen = publish.finish(ticket)?;
     // `run` returns only when its commit is visible: a snapshot taken next on this
     // thread sees it (earlier ids may still be installing on other threads).
+    journal.signal.notify();
     if !store.clock.wait_visible_from(id, seen) {
         return Err(journal.halted_error());
     }
