@@ -169,7 +169,7 @@ impl std::fmt::Debug for FeedControl {
 /// # Ok::<(), shardstone::Error>(())
 /// ```
 pub struct Feed {
-    store: Arc<Store>,
+    store: crate::sync::Arc<Store>,
     journal: Arc<Journal>,
     /// The last commit delivered.
     position: u64,
@@ -180,7 +180,7 @@ pub struct Feed {
 
 impl Feed {
     pub(crate) fn new(
-        store: Arc<Store>,
+        store: crate::sync::Arc<Store>,
         journal: Arc<Journal>,
         consumers: &Consumers,
         from: u64,
