@@ -85,10 +85,10 @@ impl<'s> Builder<'s> {
         Ok(())
     }
 
-    fn flush_leaf(&mut self) -> Result<()> {
+    /// The entries of the leaf being filled.
+    fn entries(&self) -> Vec<LeafEntry<'_>> {
         let scratch = &self.scratch;
-        let entries: Vec<LeafEntry<'_>> = self
-            .leaf
+        self.leaf
             .iter()
             .map(|p| LeafEntry {
                 key: &scratch[p.key.0..p.key.0 + p.key.1],
@@ -97,7 +97,11 @@ impl<'s> Builder<'s> {
                     PendingVal::Overflow { head, len } => ValRef::Overflow { head, len },
                 },
             })
-            .collect();
+            .collect()
+    }
+
+    fn flush_leaf(&mut self) -> Result<()> {
+        let entries = self.entries();
         let low = entries.first().map_or(Vec::new(), |e| e.key.to_vec());
         let buf = self.store.arena.alloc()?;
         // SAFETY: a fresh buffer we own until it is published below.
@@ -133,18 +137,7 @@ impl<'s> Builder<'s> {
         let store = self.store;
         if self.levels[0].is_empty() {
             // Everything fits one leaf (or nothing at all): it becomes the root.
-            let scratch = &self.scratch;
-            let entries: Vec<LeafEntry<'_>> = self
-                .leaf
-                .iter()
-                .map(|p| LeafEntry {
-                    key: &scratch[p.key.0..p.key.0 + p.key.1],
-                    val: match p.val {
-                        PendingVal::Inline(at, len) => ValRef::Inline(&scratch[at..at + len]),
-                        PendingVal::Overflow { head, len } => ValRef::Overflow { head, len },
-                    },
-                })
-                .collect();
+            let entries = self.entries();
             let buf = store.arena.alloc()?;
             // SAFETY: fresh, unpublished.
             page::build_leaf(unsafe { store.buf_mut(buf) }, &entries);
