@@ -194,7 +194,27 @@ impl Engine {
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
-        self.executor.run(&self.store, &self.journal, name, f)
+        self.executor.run(&self.store, &self.journal, name, None, f)
+    }
+
+    /// Runs the command `f` in the blocking queue from the start, without
+    /// optimistic attempts: for a command known to be heavy (a long scan, a bulk
+    /// rewrite) that would only lose conflicts first. It runs once, with exclusive
+    /// commit rights, and cannot conflict; commits of other commands wait for it.
+    /// Counted as an escalation. Otherwise as [`Engine::run`].
+    ///
+    /// ```
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run_blocking("rebuild", |tx| tx.put(b"k", b"v"))?;
+    /// assert_eq!(engine.stats().escalations, 1);
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn run_blocking<T, F>(&self, name: &str, f: F) -> Result<T>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T>,
+    {
+        self.executor
+            .run(&self.store, &self.journal, name, Some(0), f)
     }
 
     /// A read-only view at the newest commit. Never blocks writers, never conflicts.

@@ -65,5 +65,11 @@ pub use error::{Error, Result};
 pub use feed::{ConsumerStats, Feed, FeedControl, StateDigest};
 pub use journal::{ChainHash, CommitRecord, FaultKind, FaultyIo, Io, JournalStats, Op, OsIo};
 pub use options::{Durability, Options, MAX_KEY_LEN};
+
+/// The group-commit protocol, exposed to the loom models only (its file work is
+/// passed in, so a model runs it with a simulated disk).
+#[cfg(loom)]
+#[doc(hidden)]
+pub use journal::{Group, Waited};
 pub use store::{PageId, Snapshot, SnapshotRange, StoreStats, Value};
 pub use txn::{CommitId, Tx, TxRange};

@@ -4,11 +4,11 @@
 //! Ordinary commits announce themselves in a per-thread-shard counter and then check
 //! that the gate is open (two cache lines that other cores rarely write). The
 //! blocking queue closes the gate and waits for the announced commits to drain.
-//! Both sides store before they load, with `SeqCst`, so at least one of them sees
-//! the other: a commit is either drained or waits at the gate.
+//! Both sides store, then fence (`SeqCst`), then load, so at least one of them
+//! sees the other: a commit is either drained or waits at the gate.
 
 use crate::sync::{
-    thread_shard, yield_now, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering,
+    fence, thread_shard, yield_now, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering,
 };
 
 #[cfg(not(loom))]
@@ -46,6 +46,10 @@ impl CommitGate {
         let counter = &*self.in_flight[thread_shard() % self.in_flight.len()];
         loop {
             counter.fetch_add(1, Ordering::SeqCst);
+            // Store, then load: the fence pairs with the one in `close` (Dekker), so
+            // at least one side sees the other. Found by the loom escalation model,
+            // which does not credit SeqCst loads and stores alone with that order.
+            fence(Ordering::SeqCst);
             if !self.closed.load(Ordering::SeqCst) {
                 return Pass { counter };
             }
@@ -86,6 +90,11 @@ impl CommitGate {
     pub(crate) fn close(&self) -> Exclusive<'_> {
         let was_closed = self.closed.swap(true, Ordering::SeqCst);
         debug_assert!(!was_closed, "one escalated command at a time");
+        // Pairs with the fence in `enter`.
+        fence(Ordering::SeqCst);
+        // Deliberately wrong under `shardstone_broken = "gate"`, for the loom model
+        // to catch: commits already in flight are not drained.
+        #[cfg(not(shardstone_broken = "gate"))]
         for counter in self.in_flight.iter() {
             while counter.load(Ordering::SeqCst) != 0 {
                 yield_now();

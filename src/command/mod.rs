@@ -119,11 +119,14 @@ impl Executor {
     }
 
     /// Runs `f` atomically; see `Engine::run`.
+    /// Runs `f` atomically: optimistically up to `max_conflicts` times (the
+    /// engine's setting when `None`), then in the blocking queue; see `Engine::run`.
     pub(crate) fn run<T, F>(
         &self,
         store: &Store,
         journal: &Journal,
         name: &str,
+        max_conflicts: Option<u32>,
         mut f: F,
     ) -> Result<T>
     where
@@ -152,7 +155,8 @@ impl Executor {
             done: false,
         };
         let mut conflicts = 0u32;
-        while conflicts < self.max_conflicts {
+        let max_conflicts = max_conflicts.unwrap_or(self.max_conflicts);
+        while conflicts < max_conflicts {
             self.gate.wait_open();
             let mut tx = Tx::begin(store);
             let value = match f(&mut tx) {
@@ -186,7 +190,7 @@ impl Executor {
                 }
                 Ok(Outcome::Conflict(c)) => {
                     conflicts += 1;
-                    let retry = conflicts < self.max_conflicts;
+                    let retry = conflicts < max_conflicts;
                     counters.conflict(retry);
                     self.telemetry.all.conflict(retry);
                     for p in &c.pages {

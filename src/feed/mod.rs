@@ -242,6 +242,11 @@ impl Feed {
         loop {
             let want = self.position + 1;
             let visible = self.store.clock.visible();
+            // Deliberately wrong under `shardstone_broken = "watermark"`, for the loom
+            // model to catch: records are delivered once hashed, before they are
+            // visible.
+            #[cfg(shardstone_broken = "watermark")]
+            let visible = self.journal.chain().head().0.max(visible);
             let paused = self.control.is_paused();
             if want > visible || paused {
                 if self.journal.signal.is_closed() {

@@ -22,6 +22,7 @@
 
 mod chain;
 mod checkpoint;
+mod group;
 mod history;
 mod io;
 mod lock;
@@ -30,6 +31,8 @@ mod recovery;
 mod shard;
 
 pub(crate) use chain::Retained;
+#[cfg(loom)]
+pub use group::{Group, GroupState, Waited};
 pub(crate) use history::History;
 pub use io::{FaultKind, FaultyIo, Io, OsIo};
 pub(crate) use record::{BodyView, Frame, FRAME_HEADER};

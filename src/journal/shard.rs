@@ -15,11 +15,12 @@
 //! the page cache instead of a system call (benches/journal.rs measures both).
 //! Segments are preallocated, so the mapping never meets a full disk on write.
 
+use super::group::{Group, GroupState, Waited};
 use super::io::Io;
 use super::record::{Frame, FRAME_HEADER};
 use super::Retired;
 use crate::error::{Error, Result};
-use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{AtomicU64, Mutex, Ordering};
 use memmap2::MmapMut;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -86,27 +87,22 @@ impl Segment {
     }
 }
 
-struct State {
+/// The shard's files, under the group-commit lock.
+struct Files {
     current: Option<Segment>,
     /// Files of full segments that may hold frames not yet synced.
     unsynced: Vec<Arc<File>>,
     next_seq: u64,
-    /// Highest commit id appended to this shard.
-    appended: u64,
-    /// Highest commit id of this shard known to be on disk.
-    synced: u64,
-    flushing: bool,
-    /// The first failure; the shard refuses everything after it.
-    failed: Option<String>,
 }
+
+type State = GroupState<Files>;
 
 pub(crate) struct Shard {
     index: usize,
     dir: PathBuf,
     segment_size: u64,
     io: Arc<dyn Io>,
-    state: Mutex<State>,
-    flushed: Condvar,
+    group: Group<Files>,
     retired: Arc<Mutex<Vec<Retired>>>,
     syncs: Arc<AtomicU64>,
 }
@@ -126,16 +122,11 @@ impl Shard {
             dir: dir.to_owned(),
             segment_size,
             io,
-            state: Mutex::new(State {
+            group: Group::new(Files {
                 current: None,
                 unsynced: Vec::new(),
                 next_seq,
-                appended: 0,
-                synced: 0,
-                flushing: false,
-                failed: None,
             }),
-            flushed: Condvar::new(),
             retired,
             syncs,
         }
@@ -156,12 +147,13 @@ impl Shard {
         assign: impl FnOnce() -> u64,
         seal: impl FnOnce(&mut Frame, u64) -> usize,
     ) -> Result<u64> {
-        let mut st = self.state.lock();
-        if let Some(cause) = &st.failed {
+        let mut st = self.group.lock();
+        if let Some(cause) = st.failed() {
             return Err(Self::halted(cause));
         }
         let stride = frame.bytes.len().next_multiple_of(8);
         let room = st
+            .files
             .current
             .as_ref()
             .is_some_and(|s| s.len + stride <= s.map.len());
@@ -171,6 +163,7 @@ impl Shard {
         let id = assign();
         let len = seal(frame, id);
         let seg = st
+            .files
             .current
             .as_mut()
             .expect("a segment with room was made above");
@@ -184,12 +177,12 @@ impl Shard {
 
     /// Writes a mark frame (the acknowledged watermark) if the shard has a segment.
     pub(crate) fn mark(&self, seal: impl FnOnce(&mut Frame) -> usize) -> Result<()> {
-        let mut st = self.state.lock();
-        if st.failed.is_some() {
+        let mut st = self.group.lock();
+        if st.failed().is_some() {
             return Ok(());
         }
         let mut frame = Frame::mark();
-        let Some(seg) = st.current.as_mut() else {
+        let Some(seg) = st.files.current.as_mut() else {
             return Ok(());
         };
         if seg.len + FRAME_HEADER > seg.map.len() {
@@ -204,9 +197,13 @@ impl Shard {
     /// Retires the current segment if it holds any frame, so that a checkpoint
     /// that follows can delete it.
     pub(crate) fn roll_if_used(&self) -> Result<()> {
-        let mut st = self.state.lock();
-        let used = st.current.as_ref().is_some_and(|s| s.len > SEGMENT_HEADER);
-        if st.failed.is_some() || !used {
+        let mut st = self.group.lock();
+        let used = st
+            .files
+            .current
+            .as_ref()
+            .is_some_and(|s| s.len > SEGMENT_HEADER);
+        if st.failed().is_some() || !used {
             return Ok(());
         }
         self.roll(&mut st, 0)
@@ -214,7 +211,7 @@ impl Shard {
 
     /// Starts a new segment with room for at least `stride` bytes of frame.
     fn roll(&self, st: &mut State, stride: usize) -> Result<()> {
-        let seq = st.next_seq;
+        let seq = st.files.next_seq;
         let path = self.dir.join(segment_name(self.index, seq));
         let io_err = |op: &'static str, path: &Path| {
             let path = path.to_owned();
@@ -232,15 +229,15 @@ impl Shard {
         self.io
             .sync_dir(&self.dir)
             .map_err(io_err("fsync directory", &self.dir))?;
-        st.next_seq = seq + 1;
-        if let Some(old) = st.current.take() {
+        st.files.next_seq = seq + 1;
+        if let Some(old) = st.files.current.take() {
             self.retired.lock().push(Retired {
                 path: old.path,
                 last_id: st.appended,
             });
-            st.unsynced.push(old.file);
+            st.files.unsynced.push(old.file);
         }
-        st.current = Some(Segment {
+        st.files.current = Some(Segment {
             path,
             file: Arc::new(file),
             map,
@@ -253,71 +250,50 @@ impl Shard {
     /// Returns once commit `id` (appended to this shard) is on disk, sharing the
     /// fdatasync with every commit appended before it started.
     pub(crate) fn wait_durable(&self, id: u64) -> Result<()> {
-        let mut st = self.state.lock();
-        loop {
-            if st.synced >= id {
-                return Ok(());
-            }
-            if let Some(cause) = &st.failed {
-                return Err(Self::halted(cause));
-            }
-            if st.flushing {
-                st = self.flushed.wait(st);
-                continue;
-            }
-            st.flushing = true;
-            let target = st.appended;
-            let mut files = std::mem::take(&mut st.unsynced);
-            let current = st
+        let prepare = |files: &mut Files| {
+            let unsynced = std::mem::take(&mut files.unsynced);
+            let current = files
                 .current
                 .as_ref()
                 .map(|s| (s.file.clone(), s.path.clone()));
-            drop(st);
-            let mut result = Ok(());
-            for f in files.drain(..) {
-                if let Err(source) = self.io.sync(&f) {
-                    result = Err((source, self.dir.clone()));
-                    break;
-                }
-            }
-            if result.is_ok() {
-                if let Some((f, path)) = &current {
-                    if let Err(source) = self.io.sync(f) {
-                        result = Err((source, path.clone()));
-                    }
-                }
-            }
+            (unsynced, current)
+        };
+        let sync = |(unsynced, current): (Vec<Arc<File>>, Option<(Arc<File>, PathBuf)>)| {
             self.syncs.fetch_add(1, Ordering::Relaxed);
-            st = self.state.lock();
-            st.flushing = false;
-            match result {
-                Ok(()) => st.synced = st.synced.max(target),
-                Err((source, path)) => {
-                    let e = Error::Io {
-                        op: "fdatasync",
-                        path,
-                        source,
-                    };
-                    // A failed fsync may have dropped the dirty pages: nothing
-                    // after this point can be promised, so the shard stops.
-                    st.failed = Some(e.to_string());
-                    self.flushed.notify_all();
-                    return Err(e);
+            let failed = |path: PathBuf| {
+                move |source| Error::Io {
+                    op: "fdatasync",
+                    path,
+                    source,
                 }
+            };
+            for f in &unsynced {
+                self.io.sync(f).map_err(failed(self.dir.clone()))?;
             }
-            self.flushed.notify_all();
-        }
+            match &current {
+                Some((f, path)) => self.io.sync(f).map_err(failed(path.clone())),
+                None => Ok(()),
+            }
+        };
+        // A failed fsync may have dropped the dirty pages: the group stops
+        // acknowledging anything from then on.
+        self.group
+            .wait_durable(id, prepare, sync)
+            .map_err(|w| match w {
+                Waited::Failed(e) => e,
+                Waited::Earlier(cause) => Self::halted(&cause),
+            })
     }
 
     /// Syncs everything appended, trims the current segment to its used length and
     /// unmaps it: a clean close.
     pub(crate) fn close(&self) -> Result<()> {
-        let appended = self.state.lock().appended;
+        let appended = self.group.lock().appended;
         if appended > 0 {
             self.wait_durable(appended)?;
         }
-        let mut st = self.state.lock();
-        let Some(seg) = st.current.take() else {
+        let mut st = self.group.lock();
+        let Some(seg) = st.files.current.take() else {
             return Ok(());
         };
         // Cover a mark written after the last commit.
@@ -346,6 +322,6 @@ impl Shard {
 
     /// Whether the shard has a segment file open.
     pub(crate) fn has_segment(&self) -> bool {
-        self.state.lock().current.is_some()
+        self.group.lock().files.current.is_some()
     }
 }

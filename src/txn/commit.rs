@@ -226,7 +226,10 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         let head = store.slot(id).head();
         // SAFETY: we hold this page's lock; its newest version stays allocated.
         let page = unsafe { store.page(head) };
-        if page.stamp() != seen {
+        // Deliberately wrong under `shardstone_broken = "validation"`, for the loom
+        // model to catch: nothing is ever found changed.
+        let changed = page.stamp() != seen && !cfg!(shardstone_broken = "validation");
+        if changed {
             let c = conflict.get_or_insert_with(|| Conflict {
                 pages: Vec::new(),
                 newer: 0,
@@ -277,9 +280,14 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         frame: Some(frame),
         done: false,
     };
+    // Deliberately wrong under `shardstone_broken = "visibility"`, for the loom
+    // model to catch: the commit becomes visible before its pages are installed.
+    #[cfg(shardstone_broken = "visibility")]
+    let seen = publish.finish(ticket)?;
     plan.install(id);
     chains.installed = true;
     drop(locks);
+    #[cfg(not(shardstone_broken = "visibility"))]
     let seen = publish.finish(ticket)?;
     // `run` returns only when its commit is visible: a snapshot taken next on this
     // thread sees it (earlier ids may still be installing on other threads).
