@@ -87,6 +87,9 @@ impl Segment {
     }
 }
 
+/// What a flush syncs: the full segments not yet synced, then the current one.
+type SyncJob = (Vec<Arc<File>>, Option<(Arc<File>, PathBuf)>);
+
 /// The shard's files, under the group-commit lock.
 struct Files {
     current: Option<Segment>,
@@ -258,7 +261,7 @@ impl Shard {
                 .map(|s| (s.file.clone(), s.path.clone()));
             (unsynced, current)
         };
-        let sync = |(unsynced, current): (Vec<Arc<File>>, Option<(Arc<File>, PathBuf)>)| {
+        let sync = |(unsynced, current): SyncJob| {
             self.syncs.fetch_add(1, Ordering::Relaxed);
             let failed = |path: PathBuf| {
                 move |source| Error::Io {
