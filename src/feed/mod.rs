@@ -267,9 +267,17 @@ impl Feed {
                     }
                 };
                 let (store, control) = (&self.store, &self.control);
-                self.journal.signal.wait(wait, || {
-                    store.clock.visible() >= want && !control.is_paused()
-                });
+                if paused {
+                    // Commits do not wake a paused feed: it would cost each of them
+                    // a wake-up for nothing.
+                    self.journal
+                        .signal
+                        .wait_unpaused(wait, || !control.is_paused());
+                } else {
+                    self.journal
+                        .signal
+                        .wait(wait, || store.clock.visible() >= want);
+                }
                 continue;
             }
             if self.history.is_none() {
@@ -279,7 +287,7 @@ impl Feed {
                 if reopened {
                     return Err(self.truncated());
                 }
-                match self.journal.history(self.position)? {
+                match self.journal.history(self.position, visible)? {
                     Some(h) => {
                         self.history = Some(h);
                         reopened = true;
@@ -296,8 +304,8 @@ impl Feed {
                         oldest_available: CommitId(r.id),
                     });
                 }
-                // The files are read up to what they held when opened: the
-                // window should have the rest.
+                // The files are read up to what was visible when they were
+                // opened: the window (or a reopened reader) has the rest.
                 None => self.history = None,
             }
         }

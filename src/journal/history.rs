@@ -73,7 +73,7 @@ impl ShardFiles {
     }
 }
 
-/// Commits after `from`, read from the segment files in `dir`.
+/// Commits after `from` and up to `upto`, read from the segment files in `dir`.
 pub(crate) struct History {
     shards: Vec<ShardFiles>,
     /// The next frame of each shard, smallest id first: (id, shard).
@@ -83,12 +83,21 @@ pub(crate) struct History {
     known: Option<(u64, ChainHash)>,
     checkpoint: (u64, ChainHash),
     from: u64,
+    /// Visible when opened: frames up to it are whole. Later ones may still be
+    /// being written (a shard that meets one leaves the merge), so the reader
+    /// stops here.
+    upto: u64,
 }
 
 impl History {
     /// Opens every segment in `dir`; `checkpoint` is the newest checkpoint's point
     /// (a place where the chain hash is known).
-    pub(crate) fn open(dir: &Path, checkpoint: (u64, ChainHash), from: u64) -> Result<History> {
+    pub(crate) fn open(
+        dir: &Path,
+        checkpoint: (u64, ChainHash),
+        from: u64,
+        upto: u64,
+    ) -> Result<History> {
         let io = |op: &'static str, path: &Path| {
             let path = path.to_owned();
             move |source| Error::Io { op, path, source }
@@ -138,6 +147,7 @@ impl History {
             known: None,
             checkpoint,
             from,
+            upto,
         })
     }
 
@@ -145,6 +155,10 @@ impl History {
     /// what the files hold.
     pub(crate) fn next(&mut self) -> Option<Retained> {
         while let Some(std::cmp::Reverse((id, i))) = self.heap.pop() {
+            if id > self.upto {
+                self.heap.clear();
+                return None;
+            }
             let found = self.next[i].take().expect("a queued shard has a frame");
             let frame = self.shards[i].bytes(&found).to_vec();
             let anchor = found.anchor;

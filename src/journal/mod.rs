@@ -222,6 +222,9 @@ pub(crate) struct Signal {
     waiters: AtomicUsize,
     lock: Mutex<()>,
     cond: Condvar,
+    /// Paused feeds wait here: commits do not wake them, only pause, resume and
+    /// close do.
+    paused: Condvar,
     closed: AtomicBool,
 }
 
@@ -231,6 +234,7 @@ impl Signal {
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),
             cond: Condvar::new(),
+            paused: Condvar::new(),
             closed: AtomicBool::new(false),
         }
     }
@@ -265,11 +269,26 @@ impl Signal {
         result
     }
 
+    /// Waits, without being woken by commits, until `ready()` holds, the engine
+    /// closes, or `timeout` passes: for paused feeds.
+    pub(crate) fn wait_unpaused(&self, timeout: std::time::Duration, ready: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.lock.lock();
+        loop {
+            let now = std::time::Instant::now();
+            if ready() || now >= deadline || self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            g = self.paused.wait_timeout(g, deadline - now);
+        }
+    }
+
     /// The engine is closing: waiters return.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let _g = self.lock.lock();
         self.cond.notify_all();
+        self.paused.notify_all();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -280,6 +299,7 @@ impl Signal {
     pub(crate) fn wake(&self) {
         let _g = self.lock.lock();
         self.cond.notify_all();
+        self.paused.notify_all();
     }
 }
 
@@ -747,7 +767,8 @@ impl Journal {
 
     /// A reader of the commits after `from` in the journal files; `None` for an
     /// engine without journal files.
-    pub(crate) fn history(&self, from: u64) -> Result<Option<History>> {
+    /// `upto` must be visible: frames up to it are whole on disk.
+    pub(crate) fn history(&self, from: u64, upto: u64) -> Result<Option<History>> {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
@@ -756,7 +777,7 @@ impl Journal {
             return Ok(None);
         }
         let point = *self.checkpoint_point.lock();
-        History::open(&jdir, point, from).map(Some)
+        History::open(&jdir, point, from, upto).map(Some)
     }
 
     /// Registers (or moves) the retention hold `name`: commits from `needed` on
