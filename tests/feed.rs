@@ -311,3 +311,28 @@ fn a_named_consumer_keeps_the_journal_it_needs_across_checkpoints_and_restarts()
     assert!(engine.release_consumer("replica"));
     assert_eq!(engine.consumer_position("replica"), None);
 }
+
+#[test]
+fn a_durable_follower_checkpoints_and_resumes() {
+    let leader = Engine::in_memory().unwrap();
+    puts(&leader, 0, 200);
+    let dir = TempDir::new("follower-ckpt");
+    {
+        let follower = Engine::open_follower(dir.path(), opts()).unwrap();
+        for rec in leader.subscribe(0).unwrap().take(200) {
+            follower.apply(&rec.unwrap()).unwrap();
+        }
+        assert_eq!(follower.checkpoint().unwrap().get(), 200);
+    }
+    let follower = Engine::open_follower(dir.path(), opts()).unwrap();
+    assert_eq!(follower.last_commit(), leader.last_commit());
+    assert_eq!(follower.stats().journal.replayed, 0, "the checkpoint covers it all");
+    puts(&leader, 200, 10);
+    for rec in leader.subscribe(200).unwrap().take(10) {
+        follower.apply(&rec.unwrap()).unwrap();
+    }
+    assert_eq!(
+        follower.snapshot().state_digest().unwrap(),
+        leader.snapshot().state_digest().unwrap()
+    );
+}

@@ -658,7 +658,8 @@ impl Journal {
     /// Starts a checkpoint: retires every shard's current segment, so that the
     /// checkpoint about to be taken can delete them. Then call `checkpoint`.
     pub(crate) fn prepare_checkpoint(&self) -> Result<()> {
-        self.check_writable(false)?;
+        // A checkpoint is not a write: followers take them too.
+        self.check_writable(true)?;
         for shard in self.shards.iter() {
             shard.roll_if_used()?;
         }
