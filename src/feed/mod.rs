@@ -239,6 +239,7 @@ impl Feed {
     /// The next record, waiting until `deadline` (forever for `None`).
     fn next_before(&mut self, deadline: Option<Instant>) -> Result<Option<CommitRecord>> {
         let mut reopened = false;
+        let mut extended = false;
         loop {
             let want = self.position + 1;
             let visible = self.store.clock.visible();
@@ -304,9 +305,22 @@ impl Feed {
                         oldest_available: CommitId(r.id),
                     });
                 }
-                // The files are read up to what was visible when they were
-                // opened: the window (or a reopened reader) has the rest.
-                None => self.history = None,
+                // The files are read up to what was visible when they were opened
+                // or last extended: back in the window, or read on.
+                None => {
+                    if let Some(r) = self.window_record(want, visible) {
+                        self.history = None;
+                        return self.deliver(r).map(Some);
+                    }
+                    if extended {
+                        self.history = None;
+                        return Err(self.truncated());
+                    }
+                    if let Some(h) = self.history.as_mut() {
+                        h.extend(visible)?;
+                    }
+                    extended = true;
+                }
             }
         }
     }

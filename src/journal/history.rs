@@ -13,13 +13,15 @@ use super::record::{parse_frame, ChainHash, Parsed, FRAME_HEADER, KIND_MARK};
 use super::shard::{parse_segment_name, SEGMENT_HEADER};
 use crate::error::{Error, Result};
 use memmap2::Mmap;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 struct ShardFiles {
-    maps: Vec<(PathBuf, Mmap)>,
+    index: usize,
+    /// Segment number and map, in order.
+    maps: Vec<(u64, Mmap)>,
     segment: usize,
     offset: usize,
 }
@@ -40,6 +42,9 @@ impl ShardFiles {
         loop {
             let (_, map) = self.maps.get(self.segment)?;
             if self.offset >= map.len() {
+                if self.segment + 1 == self.maps.len() {
+                    return None;
+                }
                 self.segment += 1;
                 self.offset = SEGMENT_HEADER;
                 continue;
@@ -59,8 +64,12 @@ impl ShardFiles {
                         len: FRAME_HEADER + f.body.len(),
                     });
                 }
-                // Zeros or an incomplete frame: this segment ends here for now.
+                // Zeros or an incomplete frame: the segment ends here, for now if
+                // it is the last one (`History::extend` looks again).
                 Parsed::End | Parsed::Bad => {
+                    if self.segment + 1 == self.maps.len() {
+                        return None;
+                    }
                     self.segment += 1;
                     self.offset = SEGMENT_HEADER;
                 }
@@ -69,12 +78,14 @@ impl ShardFiles {
     }
 
     fn bytes(&self, f: &Found) -> &[u8] {
+        debug_assert!(f.segment < self.maps.len());
         &self.maps[f.segment].1[f.at..f.at + f.len]
     }
 }
 
 /// Commits after `from` and up to `upto`, read from the segment files in `dir`.
 pub(crate) struct History {
+    dir: PathBuf,
     shards: Vec<ShardFiles>,
     /// The next frame of each shard, smallest id first: (id, shard).
     heap: BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
@@ -98,67 +109,85 @@ impl History {
         from: u64,
         upto: u64,
     ) -> Result<History> {
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Io { op, path, source }
-        };
-        let mut by_shard: HashMap<usize, Vec<(u64, PathBuf)>> = HashMap::new();
-        for entry in std::fs::read_dir(dir).map_err(io("read directory", dir))? {
-            let entry = entry.map_err(io("read directory", dir))?;
-            let name = entry.file_name();
-            if let Some((shard, seq)) = name.to_str().and_then(parse_segment_name) {
-                by_shard.entry(shard).or_default().push((seq, entry.path()));
-            }
-        }
-        let mut shards = Vec::new();
-        for (_, mut segs) in by_shard {
-            segs.sort_by_key(|(seq, _)| *seq);
-            let mut maps = Vec::new();
-            for (_, path) in segs {
-                // A checkpoint may delete a segment between the listing and here.
-                let Ok(file) = File::open(&path) else {
-                    continue;
-                };
-                if file.metadata().map_err(io("stat", &path))?.len() <= SEGMENT_HEADER as u64 {
-                    continue;
-                }
-                // SAFETY: read-only map of a file this engine only appends to; bytes
-                // not yet written read as zeros, which parse as the end.
-                let map = unsafe { Mmap::map(&file) }.map_err(io("mmap", &path))?;
-                maps.push((path, map));
-            }
-            shards.push(ShardFiles {
-                maps,
-                segment: 0,
-                offset: SEGMENT_HEADER,
-            });
-        }
-        let mut heap = BinaryHeap::new();
-        let next: Vec<Option<Found>> = shards.iter_mut().map(ShardFiles::advance).collect();
-        for (i, f) in next.iter().enumerate() {
-            if let Some(f) = f {
-                heap.push(std::cmp::Reverse((f.id, i)));
-            }
-        }
-        Ok(History {
-            shards,
-            heap,
-            next,
+        let mut h = History {
+            dir: dir.to_owned(),
+            shards: Vec::new(),
+            heap: BinaryHeap::new(),
+            next: Vec::new(),
             known: None,
             checkpoint,
             from,
             upto,
-        })
+        };
+        h.extend(upto)?;
+        Ok(h)
+    }
+
+    /// Reads on up to `upto` (visible now): maps segments created since, and looks
+    /// again at shards that had reached the end of what was written.
+    pub(crate) fn extend(&mut self, upto: u64) -> Result<()> {
+        self.upto = upto;
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { op, path, source }
+        };
+        let dir = self.dir.clone();
+        let mut found: Vec<(usize, u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io("read directory", &dir))? {
+            let entry = entry.map_err(io("read directory", &dir))?;
+            let name = entry.file_name();
+            if let Some((shard, seq)) = name.to_str().and_then(parse_segment_name) {
+                found.push((shard, seq, entry.path()));
+            }
+        }
+        found.sort_by_key(|(shard, seq, _)| (*shard, *seq));
+        for (shard, seq, path) in found {
+            let i = match self.shards.iter().position(|s| s.index == shard) {
+                Some(i) => i,
+                None => {
+                    self.shards.push(ShardFiles {
+                        index: shard,
+                        maps: Vec::new(),
+                        segment: 0,
+                        offset: SEGMENT_HEADER,
+                    });
+                    self.next.push(None);
+                    self.shards.len() - 1
+                }
+            };
+            let files = &mut self.shards[i];
+            if files.maps.last().is_some_and(|(last, _)| seq <= *last) {
+                continue;
+            }
+            // A checkpoint may delete a segment between the listing and here.
+            let Ok(file) = File::open(&path) else { continue };
+            if file.metadata().map_err(io("stat", &path))?.len() <= SEGMENT_HEADER as u64 {
+                continue;
+            }
+            // SAFETY: read-only map of a file this engine only appends to; bytes
+            // not yet written read as zeros, which parse as the end.
+            let map = unsafe { Mmap::map(&file) }.map_err(io("mmap", &path))?;
+            files.maps.push((seq, map));
+        }
+        for i in 0..self.shards.len() {
+            if self.next[i].is_none() {
+                self.next[i] = self.shards[i].advance();
+                if let Some(f) = &self.next[i] {
+                    self.heap.push(std::cmp::Reverse((f.id, i)));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The next commit after `from` that can be chained, or `None` at the end of
     /// what the files hold.
     pub(crate) fn next(&mut self) -> Option<Retained> {
-        while let Some(std::cmp::Reverse((id, i))) = self.heap.pop() {
+        while let Some(&std::cmp::Reverse((id, i))) = self.heap.peek() {
             if id > self.upto {
-                self.heap.clear();
                 return None;
             }
+            self.heap.pop();
             let found = self.next[i].take().expect("a queued shard has a frame");
             let frame = self.shards[i].bytes(&found).to_vec();
             let anchor = found.anchor;
