@@ -326,7 +326,11 @@ fn a_durable_follower_checkpoints_and_resumes() {
     }
     let follower = Engine::open_follower(dir.path(), opts()).unwrap();
     assert_eq!(follower.last_commit(), leader.last_commit());
-    assert_eq!(follower.stats().journal.replayed, 0, "the checkpoint covers it all");
+    assert_eq!(
+        follower.stats().journal.replayed,
+        0,
+        "the checkpoint covers it all"
+    );
     puts(&leader, 200, 10);
     for rec in leader.subscribe(200).unwrap().take(10) {
         follower.apply(&rec.unwrap()).unwrap();

@@ -160,7 +160,9 @@ impl History {
                 continue;
             }
             // A checkpoint may delete a segment between the listing and here.
-            let Ok(file) = File::open(&path) else { continue };
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
             if file.metadata().map_err(io("stat", &path))?.len() <= SEGMENT_HEADER as u64 {
                 continue;
             }
