@@ -302,7 +302,7 @@ impl Feed {
                 Some(r) => {
                     self.history = None;
                     return Err(Error::Truncated {
-                        oldest_available: CommitId(r.id),
+                        oldest_available: CommitId(self.oldest_in_files(r.id, visible)?),
                     });
                 }
                 // The files are read up to what was visible when they were opened
@@ -340,6 +340,24 @@ impl Feed {
         }
         chain.advance_to(visible);
         chain.tail.lock().get(want).cloned()
+    }
+
+    /// The first commit from which the journal files hold every commit up to
+    /// `visible`: the start of their last run of consecutive commits, at or
+    /// after `first` (the first they can give). Segments are deleted shard by
+    /// shard, so below it one shard's commits may be gone and another's kept.
+    fn oldest_in_files(&self, first: u64, visible: u64) -> Result<u64> {
+        let Some(mut history) = self.journal.history(first - 1, visible)? else {
+            return Ok(first);
+        };
+        let (mut start, mut prev) = (first, first - 1);
+        while let Some(r) = history.next() {
+            if r.id != prev + 1 {
+                start = r.id;
+            }
+            prev = r.id;
+        }
+        Ok(start)
     }
 
     fn truncated(&self) -> Error {

@@ -351,14 +351,14 @@ fn load_holds(dir: &Path) -> Result<BTreeMap<String, Arc<Hold>>> {
 }
 
 /// Records the retention holds durably (temporary file, fsync, rename).
-fn save_holds(dir: &Path, io: &dyn Io, holds: &BTreeMap<String, Arc<Hold>>) -> Result<()> {
+fn save_holds(dir: &Path, io: &dyn Io, holds: &BTreeMap<String, u64>) -> Result<()> {
     let path = dir.join(HOLDS_FILE);
     if holds.is_empty() && !path.exists() {
         return Ok(());
     }
     let mut body = String::new();
-    for (name, hold) in holds {
-        body.push_str(&format!("{name}\t{}\n", hold.needed.load(Ordering::SeqCst)));
+    for (name, needed) in holds {
+        body.push_str(&format!("{name}\t{needed}\n"));
     }
     let text = format!("{body}crc32c {}\n", crc32c::crc32c(body.as_bytes()));
     let tmp = dir.join(format!("{HOLDS_FILE}.tmp"));
@@ -697,9 +697,11 @@ impl Journal {
             let old = dir.join(checkpoint::checkpoint_name(previous));
             self.io.remove(&old).map_err(io_err("remove", &old))?;
         }
-        let mut retired = self.retired.lock();
-        let floor = {
+        // The positions are read once: what is saved is what bounds the deletion
+        // (an `ack` in between must not let segments go that the saved hold needs).
+        let saved: BTreeMap<String, u64> = {
             let mut holds = self.holds.lock();
+            let retired = self.retired.lock();
             // A hold that would keep more than the limit lapses: its consumer gets
             // `Truncated` instead of the disk filling up.
             holds.retain(|_, hold| {
@@ -715,14 +717,19 @@ impl Journal {
                 }
                 keep
             });
-            save_holds(dir, &*self.io, &holds)?;
             holds
-                .values()
-                .map(|h| h.needed.load(Ordering::SeqCst).saturating_sub(1))
-                .min()
-                .unwrap_or(u64::MAX)
-                .min(at)
+                .iter()
+                .map(|(n, h)| (n.clone(), h.needed.load(Ordering::SeqCst)))
+                .collect()
         };
+        save_holds(dir, &*self.io, &saved)?;
+        let floor = saved
+            .values()
+            .map(|needed| needed.saturating_sub(1))
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(at);
+        let mut retired = self.retired.lock();
         let mut result = Ok(at);
         retired.retain(|seg| {
             if seg.last_id > floor || result.is_err() {
@@ -746,7 +753,13 @@ impl Journal {
             return Err(self.halted_error());
         }
         if let (Some(dir), false) = (&self.dir, self.read_only) {
-            save_holds(dir, &*self.io, &self.holds.lock())?;
+            let saved: BTreeMap<String, u64> = self
+                .holds
+                .lock()
+                .iter()
+                .map(|(n, h)| (n.clone(), h.needed.load(Ordering::SeqCst)))
+                .collect();
+            save_holds(dir, &*self.io, &saved)?;
         }
         let anchor = self.chain.head();
         let mut result = Ok(());
@@ -814,13 +827,16 @@ impl Journal {
     }
 
     pub(crate) fn stats(&self) -> JournalStats {
+        // Not one expression: a roll takes a shard's lock and then `retired`,
+        // so `retired` must not be held while a shard's lock is taken.
+        let retired = self.retired.lock().len();
+        let current = self.shards.iter().filter(|s| s.has_segment()).count();
         JournalStats {
             shards: self.shards.len(),
             syncs: self.syncs.load(Ordering::Relaxed),
             checkpoint: self.checkpoint.load(Ordering::Relaxed),
             replayed: self.replayed,
-            segments: self.retired.lock().len()
-                + self.shards.iter().filter(|s| s.has_segment()).count(),
+            segments: retired + current,
         }
     }
 }
