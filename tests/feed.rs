@@ -278,6 +278,12 @@ fn pausing_a_consumer_keeps_its_position_and_never_blocks_commits() {
         engine.pause_consumer("nobody"),
         Err(Error::UnknownConsumer(_))
     ));
+    // A control handle does not keep a dropped feed in the stats.
+    control.pause();
+    drop(feed);
+    assert!(!control.is_paused());
+    control.resume();
+    assert!(engine.stats().feed.is_empty());
 }
 
 #[test]

@@ -114,36 +114,44 @@ struct ControlState {
 }
 
 /// Pauses and resumes a [`Feed`] from any thread. A paused feed delivers nothing
-/// and keeps its position (and its retention hold); commits go on.
+/// and keeps its position (and its retention hold); commits go on. The handle
+/// does not keep a dropped feed alive: then it does nothing.
 #[derive(Clone)]
 pub struct FeedControl {
-    state: Arc<ControlState>,
+    state: Weak<ControlState>,
     journal: Arc<Journal>,
 }
 
 impl FeedControl {
+    fn set(&self, paused: bool) {
+        if let Some(state) = self.state.upgrade() {
+            state.paused.store(paused, Ordering::SeqCst);
+            self.journal.signal.wake();
+        }
+    }
+
     /// Stops deliveries until `resume`.
     pub fn pause(&self) {
-        self.state.paused.store(true, Ordering::SeqCst);
-        self.journal.signal.wake();
+        self.set(true);
     }
 
     /// Lets deliveries go on from where they stopped.
     pub fn resume(&self) {
-        self.state.paused.store(false, Ordering::SeqCst);
-        self.journal.signal.wake();
+        self.set(false);
     }
 
-    /// Whether the feed is paused.
+    /// Whether the feed is paused (false once it is dropped).
     pub fn is_paused(&self) -> bool {
-        self.state.paused.load(Ordering::SeqCst)
+        self.state
+            .upgrade()
+            .is_some_and(|s| s.paused.load(Ordering::SeqCst))
     }
 }
 
 impl std::fmt::Debug for FeedControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeedControl")
-            .field("name", &self.state.name)
+            .field("name", &self.state.upgrade().and_then(|s| s.name.clone()))
             .field("paused", &self.is_paused())
             .finish()
     }
@@ -173,7 +181,7 @@ pub struct Feed {
     journal: Arc<Journal>,
     /// The last commit delivered.
     position: u64,
-    control: FeedControl,
+    state: Arc<ControlState>,
     hold: Option<Arc<Hold>>,
     history: Option<History>,
 }
@@ -195,10 +203,7 @@ impl Feed {
         consumers.register(&state);
         Ok(Feed {
             store,
-            control: FeedControl {
-                state,
-                journal: journal.clone(),
-            },
+            state,
             journal,
             position: from,
             hold,
@@ -213,7 +218,10 @@ impl Feed {
 
     /// A handle that pauses and resumes this feed from another thread.
     pub fn control(&self) -> FeedControl {
-        self.control.clone()
+        FeedControl {
+            state: Arc::downgrade(&self.state),
+            journal: self.journal.clone(),
+        }
     }
 
     /// For a named consumer: everything up to `id` is processed, so the journal
@@ -248,7 +256,7 @@ impl Feed {
             // visible.
             #[cfg(shardstone_broken = "watermark")]
             let visible = self.journal.chain().head().0.max(visible);
-            let paused = self.control.is_paused();
+            let paused = self.state.paused.load(Ordering::SeqCst);
             if want > visible || paused {
                 if self.journal.signal.is_closed() {
                     return Ok(None);
@@ -267,13 +275,13 @@ impl Feed {
                         d - now
                     }
                 };
-                let (store, control) = (&self.store, &self.control);
+                let (store, state) = (&self.store, &self.state);
                 if paused {
                     // Commits do not wake a paused feed: it would cost each of them
                     // a wake-up for nothing.
                     self.journal
                         .signal
-                        .wait_unpaused(wait, || !control.is_paused());
+                        .wait_unpaused(wait, || !state.paused.load(Ordering::SeqCst));
                 } else {
                     self.journal
                         .signal
@@ -376,7 +384,7 @@ impl Feed {
             reason: "the journal record does not decode".to_owned(),
         })?;
         self.position = r.id;
-        self.control.state.position.store(r.id, Ordering::SeqCst);
+        self.state.position.store(r.id, Ordering::SeqCst);
         Ok(body.to_record(r.prev_hash, r.hash))
     }
 }
@@ -407,7 +415,7 @@ impl std::fmt::Debug for Feed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Feed")
             .field("position", &self.position)
-            .field("name", &self.control.state.name)
+            .field("name", &self.state.name)
             .finish()
     }
 }
