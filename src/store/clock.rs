@@ -9,7 +9,7 @@
 //! hash chain and the feed's publish watermark advance over, in commit order,
 //! without re-serializing commits.
 
-use crate::sync::{AtomicBool, AtomicU64, Backoff, CachePadded, Ordering};
+use crate::sync::{AtomicU64, Backoff, CachePadded, Ordering};
 
 #[cfg(not(loom))]
 const RING: usize = 4096;
@@ -38,8 +38,10 @@ pub(crate) struct Clock {
     visible: CachePadded<AtomicU64>,
     /// `done[slot(c)] == c` once commit `c` is installed.
     done: Box<[AtomicU64]>,
-    /// Set when the journal failed: the watermark never moves again.
-    halted: AtomicBool,
+    /// The lowest commit id whose record failed to persist (`u64::MAX` while none
+    /// has): the watermark never reaches it, so nothing at or after it is ever
+    /// visible. Commits below it still become visible once durable.
+    halted_at: AtomicU64,
 }
 
 impl Clock {
@@ -48,7 +50,7 @@ impl Clock {
             assigned: CachePadded::new(AtomicU64::new(0)),
             visible: CachePadded::new(AtomicU64::new(0)),
             done: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            halted: AtomicBool::new(false),
+            halted_at: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -64,7 +66,7 @@ impl Clock {
 
     /// Marks commit `id` installed and advances the watermark over every
     /// contiguous installed id. Returns the last watermark value it saw, or `None`
-    /// when the clock was halted before `id` could be published.
+    /// when the clock was halted at or below `id` before `id` could be published.
     ///
     /// `seen` is a watermark value the caller already read (its snapshot): when
     /// `id` is within the ring of it, the watermark need not be read to make room.
@@ -75,7 +77,7 @@ impl Clock {
         if id - seen.min(id) >= RING as u64 {
             let mut backoff = Backoff::new();
             while id - self.visible() > RING as u64 - 1 {
-                if self.halted.load(Ordering::SeqCst) {
+                if self.is_halted_at(id) {
                     return None;
                 }
                 backoff.snooze();
@@ -99,15 +101,23 @@ impl Clock {
         }
     }
 
-    /// Stops the watermark for good: commits not yet published never become
-    /// visible, and waiters return. Used when the journal fails to persist a commit.
-    pub(crate) fn halt(&self) {
-        self.halted.store(true, Ordering::SeqCst);
+    /// Stops the watermark for good below `id`, a commit the journal failed to
+    /// persist: `id` is never published, so neither it nor any later commit ever
+    /// becomes visible, and their waiters return false. Commits below `id` are
+    /// unaffected: each is either durable (and is published, so the watermark
+    /// still reaches it) or failed too (and halts the clock lower).
+    pub(crate) fn halt(&self, id: u64) {
+        self.halted_at.fetch_min(id, Ordering::SeqCst);
+    }
+
+    /// Whether commit `id` can never become visible.
+    fn is_halted_at(&self, id: u64) -> bool {
+        self.halted_at.load(Ordering::SeqCst) <= id
     }
 
     /// Waits until commit `id` is visible to new snapshots; `seen` is a watermark
     /// value already read (from `publish`), which often makes the wait free.
-    /// Returns false when the clock was halted first.
+    /// Returns false when the clock was halted at or below `id`.
     pub(crate) fn wait_visible_from(&self, id: u64, seen: u64) -> bool {
         if seen >= id {
             return true;
@@ -115,12 +125,14 @@ impl Clock {
         self.wait_visible(id)
     }
 
-    /// Waits until commit `id` is visible to new snapshots; false when the clock
-    /// was halted first.
+    /// Waits until commit `id` is visible to new snapshots; false when it never
+    /// will be (the clock was halted at or below `id`). A halt above `id` does not
+    /// end the wait: `id` and every commit before it were durable or panicked, and
+    /// both are published.
     pub(crate) fn wait_visible(&self, id: u64) -> bool {
         let mut backoff = Backoff::new();
         while self.visible() < id {
-            if self.halted.load(Ordering::SeqCst) {
+            if self.is_halted_at(id) {
                 return false;
             }
             backoff.snooze();
@@ -133,5 +145,36 @@ impl Clock {
     pub(crate) fn resume(&self, id: u64) {
         self.assigned.store(id, Ordering::SeqCst);
         self.visible.store(id, Ordering::SeqCst);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Clock;
+
+    /// A failed commit stops the watermark below itself only: a commit before it
+    /// that was durable still becomes visible, and its waiter is not told it
+    /// failed (the race CI's concurrent-fsync test caught: a durable commit
+    /// reported `Halted`, then made visible by a lower commit publishing).
+    #[test]
+    fn a_halt_stops_the_watermark_at_the_failed_commit_only() {
+        let clock = Clock::new();
+        for _ in 0..4 {
+            clock.assign();
+        }
+        // 3 failed to persist; 2 is durable but publishes after the halt; 1
+        // publishes last, and carries the watermark over 2.
+        clock.halt(3);
+        assert_eq!(clock.publish(2, 0), Some(0));
+        assert_eq!(clock.publish(4, 0), Some(0));
+        assert_eq!(clock.publish(1, 0), Some(2));
+        assert_eq!(clock.visible(), 2);
+        assert!(clock.wait_visible(2));
+        assert!(!clock.wait_visible(3));
+        assert!(!clock.wait_visible_from(4, 2));
+        // A later failure above the stop does not move it.
+        clock.halt(5);
+        assert!(!clock.wait_visible(3));
+        assert!(clock.wait_visible(1));
     }
 }

@@ -115,7 +115,7 @@ impl Publish<'_> {
         }
         if let Err(e) = self.journal.wait(ticket) {
             // Not durable: it must never become visible, nor anything after it.
-            self.store.clock.halt();
+            self.store.clock.halt(self.id);
             return Err(e);
         }
         self.store
