@@ -1,6 +1,6 @@
 //! `Engine`: one open database. Wires the store and the command executor together.
 
-use crate::command::{Executor, Stats};
+use crate::command::{self, Affinity, CommandHandle, Executor, Stats, Workers};
 use crate::error::Result;
 #[cfg(doc)]
 use crate::feed::FeedControl;
@@ -8,6 +8,7 @@ use crate::feed::{self, Consumers, Feed};
 #[cfg(doc)]
 use crate::journal::FaultyIo;
 use crate::journal::{ChainHash, CommitRecord, Io, Journal, Loader, OsIo};
+use crate::numa::{Layout, Placement};
 #[cfg(doc)]
 use crate::options::Durability;
 use crate::options::Options;
@@ -35,8 +36,10 @@ use std::path::Path;
 /// ```
 pub struct Engine {
     store: Arc<Store>,
-    executor: Executor,
+    executor: std::sync::Arc<Executor>,
     journal: std::sync::Arc<Journal>,
+    layout: std::sync::Arc<Layout>,
+    workers: Workers,
     consumers: Consumers,
     /// Serializes `apply` on a follower.
     applying: Mutex<()>,
@@ -130,25 +133,56 @@ impl Engine {
         io: std::sync::Arc<dyn Io>,
         read_only: bool,
     ) -> Result<Engine> {
-        let store = Arc::new(Store::new(&opts)?);
+        opts.validate()?;
+        let shards = if Journal::writes_files(&opts, read_only) {
+            (opts.journal_shards > 0).then_some(opts.journal_shards)
+        } else {
+            Some(0)
+        };
+        let layout = Engine::layout(&opts, shards);
+        let store = Arc::new(Store::with_home(&opts, layout.clone())?);
         let mut loader = StoreLoader {
             store: &store,
             builder: None,
             last_id: 0,
         };
-        let (journal, last) = Journal::open(dir, &opts, io, read_only, &mut loader)?;
+        let (journal, last) =
+            Journal::open(dir, &opts, io, read_only, layout.clone(), &mut loader)?;
         drop(loader);
         debug_assert_eq!(store.clock.visible(), last);
         // Versions replaced during the load are unreachable now.
         store.collect();
-        Ok(Engine {
+        Ok(Engine::assemble(store, journal, layout, &opts))
+    }
+
+    fn layout(opts: &Options, shards: Option<usize>) -> std::sync::Arc<Layout> {
+        std::sync::Arc::new(Layout::new(
+            &opts.numa,
+            shards,
+            opts.workers,
+            opts.page_placement,
+        ))
+    }
+
+    fn assemble(
+        store: Arc<Store>,
+        journal: Journal,
+        layout: std::sync::Arc<Layout>,
+        opts: &Options,
+    ) -> Engine {
+        Engine {
             store,
-            executor: Executor::new(opts.max_conflicts, opts.hot_pages_tracked),
+            executor: std::sync::Arc::new(Executor::new(
+                opts.max_conflicts,
+                opts.hot_pages_tracked,
+            )),
             journal: std::sync::Arc::new(journal),
+            workers: Workers::new(layout.clone()),
+            layout,
             consumers: Consumers::default(),
             applying: Mutex::new(()),
             closed: false,
-        })
+        }
     }
 
     /// A database that lives in memory only, with default options.
@@ -159,15 +193,11 @@ impl Engine {
     /// A database that lives in memory only. It has no files, so
     /// `Options::durability` does not apply: commits are kept in memory only.
     pub fn in_memory_with(opts: Options) -> Result<Engine> {
-        let store = Arc::new(Store::new(&opts)?);
-        Ok(Engine {
-            store,
-            executor: Executor::new(opts.max_conflicts, opts.hot_pages_tracked),
-            journal: std::sync::Arc::new(Journal::in_memory(&opts)),
-            consumers: Consumers::default(),
-            applying: Mutex::new(()),
-            closed: false,
-        })
+        opts.validate()?;
+        let layout = Engine::layout(&opts, Some(0));
+        let store = Arc::new(Store::with_home(&opts, layout.clone())?);
+        let journal = Journal::in_memory(&opts, layout.clone());
+        Ok(Engine::assemble(store, journal, layout, &opts))
     }
 
     /// Runs the command `f` atomically and serializably, and returns its result.
@@ -195,6 +225,114 @@ impl Engine {
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
         self.executor.run(&self.store, &self.journal, name, None, f)
+    }
+
+    /// Runs the command `f` on one of the engine's worker threads, pinned one per
+    /// CPU, and returns at once with a handle to wait on. Otherwise as
+    /// [`Engine::run`]: `f` may run more than once, and a panic in it rolls back
+    /// and comes back as [`Error::Panicked`]. The command runs on the node of the
+    /// CPU that submits it; see [`Engine::submit_to`] to choose.
+    ///
+    /// Workers start on the first submit (`Options::workers` of them, one per CPU
+    /// by default). Dropping the engine runs every queued command first. A command
+    /// must not wait on another submitted command: with every worker waiting,
+    /// nothing would run.
+    ///
+    /// ```
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// let pending = engine.submit("put", |tx| tx.put(b"k", b"v"))?;
+    /// pending.wait()?;
+    /// assert_eq!(engine.snapshot().get(b"k")?.as_deref(), Some(&b"v"[..]));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn submit<T, F>(&self, name: &str, f: F) -> Result<CommandHandle<T>>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_to(name, Affinity::Any, f)
+    }
+
+    /// [`Engine::submit`] on the node `affinity` names: a node, or the node whose
+    /// memory holds a key's page (route a tenant's commands by one of its keys).
+    /// A node without CPUs in the topology is [`Error::UnknownNode`].
+    ///
+    /// ```
+    /// use shardstone::{Affinity, Engine};
+    /// let engine = Engine::in_memory()?;
+    /// let node = engine.placement().shards.first().map_or(0, |s| s.node);
+    /// engine.submit_to("put", Affinity::Node(node), |tx| tx.put(b"k", b"v"))?.wait()?;
+    /// engine.submit_to("get", Affinity::Key(b"k".to_vec()), |tx| tx.get(b"k"))?.wait()?;
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn submit_to<T, F>(
+        &self,
+        name: &str,
+        affinity: Affinity,
+        mut f: F,
+    ) -> Result<CommandHandle<T>>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let domain =
+            match &affinity {
+                Affinity::Any => None,
+                Affinity::Node(node) => Some(self.layout.domain_of_node(*node).ok_or_else(
+                    || Error::UnknownNode {
+                        node: *node,
+                        nodes: self.layout.plan().domain_nodes.clone(),
+                    },
+                )?),
+                Affinity::Key(key) => {
+                    if key.len() > crate::MAX_KEY_LEN {
+                        return Err(Error::KeyTooLarge {
+                            len: key.len(),
+                            max: crate::MAX_KEY_LEN,
+                        });
+                    }
+                    self.store.domain_of_key(key)
+                }
+            };
+        let (handle, complete) = command::handle();
+        let (store, journal, executor) = (
+            self.store.clone(),
+            self.journal.clone(),
+            self.executor.clone(),
+        );
+        let name = name.to_owned();
+        self.workers.submit(
+            domain,
+            Box::new(move || {
+                let run = std::panic::AssertUnwindSafe(|| {
+                    executor.run(&store, &journal, &name, None, &mut f)
+                });
+                let result = std::panic::catch_unwind(run).unwrap_or_else(|p| {
+                    Err(Error::Panicked {
+                        message: command::panic_message(&*p),
+                        command: name.clone(),
+                    })
+                });
+                complete(result);
+            }),
+        )?;
+        Ok(handle)
+    }
+
+    /// Where the engine's journal shards, workers and page arenas live: shard →
+    /// CPU → node, worker → CPU, arena → node, and any binding the operating
+    /// system refused. See `docs/numa.md`.
+    pub fn placement(&self) -> Placement {
+        let mut p = self.layout.placement();
+        p.workers_started = self.workers.started();
+        for (place, (memory, segment)) in p.shards.iter_mut().zip(self.journal.shard_memory()) {
+            place.memory = memory;
+            place.segment = segment;
+        }
+        for (arena, mappings) in p.arenas.iter_mut().zip(self.store.arena_mappings()) {
+            arena.mappings = mappings;
+        }
+        p
     }
 
     /// Runs the command `f` in the blocking queue from the start, without
@@ -366,6 +504,7 @@ impl Engine {
     /// but cannot report a failure.
     pub fn close(mut self) -> Result<()> {
         self.closed = true;
+        self.workers.stop();
         self.journal.close(self.store.clock.visible())
     }
 
@@ -397,6 +536,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.workers.stop();
         if !self.closed {
             // Every acknowledged commit is already as durable as its level asked;
             // a failure here only loses the clean-close mark.

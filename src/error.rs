@@ -134,6 +134,24 @@ pub enum Error {
         /// The failure that halted the engine.
         cause: String,
     },
+    /// A command given to [`crate::Engine::submit`] panicked on its worker. It was
+    /// rolled back; the worker and the engine carry on.
+    Panicked {
+        /// The command's name.
+        command: String,
+        /// The panic's message, when it was a string.
+        message: String,
+    },
+    /// An affinity hint named a NUMA node that has no CPUs in the engine's topology.
+    UnknownNode {
+        /// The node asked for.
+        node: usize,
+        /// The nodes that have CPUs.
+        nodes: Vec<usize>,
+    },
+    /// The engine's workers stopped before the command ran (the engine was being
+    /// dropped) or a worker thread could not be started.
+    WorkersUnavailable(String),
 }
 
 impl Error {
@@ -230,6 +248,14 @@ impl fmt::Display for Error {
                 f,
                 "the engine refuses writes after a journal failure ({cause}); reopen it to recover"
             ),
+            Error::Panicked { command, message } => {
+                write!(f, "command {command:?} panicked on a worker: {message}")
+            }
+            Error::UnknownNode { node, nodes } => write!(
+                f,
+                "NUMA node {node} has no CPUs in this engine's topology (nodes with CPUs: {nodes:?})"
+            ),
+            Error::WorkersUnavailable(why) => write!(f, "engine workers unavailable: {why}"),
         }
     }
 }

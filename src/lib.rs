@@ -54,12 +54,13 @@ mod engine;
 mod error;
 mod feed;
 mod journal;
+pub mod numa;
 mod options;
 mod store;
 mod sync;
 mod txn;
 
-pub use command::{BlockingQueueStats, CommandStats, HotPage, Stats};
+pub use command::{Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotPage, Stats};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use feed::{ConsumerStats, Feed, FeedControl, StateDigest};

@@ -1,6 +1,7 @@
 //! Engine configuration.
 
 use crate::error::{Error, Result};
+use crate::numa::{Numa, PagePlacement};
 
 /// Longest key the engine accepts, in bytes. Longer keys are [`Error::KeyTooLarge`].
 pub const MAX_KEY_LEN: usize = 1024;
@@ -42,6 +43,16 @@ pub struct Options {
     /// (default 1 GiB). A consumer that falls further behind loses its hold and
     /// gets `Error::Truncated` once what it needs is gone.
     pub retention_limit_bytes: u64,
+    /// How the engine uses the machine's NUMA nodes: `Auto` (the default)
+    /// discovers them, pins workers and binds shard and page memory to nodes;
+    /// `Off` does none of it. See `docs/numa.md`.
+    pub numa: Numa,
+    /// Where page memory comes from: `Local` (the default: the node of the CPU that
+    /// allocates) or `Interleave` (spread over every node). Only with `numa` on.
+    pub page_placement: PagePlacement,
+    /// Worker threads for [`crate::Engine::submit`], pinned one per CPU: 0 (the
+    /// default) gives one per CPU of the topology. They start on the first submit.
+    pub workers: usize,
 }
 
 /// How durable a commit is when `run` returns.
@@ -73,6 +84,9 @@ impl Default for Options {
             segment_size: 64 << 20,
             feed_window_bytes: 64 << 20,
             retention_limit_bytes: 1 << 30,
+            numa: Numa::Auto,
+            page_placement: PagePlacement::Local,
+            workers: 0,
         }
     }
 }
@@ -98,6 +112,12 @@ impl Options {
             return Err(Error::InvalidOptions {
                 option: "journal_shards",
                 reason: format!("{} exceeds the limit of 4096", self.journal_shards),
+            });
+        }
+        if self.workers > 4096 {
+            return Err(Error::InvalidOptions {
+                option: "workers",
+                reason: format!("{} exceeds the limit of 4096", self.workers),
             });
         }
         if !(1 << 16..=1 << 40).contains(&self.segment_size) {

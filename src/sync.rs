@@ -12,7 +12,7 @@ pub(crate) use crossbeam_utils::CachePadded;
 #[cfg(not(loom))]
 mod imp {
     pub(crate) use std::sync::atomic::{
-        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
     };
     pub(crate) use std::sync::Arc;
     pub(crate) use std::thread::yield_now;
@@ -58,6 +58,9 @@ mod imp {
         pub(crate) fn notify_all(&self) {
             self.0.notify_all();
         }
+        pub(crate) fn notify_one(&self) {
+            self.0.notify_one();
+        }
     }
 
     /// Busy-wait hint used inside bounded spin loops before yielding.
@@ -77,7 +80,7 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::sync::atomic::{
-        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
     };
     pub(crate) use loom::sync::Arc;
     pub(crate) use loom::thread::yield_now;
@@ -132,6 +135,9 @@ mod imp {
         }
         pub(crate) fn notify_all(&self) {
             self.0.notify_all();
+        }
+        pub(crate) fn notify_one(&self) {
+            self.0.notify_one();
         }
     }
 

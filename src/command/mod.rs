@@ -10,8 +10,11 @@
 
 mod gate;
 mod stats;
+mod workers;
 
 pub use stats::{BlockingQueueStats, CommandStats, HotPage, Stats};
+pub(crate) use workers::{handle, panic_message, Workers};
+pub use workers::{Affinity, CommandHandle};
 
 use crate::error::{Error, Result};
 use crate::journal::Journal;

@@ -39,6 +39,7 @@ pub(crate) use record::{BodyView, Frame, FRAME_HEADER};
 pub use record::{ChainHash, CommitRecord, Op};
 
 use crate::error::{Error, Result};
+use crate::numa::{Layout, NodeBox};
 use crate::options::{Durability, Options};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use chain::Chain;
@@ -178,6 +179,10 @@ pub struct JournalStats {
     pub replayed: u64,
     /// Journal segments written and not yet deleted by a checkpoint.
     pub segments: usize,
+    /// Commits whose committer was running on another NUMA node than its shard's
+    /// when the append finished (it migrated, or its node has no shard): remote
+    /// memory writes on the commit path. Counted only with more than one node.
+    pub remote_appends: u64,
 }
 
 pub(crate) struct Journal {
@@ -185,7 +190,9 @@ pub(crate) struct Journal {
     read_only: bool,
     dir: Option<PathBuf>,
     io: Arc<dyn Io>,
-    shards: Box<[Shard]>,
+    shards: Box<[NodeBox<Shard>]>,
+    /// Where shards live and which one a CPU appends to.
+    layout: Arc<Layout>,
     chain: Chain,
     halted: AtomicBool,
     cause: Mutex<Option<String>>,
@@ -377,13 +384,14 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 
 impl Journal {
     /// The journal of an in-memory engine: no files; records feed the chain only.
-    pub(crate) fn in_memory(opts: &Options) -> Journal {
+    pub(crate) fn in_memory(opts: &Options, layout: Arc<Layout>) -> Journal {
         Journal {
             durability: Durability::None,
             read_only: false,
             dir: None,
             io: Arc::new(OsIo),
             shards: Box::new([]),
+            layout,
             chain: Chain::new(0, ChainHash::genesis(), opts.feed_window_bytes),
             halted: AtomicBool::new(false),
             cause: Mutex::new(None),
@@ -409,6 +417,7 @@ impl Journal {
         opts: &Options,
         io: Arc<dyn Io>,
         read_only: bool,
+        layout: Arc<Layout>,
         loader: &mut dyn Loader,
     ) -> Result<(Journal, u64)> {
         if read_only {
@@ -532,18 +541,15 @@ impl Journal {
                 })
                 .collect(),
         ));
-        let writes_files = !read_only && opts.durability != Durability::None;
-        let shard_count = if !writes_files {
-            0
-        } else if opts.journal_shards > 0 {
-            opts.journal_shards
-        } else {
-            crate::sync::cpu_count()
-        };
+        debug_assert_eq!(
+            Journal::writes_files(opts, read_only),
+            !layout.plan().placement.shards.is_empty()
+        );
         let syncs = Arc::new(AtomicU64::new(0));
-        let shards = (0..shard_count)
+        let shards = (0..layout.plan().placement.shards.len())
             .map(|i| {
-                Shard::new(
+                let domain = layout.plan().shard_domain[i];
+                let shard = Shard::new(
                     i,
                     &jdir,
                     next_seq,
@@ -551,7 +557,9 @@ impl Journal {
                     io.clone(),
                     retired.clone(),
                     syncs.clone(),
-                )
+                    (layout.clone(), domain),
+                );
+                NodeBox::new(shard, &layout, domain)
             })
             .collect();
         let journal = Journal {
@@ -560,6 +568,7 @@ impl Journal {
             dir: Some(dir.to_owned()),
             io,
             shards,
+            layout,
             chain: Chain::new(last_id, last_hash, opts.feed_window_bytes),
             halted: AtomicBool::new(false),
             cause: Mutex::new(None),
@@ -623,12 +632,19 @@ impl Journal {
         }
         let anchor = self.chain.head();
         let seal = |f: &mut Frame, id: u64| f.seal(id, durable, anchor);
-        let shard = crate::sync::current_cpu() % self.shards.len();
+        let shard = self.layout.plan().shard_for_cpu(crate::sync::current_cpu());
         match self.shards[shard].append(frame, assign, seal) {
-            Ok(id) => Ok(Ticket {
-                id,
-                shard: (self.durability == Durability::Durable).then_some(shard),
-            }),
+            Ok(id) => {
+                if self.layout.is_multi_domain()
+                    && self.layout.current_domain() != self.layout.plan().shard_domain[shard]
+                {
+                    self.shards[shard].count_remote_append();
+                }
+                Ok(Ticket {
+                    id,
+                    shard: (self.durability == Durability::Durable).then_some(shard),
+                })
+            }
             // Nothing was taken (no id, nothing written): the commit fails alone,
             // and a later one may succeed once the disk has room again.
             Err(e) => Err(e),
@@ -826,6 +842,19 @@ impl Journal {
         self.follower.store(follower, Ordering::SeqCst);
     }
 
+    /// Whether a journal opened with these settings writes files (has shards).
+    pub(crate) fn writes_files(opts: &Options, read_only: bool) -> bool {
+        !read_only && opts.durability != Durability::None
+    }
+
+    /// Per shard: the address of its state and its current segment mapping.
+    pub(crate) fn shard_memory(&self) -> Vec<(usize, Option<(usize, usize)>)> {
+        self.shards
+            .iter()
+            .map(|s| (s.addr() as usize, s.segment_range()))
+            .collect()
+    }
+
     pub(crate) fn stats(&self) -> JournalStats {
         // Not one expression: a roll takes a shard's lock and then `retired`,
         // so `retired` must not be held while a shard's lock is taken.
@@ -837,6 +866,7 @@ impl Journal {
             checkpoint: self.checkpoint.load(Ordering::Relaxed),
             replayed: self.replayed,
             segments: retired + current,
+            remote_appends: self.shards.iter().map(|s| s.remote_appends()).sum(),
         }
     }
 }

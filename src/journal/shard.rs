@@ -20,6 +20,7 @@ use super::io::Io;
 use super::record::{Frame, FRAME_HEADER};
 use super::Retired;
 use crate::error::{Error, Result};
+use crate::numa::Layout;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use memmap2::MmapMut;
 use std::fs::File;
@@ -108,9 +109,14 @@ pub(crate) struct Shard {
     group: Group<Files>,
     retired: Arc<Mutex<Vec<Retired>>>,
     syncs: Arc<AtomicU64>,
+    /// The NUMA layout and this shard's domain in it: segment mappings are bound
+    /// to that node before they are first touched.
+    home: (Arc<Layout>, usize),
+    remote_appends: AtomicU64,
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)] // each is a distinct part of the journal
     pub(crate) fn new(
         index: usize,
         dir: &Path,
@@ -119,6 +125,7 @@ impl Shard {
         io: Arc<dyn Io>,
         retired: Arc<Mutex<Vec<Retired>>>,
         syncs: Arc<AtomicU64>,
+        home: (Arc<Layout>, usize),
     ) -> Shard {
         Shard {
             index,
@@ -132,7 +139,17 @@ impl Shard {
             }),
             retired,
             syncs,
+            home,
+            remote_appends: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn count_remote_append(&self) {
+        self.remote_appends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn remote_appends(&self) -> u64 {
+        self.remote_appends.load(Ordering::Relaxed)
     }
 
     fn halted(cause: &str) -> Error {
@@ -228,6 +245,11 @@ impl Shard {
         // SAFETY: the engine holds the directory's exclusive lock, so no other
         // process maps or writes this file; we never truncate it while mapped.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err("mmap", &path))?;
+        // On tmpfs the binding places the pages; on disk file systems the page
+        // cache follows the faulting thread, which is a committer of this shard,
+        // running on its node (`populate_ahead`).
+        let (layout, domain) = &self.home;
+        layout.bind_to_domain(map.as_mut_ptr(), map.len(), *domain);
         map[..SEGMENT_HEADER].copy_from_slice(&segment_header(self.index, seq));
         self.io
             .sync_dir(&self.dir)
@@ -321,6 +343,13 @@ impl Shard {
                 path,
                 source,
             })
+    }
+
+    /// The current segment's mapping (address, length).
+    pub(crate) fn segment_range(&self) -> Option<(usize, usize)> {
+        let st = self.group.lock();
+        let seg = st.files.current.as_ref()?;
+        Some((seg.map.as_ptr() as usize, seg.map.len()))
     }
 
     /// Whether the shard has a segment file open.

@@ -7,11 +7,193 @@
 //! back to the kernel with `madvise(MADV_DONTNEED)`: a tree that grew and shrank
 //! gives its resident memory back.
 //!
+//! With several memory domains (NUMA nodes, as the engine's `MemoryHome` says),
+//! there is one `Arena` per domain and `Arenas` routes: an allocation comes from
+//! the caller's domain, and a freed page goes back to the arena whose mapping it
+//! lies in (found through `Owners`, a two-level table over 2 MiB blocks; chunks
+//! are 2 MiB aligned so no block is shared by two domains).
+//!
 //! Invariant: a page pointer is either in exactly one free list or owned by exactly
 //! one holder (a page version, an overflow chain, or a commit being prepared).
 
 use crate::error::{Error, Result};
-use crate::sync::{thread_shard, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
+use crate::sync::{
+    thread_shard, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, CachePadded, Mutex, Ordering,
+};
+use std::sync::Arc;
+
+/// Where page memory lives: the engine's NUMA layout, seen by the store as
+/// numbered memory domains. The store knows nothing of nodes.
+pub(crate) trait MemoryHome: Send + Sync {
+    /// How many domains (arenas) there are; at least 1.
+    fn domains(&self) -> usize;
+    /// The domain the calling thread allocates from.
+    fn domain_of_caller(&self) -> usize;
+    /// Called on a fresh mapping of `domain`, before it is first touched.
+    fn prepare(&self, domain: usize, addr: *mut u8, len: usize);
+}
+
+/// Chunks of a multi-domain arena are aligned to and sized in these blocks.
+const BLOCK_SHIFT: u32 = 21;
+/// Block index bits resolved by each level of `Owners` (47-bit user addresses).
+const LEVEL_BITS: u32 = 13;
+const LEVEL: usize = 1 << LEVEL_BITS;
+
+/// Which domain each 2 MiB block of page memory belongs to. Written when a chunk
+/// is mapped, read lock-free by `free`.
+struct Owners {
+    top: Box<[AtomicPtr<[AtomicU8; LEVEL]>]>,
+}
+
+impl Owners {
+    fn new() -> Owners {
+        Owners {
+            top: (0..LEVEL)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+        }
+    }
+
+    fn split(addr: usize) -> Option<(usize, usize)> {
+        let block = addr >> BLOCK_SHIFT;
+        let top = block >> LEVEL_BITS;
+        (top < LEVEL).then_some((top, block & (LEVEL - 1)))
+    }
+
+    /// Records `domain` for every block of `addr..addr + len` (block aligned).
+    fn set(&self, addr: usize, len: usize, domain: usize) {
+        let mut a = addr;
+        while a < addr + len {
+            let Some((top, leaf)) = Owners::split(a) else {
+                return; // beyond the table: `free` falls back to the caller's domain
+            };
+            let mut ptr = self.top[top].load(Ordering::Acquire);
+            if ptr.is_null() {
+                let fresh = Box::into_raw(Box::new(std::array::from_fn(|_| AtomicU8::new(0))));
+                ptr = match self.top[top].compare_exchange(
+                    std::ptr::null_mut(),
+                    fresh,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => fresh,
+                    Err(other) => {
+                        // SAFETY: `fresh` was never shared.
+                        drop(unsafe { Box::from_raw(fresh) });
+                        other
+                    }
+                };
+            }
+            // SAFETY: leaves are never freed before `Owners` is dropped.
+            let leaves: &[AtomicU8; LEVEL] = unsafe { &*ptr };
+            leaves[leaf].store(domain as u8 + 1, Ordering::Release);
+            a += 1 << BLOCK_SHIFT;
+        }
+    }
+
+    fn get(&self, addr: usize) -> Option<usize> {
+        let (top, leaf) = Owners::split(addr)?;
+        let ptr = self.top[top].load(Ordering::Acquire);
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: as in `set`.
+        let leaves: &[AtomicU8; LEVEL] = unsafe { &*ptr };
+        match leaves[leaf].load(Ordering::Acquire) {
+            0 => None,
+            d => Some(d as usize - 1),
+        }
+    }
+}
+
+impl Drop for Owners {
+    fn drop(&mut self) {
+        for slot in self.top.iter() {
+            let ptr = slot.load(Ordering::Relaxed);
+            if !ptr.is_null() {
+                // SAFETY: made by Box::into_raw in `set`, dropped once here.
+                drop(unsafe { Box::from_raw(ptr) });
+            }
+        }
+    }
+}
+
+/// The page arenas of a store: one per memory domain.
+pub(crate) struct Arenas {
+    arenas: Box<[Arena]>,
+    home: Arc<dyn MemoryHome>,
+    owners: Option<Arc<Owners>>,
+}
+
+impl Arenas {
+    pub(crate) fn new(page_size: usize, home: Arc<dyn MemoryHome>) -> Arenas {
+        // At most 255 domains fit the owner table's bytes; more would be a
+        // machine with over 255 NUMA nodes.
+        let domains = home.domains().clamp(1, 255);
+        let owners = (domains > 1).then(|| Arc::new(Owners::new()));
+        Arenas {
+            arenas: (0..domains)
+                .map(|d| Arena::new(page_size, d, home.clone(), owners.clone()))
+                .collect(),
+            home,
+            owners,
+        }
+    }
+
+    pub(crate) fn page_size(&self) -> usize {
+        self.arenas[0].page_size
+    }
+
+    /// A page buffer from the caller's domain. Its contents are unspecified.
+    pub(crate) fn alloc(&self) -> Result<PagePtr> {
+        if self.arenas.len() == 1 {
+            return self.arenas[0].alloc();
+        }
+        let d = self.home.domain_of_caller().min(self.arenas.len() - 1);
+        self.arenas[d].alloc()
+    }
+
+    /// Returns a page to the arena whose memory it is.
+    ///
+    /// # Safety
+    /// As [`Arena::free`].
+    pub(crate) unsafe fn free(&self, page: PagePtr) {
+        let d = match &self.owners {
+            None => 0,
+            Some(o) => o
+                .get(page as usize)
+                .unwrap_or_else(|| self.home.domain_of_caller()),
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { self.arenas[d.min(self.arenas.len() - 1)].free(page) }
+    }
+
+    /// The domain whose memory holds `page`, when there are several.
+    pub(crate) fn domain_of(&self, page: PagePtr) -> Option<usize> {
+        self.owners.as_ref()?.get(page as usize)
+    }
+
+    /// Pages currently handed out, over every arena.
+    pub(crate) fn pages_in_use(&self) -> u64 {
+        self.arenas
+            .iter()
+            .map(Arena::pages_in_use)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Bytes of address space mapped for pages, over every arena.
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.arenas.iter().map(Arena::mapped_bytes).sum()
+    }
+
+    /// Each arena's page mappings (address, length), for placement reports.
+    pub(crate) fn mappings(&self) -> Vec<Vec<(usize, usize)>> {
+        self.arenas
+            .iter()
+            .map(|a| a.chunks.lock().ranges.clone())
+            .collect()
+    }
+}
 
 /// Pages moved between a shard's free list and the shared pool at a time.
 const BATCH: usize = 64;
@@ -30,6 +212,10 @@ pub(crate) type PagePtr = *mut u8;
 
 struct Chunks {
     maps: Vec<memmap2::MmapMut>,
+    /// Where the newest mapping's pages start (aligned within it).
+    base: usize,
+    /// The page range of every mapping (address, length).
+    ranges: Vec<(usize, usize)>,
     /// Next never-used page in the newest mapping.
     bump: usize,
     /// Pages in the newest mapping.
@@ -45,6 +231,10 @@ struct Pool {
 
 pub(crate) struct Arena {
     page_size: usize,
+    domain: usize,
+    home: Arc<dyn MemoryHome>,
+    /// Present with several domains: chunks are then block aligned and recorded.
+    owners: Option<Arc<Owners>>,
     chunks: Mutex<Chunks>,
     pool: Mutex<Pool>,
     shards: Box<[CachePadded<Mutex<Vec<usize>>>]>,
@@ -59,11 +249,21 @@ unsafe impl Send for Arena {}
 unsafe impl Sync for Arena {}
 
 impl Arena {
-    pub(crate) fn new(page_size: usize) -> Self {
+    fn new(
+        page_size: usize,
+        domain: usize,
+        home: Arc<dyn MemoryHome>,
+        owners: Option<Arc<Owners>>,
+    ) -> Self {
         Arena {
             page_size,
+            domain,
+            home,
+            owners,
             chunks: Mutex::new(Chunks {
                 maps: Vec::new(),
+                base: 0,
+                ranges: Vec::new(),
                 bump: 0,
                 limit: 0,
             }),
@@ -81,12 +281,8 @@ impl Arena {
         }
     }
 
-    pub(crate) fn page_size(&self) -> usize {
-        self.page_size
-    }
-
     /// A page buffer of `page_size` bytes. Its contents are unspecified.
-    pub(crate) fn alloc(&self) -> Result<PagePtr> {
+    fn alloc(&self) -> Result<PagePtr> {
         let shard = thread_shard() % SHARDS;
         let mut local = self.shards[shard].lock();
         if local.is_empty() {
@@ -102,7 +298,7 @@ impl Arena {
     ///
     /// # Safety
     /// `page` came from `alloc` of this arena and nothing reads or writes it any more.
-    pub(crate) unsafe fn free(&self, page: PagePtr) {
+    unsafe fn free(&self, page: PagePtr) {
         let shard = thread_shard() % SHARDS;
         self.in_use[shard].fetch_sub(1, Ordering::Relaxed);
         let mut local = self.shards[shard].lock();
@@ -134,25 +330,46 @@ impl Arena {
         let mut chunks = self.chunks.lock();
         if chunks.bump == chunks.limit {
             let pages = (FIRST_CHUNK_PAGES << chunks.maps.len().min(6)).min(MAX_CHUNK_PAGES);
-            let bytes = pages * self.page_size;
+            let mut bytes = pages * self.page_size;
+            // Several domains: whole 2 MiB blocks, aligned, so that the owner table
+            // names one domain per block. The slack of the larger mapping is never
+            // touched, so it costs address space only.
+            let align = if self.owners.is_some() {
+                bytes = bytes.next_multiple_of(1 << BLOCK_SHIFT);
+                1 << BLOCK_SHIFT
+            } else {
+                0
+            };
             let map = memmap2::MmapOptions::new()
-                .len(bytes)
+                .len(bytes + align)
                 .map_anon()
                 .map_err(|source| Error::OutOfMemory {
                     requested: bytes,
                     source,
                 })?;
+            let start = if align > 0 {
+                (map.as_ptr() as usize).next_multiple_of(align) - map.as_ptr() as usize
+            } else {
+                0
+            };
+            let base = map.as_ptr() as usize + start;
             // Transparent huge pages: a random walk over a large tree misses the TLB on
             // nearly every page otherwise. Only a hint; failure changes nothing.
             #[cfg(target_os = "linux")]
             let _ = map.advise(memmap2::Advice::HugePage);
+            self.home.prepare(self.domain, base as *mut u8, bytes);
+            if let Some(owners) = &self.owners {
+                owners.set(base, bytes, self.domain);
+            }
             chunks.maps.push(map);
+            chunks.ranges.push((base, bytes));
+            chunks.base = base;
             chunks.bump = 0;
-            chunks.limit = pages;
+            chunks.limit = bytes / self.page_size;
             self.mapped_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
         let take = (chunks.limit - chunks.bump).min(BATCH);
-        let base = chunks.maps.last().expect("a mapping exists").as_ptr() as usize;
+        let base = chunks.base;
         for i in 0..take {
             local.push(base + (chunks.bump + i) * self.page_size);
         }

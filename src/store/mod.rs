@@ -35,7 +35,8 @@ pub(crate) use table::PageSlot;
 use crate::error::Result;
 use crate::options::Options;
 use crate::sync::{thread_local, Mutex};
-use arena::Arena;
+use arena::Arenas;
+pub(crate) use arena::MemoryHome;
 use page::Page;
 use reclaim::{Garbage, GarbageLists, Pins};
 use std::cell::Cell;
@@ -135,7 +136,7 @@ pub struct StoreStats {
 pub(crate) struct Store {
     page_size: usize,
     max_value_len: usize,
-    arena: Arena,
+    arena: Arenas,
     table: PageTable,
     pub(crate) clock: Clock,
     pins: Pins,
@@ -146,7 +147,8 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn new(opts: &Options) -> Result<Store> {
+    /// A store whose page memory is placed as `home` says.
+    pub(crate) fn with_home(opts: &Options, home: std::sync::Arc<dyn MemoryHome>) -> Result<Store> {
         opts.validate()?;
         let pin_slots = if cfg!(loom) {
             4
@@ -156,7 +158,7 @@ impl Store {
         let store = Store {
             page_size: opts.page_size,
             max_value_len: opts.max_value_len,
-            arena: Arena::new(opts.page_size),
+            arena: Arenas::new(opts.page_size, home),
             table: PageTable::new(),
             clock: Clock::new(),
             pins: Pins::new(pin_slots),
@@ -279,6 +281,21 @@ impl Store {
     }
 
     /// Frees an overflow chain that was never installed.
+    /// The memory domain holding the newest version of the leaf where `key` lives
+    /// (or would be inserted); `None` with a single domain.
+    pub(crate) fn domain_of_key(&self, key: &[u8]) -> Option<usize> {
+        let (slot, at) = self.pin();
+        let (_, leaf) = self.descend(key, at);
+        let domain = self.arena.domain_of(leaf);
+        self.unpin(&slot);
+        domain
+    }
+
+    /// Each page arena's mappings (address, length).
+    pub(crate) fn arena_mappings(&self) -> Vec<Vec<(usize, usize)>> {
+        self.arena.mappings()
+    }
+
     pub(crate) fn free_overflow(&self, head: usize) {
         overflow::free_chain(&self.arena, head);
     }

@@ -4,13 +4,13 @@
 //! Chains are immutable; a leaf entry points at the head. A chain is freed as garbage
 //! of the commit that overwrote or deleted its value, once no snapshot can see it.
 
-use super::arena::{Arena, PagePtr};
+use super::arena::{Arenas, PagePtr};
 use crate::error::Result;
 
 const CHAIN_HEADER: usize = 16;
 
 /// Writes `value` into a new chain and returns its head address.
-pub(crate) fn write_chain(arena: &Arena, value: &[u8]) -> Result<usize> {
+pub(crate) fn write_chain(arena: &Arenas, value: &[u8]) -> Result<usize> {
     let cap = arena.page_size() - CHAIN_HEADER;
     let mut next: usize = 0;
     // Build back to front so each page can point at the one after it.
@@ -72,7 +72,7 @@ pub(crate) fn read_chain(head: usize, len: usize) -> Vec<u8> {
 }
 
 /// Returns every page of the chain at `head` to the arena.
-pub(crate) fn free_chain(arena: &Arena, head: usize) {
+pub(crate) fn free_chain(arena: &Arenas, head: usize) {
     let mut page = head;
     while page != 0 {
         let (next, _) = read_header(page as PagePtr);

@@ -1,0 +1,191 @@
+//! NUMA: topology discovery, the CPU → node map, thread pinning and memory binding.
+//!
+//! The engine computes one [`Placement`] when it opens (`plan.rs`, pure logic over
+//! a [`Topology`]) and keeps it in a [`Layout`] with the [`Binder`] that carries it
+//! out. Journal shards, page arenas and worker threads each ask the layout where
+//! they belong; nothing else in the crate knows about nodes. When topology is
+//! unknown everything degrades to one node, and `Options::numa = Off` binds and
+//! pins nothing.
+
+mod bind;
+#[cfg(feature = "hwloc")]
+mod hwloc;
+mod node_box;
+mod plan;
+mod topology;
+
+pub use bind::{
+    memory_policy, node_of_address, thread_affinity, Binder, Binding, MemPolicy, OsBinder,
+    RecordingBinder,
+};
+pub(crate) use node_box::NodeBox;
+pub(crate) use plan::Plan;
+pub use plan::{ArenaPlacement, PagePlacement, Placement, ShardPlacement, WorkerPlacement};
+pub use topology::{Node, Topology, TopologySource};
+
+use crate::sync::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// How the engine uses the machine's NUMA layout (`Options::numa`).
+#[derive(Clone, Debug, Default)]
+pub enum Numa {
+    /// Discover the topology ([`Topology::discover`]); pin worker threads and
+    /// bind shard and page memory to their nodes through the operating system.
+    #[default]
+    Auto,
+    /// No pinning, no binding: one node, shards chosen by `cpu mod shards`.
+    Off,
+    /// Use this topology and this binder: a made-up machine for tests (with a
+    /// [`RecordingBinder`]), or a restricted view of the real one (with
+    /// [`OsBinder`]).
+    Custom {
+        /// The topology to plan on.
+        topology: Topology,
+        /// What carries the plan out.
+        binder: Arc<dyn Binder>,
+    },
+}
+
+std::thread_local! {
+    /// The domain of a pinned engine worker: it never moves, so it need not ask
+    /// the kernel which CPU it is on.
+    static HOME_DOMAIN: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The plan and the binder that carries it out, shared by the layers that place
+/// memory and threads.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    plan: Plan,
+    binder: Option<Arc<dyn Binder>>,
+    failures: AtomicU64,
+    last_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl Layout {
+    /// The layout for `numa`, with `shards` journal shards (`None`: one per CPU of
+    /// the topology) and `workers` workers (0: one per CPU).
+    pub(crate) fn new(
+        numa: &Numa,
+        shards: Option<usize>,
+        workers: usize,
+        pages: PagePlacement,
+    ) -> Layout {
+        let (topology, binder): (Topology, Option<Arc<dyn Binder>>) = match numa {
+            Numa::Auto => (Topology::discover(), Some(Arc::new(OsBinder))),
+            Numa::Off => (
+                Topology::from_nodes(vec![Node {
+                    id: 0,
+                    cpus: (0..crate::sync::cpu_count()).collect(),
+                    cores: crate::sync::cpu_count(),
+                    memory_bytes: None,
+                }])
+                .expect("one node with at least one CPU"),
+                None,
+            ),
+            Numa::Custom { topology, binder } => (topology.clone(), Some(binder.clone())),
+        };
+        let cpus = topology.cpu_count();
+        let shards = shards.unwrap_or(cpus);
+        let workers = if workers == 0 { cpus } else { workers };
+        Layout {
+            plan: Plan::new(&topology, shards, workers, pages, binder.is_some()),
+            binder,
+            failures: AtomicU64::new(0),
+            last_error: parking_lot::Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The placement with the binding outcome so far.
+    pub(crate) fn placement(&self) -> Placement {
+        let mut p = self.plan.placement.clone();
+        p.bind_failures = self.failures.load(Ordering::Relaxed);
+        p.last_bind_error = self.last_error.lock().clone();
+        p
+    }
+
+    fn failed(&self, what: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock() = Some(what);
+    }
+
+    /// Applies `policy` to fresh memory; a refusal is counted, not returned.
+    pub(crate) fn bind(&self, addr: *mut u8, len: usize, policy: &MemPolicy) {
+        if let Some(binder) = &self.binder {
+            if let Err(e) = binder.bind_memory(addr, len, policy) {
+                self.failed(format!("mbind {len} bytes to {policy:?}: {e}"));
+            }
+        }
+    }
+
+    /// Binds fresh memory to the node of `domain`.
+    pub(crate) fn bind_to_domain(&self, addr: *mut u8, len: usize, domain: usize) {
+        if let Some(&node) = self.plan.domain_nodes.get(domain) {
+            self.bind(addr, len, &MemPolicy::Preferred(node));
+        }
+    }
+
+    /// Pins the calling thread to `cpu` and makes it remember its domain.
+    pub(crate) fn pin(&self, cpu: usize) {
+        let Some(binder) = &self.binder else {
+            return;
+        };
+        match binder.pin_thread(cpu) {
+            Ok(()) => HOME_DOMAIN.with(|h| h.set(self.plan.domain_of_cpu(cpu))),
+            Err(e) => self.failed(format!("pin a worker to CPU {cpu}: {e}")),
+        }
+    }
+
+    /// Whether more than one memory domain is in use (placement matters at all).
+    pub(crate) fn is_multi_domain(&self) -> bool {
+        self.binder.is_some() && self.plan.domain_nodes.len() > 1
+    }
+
+    /// The domain of the calling thread: its home if it is a pinned worker, else
+    /// the node of the CPU it runs on now.
+    pub(crate) fn current_domain(&self) -> usize {
+        if let Some(d) = HOME_DOMAIN.with(Cell::get) {
+            return d;
+        }
+        self.plan
+            .domain_of_cpu(crate::sync::current_cpu())
+            .unwrap_or(0)
+    }
+
+    /// Domain of a node id, if it has CPUs.
+    pub(crate) fn domain_of_node(&self, node: usize) -> Option<usize> {
+        self.plan.domain_nodes.iter().position(|&n| n == node)
+    }
+}
+
+/// The store's view of page memory: one domain per arena, bound as planned.
+impl crate::store::MemoryHome for Layout {
+    fn domains(&self) -> usize {
+        self.plan.arena_count()
+    }
+
+    fn domain_of_caller(&self) -> usize {
+        if self.plan.arena_count() == 1 {
+            0
+        } else {
+            self.current_domain()
+        }
+    }
+
+    fn prepare(&self, domain: usize, addr: *mut u8, len: usize) {
+        if let Some(policy) = self
+            .plan
+            .placement
+            .arenas
+            .get(domain)
+            .and_then(|a| a.policy.as_ref())
+        {
+            self.bind(addr, len, policy);
+        }
+    }
+}

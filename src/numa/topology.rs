@@ -1,0 +1,391 @@
+//! `Topology`: the NUMA nodes of a machine, each with its CPUs and memory.
+//!
+//! Discovered from Linux sysfs (`/sys/devices/system/node`), through hwloc with the
+//! cargo feature `hwloc`, or built from a description for tests. Whatever the
+//! source, the result is restricted to the CPUs this process may run on, and it
+//! falls back to one node holding every CPU when nothing can be read. Placement
+//! code only ever sees this type, never the machine.
+
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// The NUMA layout a placement is computed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    nodes: Vec<Node>,
+    source: TopologySource,
+}
+
+/// One NUMA node: a memory bank and the CPUs closest to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// The node's number, as the kernel numbers it (what `mbind` takes).
+    pub id: usize,
+    /// Logical CPUs (hardware threads) of the node, ascending, as the kernel
+    /// numbers them (what `sched_setaffinity` takes).
+    pub cpus: Vec<usize>,
+    /// Physical cores those CPUs belong to (`cpus.len()` when unknown).
+    pub cores: usize,
+    /// Memory of the node in bytes, when known.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Where a [`Topology`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopologySource {
+    /// Linux sysfs, `/sys/devices/system/node`.
+    Sysfs,
+    /// The hwloc library (cargo feature `hwloc`).
+    Hwloc,
+    /// [`Topology::synthetic`].
+    Synthetic,
+    /// [`Topology::from_nodes`].
+    Description,
+    /// Nothing could be read: one node holding every CPU.
+    Fallback,
+}
+
+impl Topology {
+    /// The machine's topology: hwloc first with the `hwloc` feature, then sysfs,
+    /// then one node of every CPU. Restricted to the CPUs this process may run on
+    /// (its affinity mask, e.g. under `taskset` or a cgroup cpuset); nodes left
+    /// without CPUs are kept, so memory-only nodes stay visible.
+    pub fn discover() -> Topology {
+        #[cfg(feature = "hwloc")]
+        if let Ok(t) = Topology::from_hwloc() {
+            return t.restricted_to(&allowed_cpus());
+        }
+        match Topology::from_sysfs(Path::new("/sys/devices/system/node")) {
+            Ok(t) => t.restricted_to(&allowed_cpus()),
+            Err(_) => Topology::fallback(),
+        }
+    }
+
+    /// One node holding every CPU this process may run on.
+    pub fn fallback() -> Topology {
+        let cpus: Vec<usize> = allowed_cpus().into_iter().collect();
+        Topology {
+            nodes: vec![Node {
+                id: 0,
+                cores: cpus.len(),
+                cpus,
+                memory_bytes: None,
+            }],
+            source: TopologySource::Fallback,
+        }
+    }
+
+    /// Reads a sysfs node directory laid out like `/sys/devices/system/node`:
+    /// `node<N>/cpulist` and `node<N>/meminfo`; cores are counted from
+    /// `../cpu/cpu<C>/topology/{physical_package_id,core_id}` when present.
+    /// Fails when no node has a readable CPU list.
+    pub fn from_sysfs(root: &Path) -> Result<Topology> {
+        let io = |e: std::io::Error| Error::Io {
+            op: "read NUMA topology",
+            path: root.to_owned(),
+            source: e,
+        };
+        let mut nodes = Vec::new();
+        for entry in std::fs::read_dir(root).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("node"))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let Ok(list) = std::fs::read_to_string(entry.path().join("cpulist")) else {
+                continue;
+            };
+            let cpus = parse_cpu_list(&list).ok_or_else(|| Error::Corrupt {
+                path: entry.path().join("cpulist"),
+                offset: 0,
+                commit_id: None,
+                reason: format!("not a CPU list: {:?}", list.trim()),
+            })?;
+            let memory_bytes = std::fs::read_to_string(entry.path().join("meminfo"))
+                .ok()
+                .and_then(|m| parse_mem_total(&m));
+            let cores = count_cores(&root.join("../cpu"), &cpus);
+            nodes.push(Node {
+                id,
+                cpus,
+                cores,
+                memory_bytes,
+            });
+        }
+        if nodes.iter().all(|n| n.cpus.is_empty()) {
+            return Err(Error::Unsupported("sysfs lists no NUMA node with CPUs"));
+        }
+        nodes.sort_by_key(|n| n.id);
+        Ok(Topology {
+            nodes,
+            source: TopologySource::Sysfs,
+        })
+    }
+
+    /// A made-up machine: `sockets` nodes (one per socket), each with
+    /// `cores_per_socket` cores of `threads_per_core` hardware threads. CPUs are
+    /// numbered as Linux numbers them on common two-socket servers: the first
+    /// thread of every core across all sockets, then the second threads, so CPU
+    /// `c` and `c + sockets * cores_per_socket` are siblings.
+    ///
+    /// ```
+    /// let t = shardstone::numa::Topology::synthetic(2, 8, 2);
+    /// assert_eq!((t.nodes().len(), t.core_count(), t.cpu_count()), (2, 16, 32));
+    /// assert_eq!(t.node_of_cpu(8), Some(1));
+    /// assert_eq!(t.node_of_cpu(16), Some(0)); // the sibling of CPU 0
+    /// ```
+    pub fn synthetic(sockets: usize, cores_per_socket: usize, threads_per_core: usize) -> Topology {
+        let (sockets, cores, threads) = (
+            sockets.max(1),
+            cores_per_socket.max(1),
+            threads_per_core.max(1),
+        );
+        let nodes = (0..sockets)
+            .map(|s| {
+                let mut cpus: Vec<usize> = (0..threads)
+                    .flat_map(|t| (0..cores).map(move |c| t * sockets * cores + s * cores + c))
+                    .collect();
+                cpus.sort_unstable();
+                Node {
+                    id: s,
+                    cpus,
+                    cores,
+                    memory_bytes: None,
+                }
+            })
+            .collect();
+        Topology {
+            nodes,
+            source: TopologySource::Synthetic,
+        }
+    }
+
+    /// A topology from a description. Node ids must be distinct, no CPU may be in
+    /// two nodes, and at least one node must have a CPU.
+    ///
+    /// ```
+    /// use shardstone::numa::{Node, Topology};
+    /// let node = |id, cpus: &[usize]| Node { id, cpus: cpus.to_vec(), cores: cpus.len(), memory_bytes: None };
+    /// let t = Topology::from_nodes(vec![node(0, &[0, 2]), node(1, &[1, 3])])?;
+    /// assert_eq!(t.node_of_cpu(3), Some(1));
+    /// assert!(Topology::from_nodes(vec![node(0, &[0]), node(1, &[0])]).is_err());
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn from_nodes(mut nodes: Vec<Node>) -> Result<Topology> {
+        let invalid = |reason: String| Error::InvalidOptions {
+            option: "numa topology",
+            reason,
+        };
+        let mut ids = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        for node in &mut nodes {
+            if !ids.insert(node.id) {
+                return Err(invalid(format!("node {} is listed twice", node.id)));
+            }
+            node.cpus.sort_unstable();
+            for &cpu in &node.cpus {
+                if !seen.insert(cpu) {
+                    return Err(invalid(format!("CPU {cpu} is in two nodes")));
+                }
+            }
+        }
+        if seen.is_empty() {
+            return Err(invalid("no node has a CPU".to_owned()));
+        }
+        nodes.sort_by_key(|n| n.id);
+        Ok(Topology {
+            nodes,
+            source: TopologySource::Description,
+        })
+    }
+
+    #[cfg(feature = "hwloc")]
+    pub(crate) fn set_source(&mut self, source: TopologySource) {
+        self.source = source;
+    }
+
+    /// The nodes, by id.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Where this topology came from.
+    pub fn source(&self) -> TopologySource {
+        self.source
+    }
+
+    /// Logical CPUs over all nodes.
+    pub fn cpu_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.cpus.len()).sum()
+    }
+
+    /// Physical cores over all nodes.
+    pub fn core_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.cores).sum()
+    }
+
+    /// The node CPU `cpu` belongs to.
+    pub fn node_of_cpu(&self, cpu: usize) -> Option<usize> {
+        self.nodes
+            .iter()
+            .find(|n| n.cpus.binary_search(&cpu).is_ok())
+            .map(|n| n.id)
+    }
+
+    /// Every CPU, node by node (the order placement hands them out in).
+    pub fn cpus(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.cpus.iter().map(move |&c| (n.id, c)))
+    }
+
+    /// The same topology with only the CPUs in `allowed` (an empty set keeps
+    /// everything: nothing was learned about the mask).
+    fn restricted_to(mut self, allowed: &BTreeSet<usize>) -> Topology {
+        let kept = self
+            .nodes
+            .iter()
+            .flat_map(|n| &n.cpus)
+            .filter(|c| allowed.contains(c))
+            .count();
+        if allowed.is_empty() || kept == 0 {
+            return self;
+        }
+        for node in &mut self.nodes {
+            let before = node.cpus.len();
+            node.cpus.retain(|c| allowed.contains(c));
+            // Cores shrink in proportion; exact core ids are not kept.
+            if before > 0 {
+                node.cores = (node.cores * node.cpus.len()).div_ceil(before);
+            }
+        }
+        self
+    }
+}
+
+/// Parses a kernel CPU list such as `0-3,8-11,16`.
+pub(crate) fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let s = s.trim();
+    let mut cpus = Vec::new();
+    if s.is_empty() {
+        return Some(cpus);
+    }
+    for part in s.split(',') {
+        let part = part.trim();
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 1 << 20 {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Some(cpus)
+}
+
+/// `Node 0 MemTotal:       32768000 kB` → bytes.
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.contains("MemTotal:"))?;
+    let mut words = line.split_whitespace().rev();
+    let unit = words.next()?;
+    let n: u64 = words.next()?.parse().ok()?;
+    match unit {
+        "kB" => n.checked_mul(1024),
+        _ => Some(n),
+    }
+}
+
+/// Distinct (package, core) pairs among `cpus`; `cpus.len()` when sysfs does not say.
+fn count_cores(cpu_dir: &Path, cpus: &[usize]) -> usize {
+    let read = |cpu: usize, file: &str| -> Option<u64> {
+        std::fs::read_to_string(cpu_dir.join(format!("cpu{cpu}/topology/{file}")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mut cores = BTreeMap::new();
+    for &cpu in cpus {
+        match (read(cpu, "physical_package_id"), read(cpu, "core_id")) {
+            (Some(p), Some(c)) => {
+                cores.insert((p, c), ());
+            }
+            _ => return cpus.len(),
+        }
+    }
+    cores.len()
+}
+
+/// The CPUs this process may run on; empty when the mask cannot be read.
+pub(crate) fn allowed_cpus() -> BTreeSet<usize> {
+    super::bind::thread_affinity().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_like_the_kernel_writes_them() {
+        assert_eq!(
+            parse_cpu_list("0-3,8-9,12\n"),
+            Some(vec![0, 1, 2, 3, 8, 9, 12])
+        );
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn a_fake_sysfs_tree_reads_as_two_nodes() {
+        let root = std::env::temp_dir().join(format!("shardstone-sysfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let node_dir = root.join("node");
+        for (n, list, mem) in [(0, "0-3", 1024u64), (1, "4-7", 2048)] {
+            let d = node_dir.join(format!("node{n}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cpulist"), format!("{list}\n")).unwrap();
+            std::fs::write(
+                d.join("meminfo"),
+                format!("Node {n} MemTotal:       {mem} kB\nNode {n} MemFree: 1 kB\n"),
+            )
+            .unwrap();
+        }
+        // Two threads per core: cpu c and c ^ 1 share a core.
+        for cpu in 0..8 {
+            let d = root.join(format!("cpu/cpu{cpu}/topology"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("physical_package_id"), format!("{}\n", cpu / 4)).unwrap();
+            std::fs::write(d.join("core_id"), format!("{}\n", (cpu % 4) / 2)).unwrap();
+        }
+        std::fs::write(node_dir.join("online"), "0-1\n").unwrap();
+        let t = Topology::from_sysfs(&node_dir).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(t.source(), TopologySource::Sysfs);
+        assert_eq!(t.nodes().len(), 2);
+        assert_eq!(t.nodes()[1].cpus, vec![4, 5, 6, 7]);
+        assert_eq!(t.nodes()[1].memory_bytes, Some(2048 * 1024));
+        assert_eq!((t.cpu_count(), t.core_count()), (8, 4));
+        assert_eq!(t.node_of_cpu(5), Some(1));
+    }
+
+    #[test]
+    fn restriction_keeps_only_allowed_cpus() {
+        let t = Topology::synthetic(2, 2, 1).restricted_to(&BTreeSet::from([0, 2]));
+        assert_eq!(t.nodes()[0].cpus, vec![0]);
+        assert_eq!(t.nodes()[1].cpus, vec![2]);
+        // A mask that shares nothing with the topology is ignored.
+        let t = Topology::synthetic(1, 2, 1).restricted_to(&BTreeSet::from([99]));
+        assert_eq!(t.cpu_count(), 2);
+    }
+}
