@@ -1,0 +1,174 @@
+//! One cell: one engine, one workload, one thread count, in a process of its
+//! own (the parent runs this binary with `cell ...`), so that its peak memory
+//! is its own and no other engine's background threads run beside it.
+//!
+//! The cell opens the preloaded database, scans every key (warming caches),
+//! runs the workload unmeasured for the warm-up, then measured; every command's
+//! latency, retries included, goes into a per-thread HdrHistogram.
+
+use crate::engines::{Engine, Kind};
+use crate::keys::Zipf;
+use crate::report::{CellResult, Latency};
+use crate::rss;
+use crate::workload::{Class, Generator, Workload, ZIPF_THETA};
+use hdrhistogram::Histogram;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// What a cell runs.
+#[derive(Clone, Debug)]
+pub struct CellSpec {
+    /// The engine.
+    pub engine: Kind,
+    /// The workload.
+    pub workload: Workload,
+    /// Threads issuing commands.
+    pub threads: usize,
+    /// Measured time.
+    pub measure: Duration,
+    /// Unmeasured time before it.
+    pub warmup: Duration,
+    /// Items preloaded in the database.
+    pub keys: u64,
+    /// The engine's preloaded database directory.
+    pub dir: PathBuf,
+}
+
+/// What one thread measured.
+struct ThreadTally {
+    main: Histogram<u64>,
+    slow: Histogram<u64>,
+    writes: u64,
+    reads: u64,
+    /// Nanoseconds spent in measured-path (non-slow) commands.
+    main_ns: u64,
+}
+
+impl ThreadTally {
+    fn new() -> ThreadTally {
+        // 1 ns to 10 min at 3 significant digits.
+        let hist = || Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds");
+        ThreadTally {
+            main: hist(),
+            slow: hist(),
+            writes: 0,
+            reads: 0,
+            main_ns: 0,
+        }
+    }
+
+    fn merge(&mut self, other: &ThreadTally) {
+        self.main.add(&other.main).expect("same bounds");
+        self.slow.add(&other.slow).expect("same bounds");
+        self.writes += other.writes;
+        self.reads += other.reads;
+        self.main_ns += other.main_ns;
+    }
+}
+
+/// Opens, warms, measures and settles one cell.
+pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
+    let started = Instant::now();
+    let engine = spec
+        .engine
+        .open(&spec.dir, spec.workload.tier())
+        .map_err(|e| format!("open: {e}"))?;
+    let opened = started.elapsed();
+    let scanned = engine.scan().map_err(|e| format!("scan: {e}"))?;
+    if scanned != spec.keys {
+        return Err(format!("scan found {scanned} keys, {} expected", spec.keys));
+    }
+    let zipf = Zipf::new(spec.keys, ZIPF_THETA, 0x5eed);
+    drive(&*engine, spec, &zipf, spec.warmup, 1)?;
+
+    let before = engine.counters();
+    let rss_reset = rss::reset_peak();
+    let (tally, elapsed) = drive(&*engine, spec, &zipf, spec.measure, 2)?;
+    let peak_rss_mib = rss::peak_mib();
+    let after = engine.counters();
+    engine.settle().map_err(|e| format!("settle: {e}"))?;
+    drop(engine);
+
+    let secs = elapsed.as_secs_f64();
+    let commands = tally.writes + tally.reads;
+    let retries = after.retries - before.retries;
+    let slow = tally.slow.len();
+    Ok(CellResult {
+        engine: spec.engine,
+        workload: spec.workload,
+        tier: spec.workload.tier(),
+        threads: spec.threads,
+        seconds: secs,
+        commands,
+        commits: tally.writes,
+        slow_commands: slow,
+        commands_per_sec: commands as f64 / secs,
+        retries,
+        retries_per_commit: retries as f64 / (tally.writes + slow).max(1) as f64,
+        escalations: after.escalations - before.escalations,
+        latency: Latency::of(&tally.main),
+        slow_latency: (slow > 0).then(|| Latency::of(&tally.slow)),
+        fast_time_share: tally.main_ns as f64 / (secs * 1e9 * spec.threads as f64),
+        peak_rss_mib,
+        rss_reset,
+        open_seconds: opened.as_secs_f64(),
+    })
+}
+
+/// Runs the workload on `spec.threads` threads for `span`; returns the merged
+/// tally and the time from the common start until the last thread stopped.
+fn drive(
+    engine: &dyn Engine,
+    spec: &CellSpec,
+    zipf: &Zipf,
+    span: Duration,
+    round: u64,
+) -> Result<(ThreadTally, Duration), String> {
+    let stop = AtomicBool::new(false);
+    let start = Barrier::new(spec.threads + 1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..spec.threads)
+            .map(|t| {
+                let (stop, start) = (&stop, &start);
+                s.spawn(move || {
+                    let seed = (round << 32) ^ (t as u64) << 8 ^ spec.workload as u64;
+                    let mut generator = Generator::new(spec.workload, spec.keys, seed, Some(zipf));
+                    let mut tally = ThreadTally::new();
+                    start.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        let began = Instant::now();
+                        let class = generator.step(engine).map_err(|e| e.to_string())?;
+                        let ns = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        match class {
+                            Class::Slow => tally.slow.saturating_record(ns),
+                            Class::Write | Class::Read => {
+                                tally.main.saturating_record(ns);
+                                tally.main_ns += ns;
+                                if class == Class::Write {
+                                    tally.writes += 1;
+                                } else {
+                                    tally.reads += 1;
+                                }
+                            }
+                        }
+                    }
+                    Ok::<_, String>(tally)
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        std::thread::sleep(span);
+        stop.store(true, Ordering::Relaxed);
+        let mut total = ThreadTally::new();
+        for w in workers {
+            let tally = w
+                .join()
+                .map_err(|_| "a worker thread panicked".to_string())??;
+            total.merge(&tally);
+        }
+        Ok((total, began.elapsed()))
+    })
+}

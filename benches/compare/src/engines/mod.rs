@@ -1,0 +1,194 @@
+//! The engines under comparison, each behind the same two traits: [`Engine::run`]
+//! (a read-write transaction re-run on its engine's conflict error, retries
+//! counted) and [`Engine::read`] (a read-only snapshot). The workloads see only
+//! these traits, so every engine runs byte-for-byte the same commands.
+//!
+//! Durability is chosen per run with a [`Tier`] and set equal for all engines;
+//! [`Tier::describe`] states exactly what each engine does in it.
+
+mod canopy;
+mod fjall;
+mod redb;
+mod shardstone;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What can go wrong inside a command.
+#[derive(Debug)]
+pub enum Error {
+    /// The engine refused the commit (or an operation) because of a concurrent
+    /// transaction: the adapter re-runs the command.
+    Conflict,
+    /// Anything else, with the engine's message: the run stops.
+    Engine(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Conflict => f.write_str("write conflict"),
+            Error::Engine(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Wraps an engine's own error, keeping its message.
+pub(crate) fn engine_err(e: impl fmt::Display) -> Error {
+    Error::Engine(e.to_string())
+}
+
+/// Reads inside a transaction or snapshot.
+pub trait Read {
+    /// The counter in `key`'s value (its first 8 bytes); `None` when absent.
+    fn get(&mut self, key: &[u8]) -> Result<Option<u64>>;
+}
+
+/// Reads and writes inside a read-write transaction.
+pub trait Tx: Read {
+    /// Sets `key` to `value` when the transaction commits.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+}
+
+/// A command body: it may run several times, so it must have no other effects.
+pub type Command<'a> = &'a mut dyn FnMut(&mut dyn Tx) -> Result<()>;
+/// A read-only body.
+pub type Query<'a> = &'a mut dyn FnMut(&mut dyn Read) -> Result<()>;
+
+/// One open database of one engine.
+pub trait Engine: Send + Sync {
+    /// Runs `command` in a read-write transaction and commits it, re-running it
+    /// from the start on each conflict, until it commits or fails otherwise.
+    fn run(&self, command: Command<'_>) -> Result<()>;
+
+    /// Runs `query` on a read-only snapshot.
+    fn read(&self, query: Query<'_>) -> Result<()>;
+
+    /// Reads every key once, in order (warms the engine's caches); returns the count.
+    fn scan(&self) -> Result<u64>;
+
+    /// Inserts items `items` in one transaction (the bulk load).
+    fn load(&self, items: std::ops::Range<u64>) -> Result<()>;
+
+    /// Conflict re-runs and escalations so far.
+    fn counters(&self) -> Counters;
+
+    /// Makes everything committed so far survive a reopen and keeps the next
+    /// open fast (a checkpoint, or a durable commit). Not timed.
+    fn settle(&self) -> Result<()>;
+}
+
+/// Counters every engine reports in the same terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Times a command was re-run after a conflict.
+    pub retries: u64,
+    /// Commands that went to an exclusive path after repeated conflicts
+    /// (shardstone's blocking queue; the others have no such path).
+    pub escalations: u64,
+}
+
+/// The retry counter of the peer adapters: one relaxed add per conflict.
+#[derive(Default)]
+pub(crate) struct RetryCount(AtomicU64);
+
+impl RetryCount {
+    pub(crate) fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How durable a commit is when it returns: the same for every engine in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Tier {
+    /// No fsync per commit (W1–W4).
+    NoSync,
+    /// An fsync (fdatasync) before each commit returns; concurrent commits may
+    /// share one where the engine groups them (W5).
+    SyncEachCommit,
+}
+
+impl Tier {
+    /// Its name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::NoSync => "no-sync",
+            Tier::SyncEachCommit => "sync-each-commit",
+        }
+    }
+
+    /// Exactly what each engine is configured to do in this tier.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Tier::NoSync => {
+                "no fsync per commit: shardstone `Durability::Buffered` (record written to the \
+                 OS through a shared mapping); redb `Durability::None` (commit kept in memory, \
+                 not written until a later durable commit); fjall `PersistMode::Buffer` per \
+                 transaction (journal written to the OS); canopydb `commit_with(false)` \
+                 (WAL written to the OS, background WAL sync off)"
+            }
+            Tier::SyncEachCommit => {
+                "fsync every commit: shardstone `Durability::Durable` (fdatasync, group commit \
+                 per journal shard); redb `Durability::Immediate`; fjall `PersistMode::SyncData` \
+                 per transaction; canopydb `commit_with(true)` (WAL fsync, its group commit)"
+            }
+        }
+    }
+}
+
+/// The engines this harness knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    /// shardstone: commands with page-level optimistic validation, escalation.
+    Shardstone,
+    /// redb: one writer at a time.
+    Redb,
+    /// fjall `OptimisticTxDatabase`: key-level optimistic, serializable.
+    Fjall,
+    /// canopydb `begin_write_concurrent`: page-level optimistic, snapshot isolation.
+    Canopydb,
+}
+
+impl Kind {
+    /// Every engine, shardstone first.
+    pub const ALL: [Kind; 4] = [Kind::Shardstone, Kind::Redb, Kind::Fjall, Kind::Canopydb];
+
+    /// Its name on the command line, in tables and charts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Shardstone => "shardstone",
+            Kind::Redb => "redb",
+            Kind::Fjall => "fjall",
+            Kind::Canopydb => "canopydb",
+        }
+    }
+
+    /// Parses [`Kind::name`].
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Opens (or creates) this engine's database in `dir`.
+    pub fn open(self, dir: &Path, tier: Tier) -> Result<Box<dyn Engine>> {
+        Ok(match self {
+            Kind::Shardstone => Box::new(shardstone::Shardstone::open(dir, tier)?),
+            Kind::Redb => Box::new(redb::Redb::open(dir, tier)?),
+            Kind::Fjall => Box::new(fjall::Fjall::open(dir, tier)?),
+            Kind::Canopydb => Box::new(canopy::Canopy::open(dir, tier)?),
+        })
+    }
+}
+
+/// Cache given to the engines that have one (redb's and canopydb's default):
+/// larger than the data set, so no engine reads from the file system in a cell.
+pub(crate) const CACHE_BYTES: usize = 1 << 30;

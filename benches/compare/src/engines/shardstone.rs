@@ -1,0 +1,104 @@
+//! shardstone: commands through `Engine::run` (its own retries and escalation),
+//! reads through `Engine::snapshot`. Retries and escalations come from
+//! `Engine::stats`, the counters an operator would read.
+
+use super::{engine_err, Command, Counters, Engine, Error, Query, Read, Result, Tier, Tx};
+use crate::keys::{counter, key, value};
+use shardstone::{Durability, Options};
+use std::path::Path;
+
+/// A shardstone database opened from a directory.
+pub struct Shardstone {
+    engine: shardstone::Engine,
+}
+
+impl Shardstone {
+    /// Opens `dir` with the tier's durability and otherwise default options
+    /// (4 KiB pages, escalation after 3 conflicts, one journal shard per CPU).
+    pub fn open(dir: &Path, tier: Tier) -> Result<Shardstone> {
+        let durability = match tier {
+            Tier::NoSync => Durability::Buffered,
+            Tier::SyncEachCommit => Durability::Durable,
+        };
+        let opts = Options {
+            durability,
+            ..Default::default()
+        };
+        let engine = shardstone::Engine::open_with(dir, opts).map_err(engine_err)?;
+        Ok(Shardstone { engine })
+    }
+}
+
+/// The adapter's view of a running command.
+struct CommandTx<'a, 'e>(&'a mut shardstone::Tx<'e>);
+
+impl Read for CommandTx<'_, '_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self.0.get(key).map_err(engine_err)?.map(|v| counter(&v)))
+    }
+}
+
+impl Tx for CommandTx<'_, '_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.0.put(key, value).map_err(engine_err)
+    }
+}
+
+struct SnapshotRead(shardstone::Snapshot);
+
+impl Read for SnapshotRead {
+    fn get(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self.0.get(key).map_err(engine_err)?.map(|v| counter(&v)))
+    }
+}
+
+/// A command's own error travels through shardstone as an abort.
+fn into_shardstone(e: Error) -> shardstone::Error {
+    shardstone::Error::abort(e.to_string())
+}
+
+impl Engine for Shardstone {
+    fn run(&self, command: Command<'_>) -> Result<()> {
+        self.engine
+            .run("command", |tx| {
+                command(&mut CommandTx(tx)).map_err(into_shardstone)
+            })
+            .map_err(engine_err)
+    }
+
+    fn read(&self, query: Query<'_>) -> Result<()> {
+        query(&mut SnapshotRead(self.engine.snapshot()))
+    }
+
+    fn scan(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self.engine.snapshot().range(..) {
+            let (_, v) = item.map_err(engine_err)?;
+            n += u64::from(counter(&v) != u64::MAX);
+        }
+        Ok(n)
+    }
+
+    fn load(&self, items: std::ops::Range<u64>) -> Result<()> {
+        self.engine
+            .run("load", |tx| {
+                for i in items.clone() {
+                    tx.put(&key(i), &value(0, i))?;
+                }
+                Ok(())
+            })
+            .map_err(engine_err)
+    }
+
+    fn counters(&self) -> Counters {
+        let stats = self.engine.stats();
+        Counters {
+            retries: stats.retries,
+            escalations: stats.escalations,
+        }
+    }
+
+    fn settle(&self) -> Result<()> {
+        self.engine.checkpoint().map(|_| ()).map_err(engine_err)
+    }
+}

@@ -1,0 +1,408 @@
+//! Results: what a cell and a preload measured, the target ratios of issue 7,
+//! the Markdown table on stdout and the JSON for tooling.
+
+use crate::engines::{Kind, Tier};
+use crate::workload::Workload;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Thread count the issue's targets are stated at.
+pub const TARGET_THREADS: usize = 2;
+
+/// Latency percentiles of a set of commands, in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Slowest.
+    pub max_us: f64,
+}
+
+impl Latency {
+    /// Percentiles of a histogram recorded in nanoseconds.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            p50_us: us(h.value_at_quantile(0.50)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+/// What one cell measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellResult {
+    /// The engine.
+    pub engine: Kind,
+    /// The workload.
+    pub workload: Workload,
+    /// Its durability tier.
+    pub tier: Tier,
+    /// Threads issuing commands.
+    pub threads: usize,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Commands on the measured path (W4's slow ones excluded), completed.
+    pub commands: u64,
+    /// Of those, the read-write ones (all but W3's reads).
+    pub commits: u64,
+    /// W4's slow commands, completed.
+    pub slow_commands: u64,
+    /// `commands` per second: the throughput reported.
+    pub commands_per_sec: f64,
+    /// Conflict re-runs.
+    pub retries: u64,
+    /// Re-runs per read-write command (slow ones included).
+    pub retries_per_commit: f64,
+    /// Escalations (shardstone's blocking queue; 0 for the others).
+    pub escalations: u64,
+    /// Latency of the measured-path commands, retries included.
+    pub latency: Latency,
+    /// Latency of W4's slow commands.
+    pub slow_latency: Option<Latency>,
+    /// Share of the threads' time spent in measured-path commands (below 1 when
+    /// slow commands take the rest).
+    pub fast_time_share: f64,
+    /// Peak resident memory during the measured run, in MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Whether the peak was reset before the run (else it counts from process start).
+    pub rss_reset: bool,
+    /// Seconds to open the preloaded database (not measured in the cell).
+    pub open_seconds: f64,
+}
+
+/// What one engine's preload took.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoadResult {
+    /// The engine.
+    pub engine: Kind,
+    /// Items loaded.
+    pub keys: u64,
+    /// Seconds, settle (checkpoint or durable commit) included.
+    pub seconds: f64,
+    /// Peak resident memory of the loading process, in MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// One target of the issue, with what was measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// The ratio required.
+    pub required: f64,
+    /// The ratio measured; `None` when the cells it needs were not run.
+    pub measured: Option<f64>,
+    /// How it was computed.
+    pub detail: String,
+}
+
+impl Target {
+    /// Whether it was met; `None` when not measured.
+    pub fn met(&self) -> Option<bool> {
+        self.measured.map(|m| m >= self.required)
+    }
+}
+
+/// A whole run, as written to `results.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// The command line that produced it.
+    pub command: String,
+    /// `quick` or `full`.
+    pub mode: String,
+    /// CPUs available to the process.
+    pub cores: usize,
+    /// Items preloaded per engine.
+    pub keys: u64,
+    /// Measured seconds per cell.
+    pub measure_seconds: f64,
+    /// Unmeasured warm-up seconds per cell.
+    pub warmup_seconds: f64,
+    /// Wall time of the whole run, preloads and charts included.
+    pub total_seconds: f64,
+    /// Exactly what each durability tier means per engine.
+    pub tiers: Vec<(Tier, String)>,
+    /// The preloads.
+    pub loads: Vec<LoadResult>,
+    /// Every cell, in the order run.
+    pub cells: Vec<CellResult>,
+    /// The issue's targets.
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    /// The cell of `engine`, `workload`, `threads`, if it ran.
+    pub fn cell(&self, engine: Kind, workload: Workload, threads: usize) -> Option<&CellResult> {
+        self.cells
+            .iter()
+            .find(|c| c.engine == engine && c.workload == workload && c.threads == threads)
+    }
+
+    /// Thread counts that ran for `workload`, ascending.
+    pub fn threads_of(&self, workload: Workload) -> Vec<usize> {
+        let mut t: Vec<usize> = self
+            .cells
+            .iter()
+            .filter(|c| c.workload == workload)
+            .map(|c| c.threads)
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    /// Engines that ran, in the standard order.
+    pub fn engines(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| self.cells.iter().any(|c| c.engine == *k))
+            .collect()
+    }
+
+    /// shardstone's throughput over the best peer's, for a workload and thread count.
+    pub fn vs_best_peer(&self, workload: Workload, threads: usize) -> Option<(f64, Kind)> {
+        let ours = self.cell(Kind::Shardstone, workload, threads)?;
+        let best = Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::Shardstone)
+            .filter_map(|k| self.cell(k, workload, threads))
+            .max_by(|a, b| a.commands_per_sec.total_cmp(&b.commands_per_sec))?;
+        Some((ours.commands_per_sec / best.commands_per_sec, best.engine))
+    }
+
+    /// W4's fast-command throughput with slow commands over without, for an engine.
+    pub fn w4_ratio(&self, engine: Kind, threads: usize) -> Option<f64> {
+        let alone = self.cell(engine, Workload::W4Fast, threads)?;
+        let mixed = self.cell(engine, Workload::W4Mixed, threads)?;
+        Some(mixed.commands_per_sec / alone.commands_per_sec)
+    }
+
+    /// The same ratio per second of thread time spent in fast commands: what is
+    /// left once the slow commands' own CPU time is taken out.
+    pub fn w4_ratio_per_fast_second(&self, engine: Kind, threads: usize) -> Option<f64> {
+        let alone = self.cell(engine, Workload::W4Fast, threads)?;
+        let mixed = self.cell(engine, Workload::W4Mixed, threads)?;
+        Some(
+            (mixed.commands_per_sec / mixed.fast_time_share)
+                / (alone.commands_per_sec / alone.fast_time_share),
+        )
+    }
+
+    /// Computes the issue's targets at [`TARGET_THREADS`] from the cells.
+    pub fn compute_targets(&mut self) {
+        let t = TARGET_THREADS;
+        let peer = |w| {
+            self.vs_best_peer(w, t).map_or_else(
+                || ("not measured".to_string(), None),
+                |(r, k)| (format!("shardstone / {} (best peer)", k.name()), Some(r)),
+            )
+        };
+        let (w1_detail, w1) = peer(Workload::W1);
+        let (w2_detail, w2) = peer(Workload::W2);
+        self.targets = vec![
+            Target {
+                name: format!("W1 commands/s, {t} threads, vs the best peer"),
+                required: 3.0,
+                measured: w1,
+                detail: w1_detail,
+            },
+            Target {
+                name: format!("W2 commands/s, {t} threads, vs the best peer"),
+                required: 2.0,
+                measured: w2,
+                detail: w2_detail,
+            },
+            Target {
+                name: format!("W4 fast commands/s with slow ones over without, {t} threads"),
+                required: 0.8,
+                measured: self.w4_ratio(Kind::Shardstone, t),
+                detail: "shardstone, w4-mixed / w4-fast".to_string(),
+            },
+        ];
+    }
+
+    /// The Markdown report: settings, one table per workload, the ratios.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "Mode `{}`: {} keys preloaded per engine (16-byte keys, 100-byte values), \
+             {:.1} s measured per cell after {:.1} s warm-up, {} CPUs. Each cell runs in a \
+             process of its own; engines alternate cell by cell.\n",
+            self.mode, self.keys, self.measure_seconds, self.warmup_seconds, self.cores
+        );
+        for (tier, text) in &self.tiers {
+            let used: Vec<&str> = Workload::ALL
+                .into_iter()
+                .filter(|w| w.tier() == *tier)
+                .map(|w| w.name())
+                .collect();
+            let _ = writeln!(md, "- **{}** ({}): {}", tier.name(), used.join(", "), text);
+        }
+        md.push('\n');
+        for w in Workload::ALL {
+            if self.threads_of(w).is_empty() {
+                continue;
+            }
+            self.workload_table(&mut md, w);
+        }
+        self.ratio_tables(&mut md);
+        md
+    }
+
+    fn workload_table(&self, md: &mut String, w: Workload) {
+        let mixed = w == Workload::W4Mixed;
+        let _ = writeln!(md, "#### {}\n", w.describe());
+        let mut head =
+            "| threads | engine | commands/s | vs best peer | retries/commit | escalations \
+                        | p50 µs | p99 µs | p99.9 µs | peak RSS MiB |"
+                .to_string();
+        let mut rule =
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |".to_string();
+        if mixed {
+            head.push_str(" slow cmds/s | slow p99 µs | fast time share |");
+            rule.push_str(" ---: | ---: | ---: |");
+        }
+        let _ = writeln!(md, "{head}\n{rule}");
+        for t in self.threads_of(w) {
+            for k in self.engines() {
+                let Some(c) = self.cell(k, w, t) else {
+                    continue;
+                };
+                let vs = if k == Kind::Shardstone {
+                    self.vs_best_peer(w, t)
+                        .map_or("—".to_string(), |(r, _)| format!("{r:.2}×"))
+                } else {
+                    String::new()
+                };
+                let esc = if k == Kind::Shardstone {
+                    c.escalations.to_string()
+                } else {
+                    "n/a".to_string()
+                };
+                let rss = c
+                    .peak_rss_mib
+                    .map_or("—".to_string(), |m| format!("{m:.0}"));
+                let _ = write!(
+                    md,
+                    "| {t} | {} | {} | {vs} | {:.4} | {esc} | {} | {} | {} | {rss} |",
+                    k.name(),
+                    rate(c.commands_per_sec),
+                    c.retries_per_commit,
+                    us(c.latency.p50_us),
+                    us(c.latency.p99_us),
+                    us(c.latency.p999_us),
+                );
+                if mixed {
+                    let slow = c.slow_latency.unwrap_or_default();
+                    let _ = write!(
+                        md,
+                        " {} | {} | {:.0}% |",
+                        rate(c.slow_commands as f64 / c.seconds),
+                        us(slow.p99_us),
+                        c.fast_time_share * 100.0
+                    );
+                }
+                md.push('\n');
+            }
+        }
+        md.push('\n');
+    }
+
+    fn ratio_tables(&self, md: &mut String) {
+        let _ = writeln!(md, "#### Targets (at {TARGET_THREADS} threads)\n");
+        let _ = writeln!(
+            md,
+            "| target | required | measured | met |\n| --- | ---: | ---: | --- |"
+        );
+        for t in &self.targets {
+            let (measured, met) = match (t.measured, t.met()) {
+                (Some(m), Some(ok)) => (
+                    format!("{m:.2}×"),
+                    if ok { "**met**" } else { "**not met**" },
+                ),
+                _ => ("—".to_string(), "not measured"),
+            };
+            let _ = writeln!(
+                md,
+                "| {} ({}) | {:.1}× | {measured} | {met} |",
+                t.name, t.detail, t.required
+            );
+        }
+        md.push('\n');
+
+        let threads = self.threads_of(Workload::W1);
+        if threads.is_empty() && self.threads_of(Workload::W4Mixed).is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "#### Every ratio, every thread count\n");
+        let _ = writeln!(
+            md,
+            "shardstone over the best peer (W1, W2, W3, W5); fast-command throughput with \
+             slow commands over without (W4, per engine: raw, and per second of thread time \
+             spent in fast commands).\n"
+        );
+        let mut all: Vec<usize> = Workload::ALL
+            .into_iter()
+            .flat_map(|w| self.threads_of(w))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let engines = self.engines();
+        let mut head = "| threads | W1 | W2 | W3 | W5 |".to_string();
+        let mut rule = "| ---: | ---: | ---: | ---: | ---: |".to_string();
+        for k in &engines {
+            let _ = write!(head, " W4 {} |", k.name());
+            rule.push_str(" ---: |");
+        }
+        let _ = writeln!(md, "{head}\n{rule}");
+        for t in all {
+            let _ = write!(md, "| {t} |");
+            for w in [Workload::W1, Workload::W2, Workload::W3, Workload::W5] {
+                let cell = self.vs_best_peer(w, t).map_or("—".to_string(), |(r, k)| {
+                    format!("{r:.2}× ({})", k.name())
+                });
+                let _ = write!(md, " {cell} |");
+            }
+            for k in &engines {
+                let cell = match (self.w4_ratio(*k, t), self.w4_ratio_per_fast_second(*k, t)) {
+                    (Some(r), Some(a)) => format!("{r:.2} / {a:.2}"),
+                    _ => "—".to_string(),
+                };
+                let _ = write!(md, " {cell} |");
+            }
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+}
+
+/// A rate with a K or M suffix.
+pub fn rate(per_sec: f64) -> String {
+    if per_sec >= 1e6 {
+        format!("{:.2} M", per_sec / 1e6)
+    } else if per_sec >= 1e3 {
+        format!("{:.1} K", per_sec / 1e3)
+    } else {
+        format!("{per_sec:.0}")
+    }
+}
+
+/// Microseconds, with precision suited to the size.
+fn us(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}

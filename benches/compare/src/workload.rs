@@ -1,0 +1,222 @@
+//! The workloads, W1–W5, as commands over the [`Engine`] traits. A command's
+//! keys are drawn before it runs, so a re-run after a conflict repeats the same
+//! command, as an application's retry would.
+
+use crate::engines::{Engine, Result, Tier};
+use crate::keys::{key, value, Rng, Zipf};
+
+/// Skew of W2 and W3 (YCSB's default).
+pub const ZIPF_THETA: f64 = 0.99;
+/// Keys per W2 command.
+const W2_KEYS: usize = 4;
+/// Share of W3 commands that update (the rest read), in percent.
+const W3_UPDATE_PERCENT: u64 = 5;
+/// Share of W4 commands that are slow, in percent.
+const W4_SLOW_PERCENT: u64 = 1;
+/// Keys a slow W4 command reads, uniformly over the key space: with about 30
+/// keys per leaf page, each lands on a different page.
+pub const SLOW_READS: usize = 200;
+/// Keys a slow W4 command writes.
+pub const SLOW_WRITES: usize = 10;
+
+/// One workload of the issue, W4 split in its two halves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Workload {
+    /// Uncontended 1-key read-modify-write, uniform keys.
+    W1,
+    /// 4-key read-modify-write, keys Zipf(0.99).
+    W2,
+    /// 95% 1-key reads (read-only snapshot), 5% 1-key read-modify-writes, Zipf(0.99).
+    W3,
+    /// W4's baseline: only the fast 1-key read-modify-writes.
+    W4Fast,
+    /// The Bedrock cascade: 99% fast commands, 1% slow ones (200 reads, 10 writes).
+    W4Mixed,
+    /// 1-key read-modify-write, uniform keys, fsync on every commit.
+    W5,
+}
+
+impl Workload {
+    /// Every workload, in report order.
+    pub const ALL: [Workload; 6] = [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::W4Fast,
+        Workload::W4Mixed,
+        Workload::W5,
+    ];
+
+    /// Its name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::W1 => "w1",
+            Workload::W2 => "w2",
+            Workload::W3 => "w3",
+            Workload::W4Fast => "w4-fast",
+            Workload::W4Mixed => "w4-mixed",
+            Workload::W5 => "w5",
+        }
+    }
+
+    /// Parses [`Workload::name`]; `w4` means both halves.
+    pub fn parse_list(s: &str) -> Option<Vec<Workload>> {
+        match s {
+            "w4" => Some(vec![Workload::W4Fast, Workload::W4Mixed]),
+            _ => Workload::ALL
+                .into_iter()
+                .find(|w| w.name() == s)
+                .map(|w| vec![w]),
+        }
+    }
+
+    /// What it does, for table headings.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Workload::W1 => "W1: uncontended 1-key read-modify-write (uniform keys)",
+            Workload::W2 => "W2: 4-key read-modify-write, keys Zipf(0.99)",
+            Workload::W3 => "W3: 95% 1-key reads / 5% 1-key updates, keys Zipf(0.99)",
+            Workload::W4Fast => "W4 without slow commands: 1-key read-modify-write (uniform)",
+            Workload::W4Mixed => {
+                "W4 with slow commands: 99% fast 1-key RMW + 1% slow (200 random reads, 10 writes)"
+            }
+            Workload::W5 => "W5: 1-key read-modify-write, fsync every commit (group commit)",
+        }
+    }
+
+    /// The durability tier it runs in.
+    pub fn tier(self) -> Tier {
+        match self {
+            Workload::W5 => Tier::SyncEachCommit,
+            _ => Tier::NoSync,
+        }
+    }
+
+    /// Whether keys are drawn Zipf rather than uniform.
+    fn skewed(self) -> bool {
+        matches!(self, Workload::W2 | Workload::W3)
+    }
+}
+
+/// How a command counts in a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// A read-write command on the measured path (its throughput is reported).
+    Write,
+    /// A read-only W3 command (counted in the throughput too).
+    Read,
+    /// A slow W4 command (reported apart).
+    Slow,
+}
+
+/// One thread's command generator for a workload.
+pub struct Generator<'z> {
+    workload: Workload,
+    keys: u64,
+    rng: Rng,
+    zipf: Option<&'z Zipf>,
+    /// Items of the command being built, reused so that no command allocates.
+    items: Vec<u64>,
+}
+
+impl<'z> Generator<'z> {
+    /// A generator over `keys` items; `zipf` is required for W2 and W3.
+    pub fn new(workload: Workload, keys: u64, seed: u64, zipf: Option<&'z Zipf>) -> Self {
+        assert!(
+            !workload.skewed() || zipf.is_some(),
+            "W2 and W3 need a Zipf sampler"
+        );
+        Generator {
+            workload,
+            keys,
+            rng: Rng::new(seed),
+            zipf,
+            items: Vec::with_capacity(SLOW_READS + SLOW_WRITES),
+        }
+    }
+
+    fn draw(&mut self) -> u64 {
+        match self.zipf {
+            Some(z) if self.workload.skewed() => z.sample(&mut self.rng),
+            _ => self.rng.below(self.keys),
+        }
+    }
+
+    /// Draws `n` distinct items into `self.items`.
+    fn draw_distinct(&mut self, n: usize) {
+        self.items.clear();
+        while self.items.len() < n {
+            let i = self.draw();
+            if !self.items.contains(&i) {
+                self.items.push(i);
+            }
+        }
+    }
+
+    /// Draws the next command and runs it to completion on `engine`.
+    pub fn step(&mut self, engine: &dyn Engine) -> Result<Class> {
+        match self.workload {
+            Workload::W1 | Workload::W4Fast | Workload::W5 => {
+                self.draw_distinct(1);
+                rmw(engine, &self.items).map(|()| Class::Write)
+            }
+            Workload::W2 => {
+                self.draw_distinct(W2_KEYS);
+                rmw(engine, &self.items).map(|()| Class::Write)
+            }
+            Workload::W3 => {
+                self.draw_distinct(1);
+                if self.rng.below(100) < W3_UPDATE_PERCENT {
+                    rmw(engine, &self.items).map(|()| Class::Write)
+                } else {
+                    let k = key(self.items[0]);
+                    engine
+                        .read(&mut |r| r.get(&k).map(drop))
+                        .map(|()| Class::Read)
+                }
+            }
+            Workload::W4Mixed => {
+                if self.rng.below(100) < W4_SLOW_PERCENT {
+                    // Reads and writes are drawn uniformly and independently.
+                    self.items.clear();
+                    for _ in 0..SLOW_READS + SLOW_WRITES {
+                        let i = self.rng.below(self.keys);
+                        self.items.push(i);
+                    }
+                    slow(engine, &self.items).map(|()| Class::Slow)
+                } else {
+                    self.draw_distinct(1);
+                    rmw(engine, &self.items).map(|()| Class::Write)
+                }
+            }
+        }
+    }
+}
+
+/// Reads each item's counter and writes it back incremented.
+fn rmw(engine: &dyn Engine, items: &[u64]) -> Result<()> {
+    engine.run(&mut |tx| {
+        for &i in items {
+            let k = key(i);
+            let n = tx.get(&k)?.unwrap_or(0);
+            tx.put(&k, &value(n + 1, i))?;
+        }
+        Ok(())
+    })
+}
+
+/// The slow W4 command: sums the counters of the first [`SLOW_READS`] items and
+/// writes the sum to the last [`SLOW_WRITES`], so its writes depend on its reads.
+fn slow(engine: &dyn Engine, items: &[u64]) -> Result<()> {
+    let (reads, writes) = items.split_at(SLOW_READS);
+    engine.run(&mut |tx| {
+        let mut sum = 0u64;
+        for &i in reads {
+            sum = sum.wrapping_add(tx.get(&key(i))?.unwrap_or(0));
+        }
+        for &i in writes {
+            tx.put(&key(i), &value(sum, i))?;
+        }
+        Ok(())
+    })
+}
