@@ -141,15 +141,22 @@ impl Workers {
             })
             .collect();
         let mut threads = Vec::new();
+        // Workers report once pinned, so the first submit returns with every
+        // worker in place (and `Engine::placement` describes running threads).
+        let pinned = Arc::new((Mutex::new(0usize), Condvar::new()));
         for w in &plan.placement.workers {
             let queue =
                 queues[queue_index[self.layout.domain_of_node(w.node).unwrap_or(0)]].clone();
             let layout = self.layout.clone();
             let cpu = w.cpu;
+            let pinned = pinned.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("shardstone-w{}", w.worker))
                 .spawn(move || {
                     layout.pin(cpu);
+                    *pinned.0.lock() += 1;
+                    pinned.1.notify_all();
+                    drop(pinned);
                     serve(&queue);
                 });
             match spawned {
@@ -165,6 +172,11 @@ impl Workers {
                 }
             }
         }
+        let mut count = pinned.0.lock();
+        while *count < threads.len() {
+            count = pinned.1.wait(count);
+        }
+        drop(count);
         Ok(Pool {
             queues,
             queue_of_domain,
