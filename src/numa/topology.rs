@@ -64,7 +64,10 @@ impl Topology {
 
     /// One node holding every CPU this process may run on.
     pub fn fallback() -> Topology {
-        let cpus: Vec<usize> = allowed_cpus().into_iter().collect();
+        let mut cpus: Vec<usize> = allowed_cpus().into_iter().collect();
+        if cpus.is_empty() {
+            cpus = (0..crate::sync::cpu_count()).collect();
+        }
         Topology {
             nodes: vec![Node {
                 id: 0,
