@@ -31,10 +31,10 @@
 
 mod common;
 
-use common::{enc, scan, Entries, Rng};
+use common::{enc, scan, Entries, Rng, TempDir};
 use shardstone::{ChainHash, CommitId, Durability, Engine, Error, Options};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -47,32 +47,6 @@ const KIND_MARK: u8 = 2;
 const CKPT_BLOCK: usize = 64 * 1024;
 /// Magic, version, block size, commit id, chain hash, entries, blocks, crc.
 const CKPT_HEADER: usize = 80;
-
-/// A fresh directory under the system temp dir, removed when dropped. Unique per
-/// call, so that mutations can be checked on several threads at once.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "shardstone-corruption-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts() -> Options {
     Options {

@@ -20,12 +20,12 @@
 
 mod common;
 
-use common::{assert_entries, dec, enc, scan, Entries, Rng};
+use common::{assert_entries, dec, enc, scan, Entries, Rng, TempDir};
 use shardstone::{ChainHash, CommitId, Durability, Engine, Error, Options};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -40,30 +40,6 @@ const SEED_ENV: &str = "SHARDSTONE_CRASH_SEED";
 const THREADS: u64 = 3;
 /// Shared keys `k00`..`k63`.
 const K_KEYS: u64 = 64;
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "shardstone-test-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts(journal_shards: usize) -> Options {
     Options {

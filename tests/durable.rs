@@ -3,34 +3,9 @@
 
 mod common;
 
-use common::{dec, enc, scan, Rng};
+use common::{dec, enc, scan, Rng, TempDir};
 use shardstone::{ChainHash, Durability, Engine, Error, Options};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-/// A fresh directory under the system temp dir, removed when dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "shardstone-test-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts(durability: Durability) -> Options {
     Options {

@@ -23,43 +23,17 @@
 
 mod common;
 
-use common::{scan, Rng};
+use common::{scan, Rng, TempDir};
 use shardstone::{Durability, Engine, Error, FaultKind, FaultyIo, Io, Options, OsIo};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 const EIO: i32 = libc::EIO;
 const ENOSPC: i32 = libc::ENOSPC;
-
-/// A fresh directory under the system temp dir, removed when dropped. Unique per
-/// call, so that scenarios can run on several threads at once.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "shardstone-faults-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts(journal_shards: usize) -> Options {
     Options {

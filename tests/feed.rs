@@ -4,33 +4,9 @@
 
 mod common;
 
-use common::{enc, Rng};
+use common::{enc, Rng, TempDir};
 use shardstone::{ChainHash, CommitRecord, Durability, Engine, Error, Op, Options};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "shardstone-feed-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts() -> Options {
     Options {

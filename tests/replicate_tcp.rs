@@ -9,10 +9,12 @@
 #[path = "../examples/replicate/proto.rs"]
 mod proto;
 
+mod common;
+
+use common::TempDir;
 use proto::{Follower, Leader, Status, SyncError};
 use shardstone::{ChainHash, CommitRecord, Durability, Engine, Error, Options};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
@@ -20,28 +22,6 @@ use std::time::{Duration, Instant};
 
 /// Every wait of these tests gives up (failing the test) after this long.
 const LIMIT: Duration = Duration::from_secs(15);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "shardstone-replicate-tcp-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts() -> Options {
     Options {

@@ -12,36 +12,14 @@
 
 mod common;
 
-use common::{assert_entries, model_entries, scan, Rng};
+use common::{assert_entries, model_entries, scan, Rng, TempDir};
 use shardstone::{
     ChainHash, CommitRecord, Durability, Engine, Error, Feed, Op, Options, StateDigest,
 };
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "shardstone-replication-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Options for an engine with files: buffered commits, two shards, 64 KiB
 /// segments and a feed window of `window` bytes.
