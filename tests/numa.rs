@@ -31,6 +31,15 @@ fn custom(topology: Topology, binder: &Arc<RecordingBinder>) -> Options {
     }
 }
 
+/// An in-memory engine with `n` workers.
+fn with_workers(n: usize) -> Engine {
+    Engine::in_memory_with(Options {
+        workers: n,
+        ..Options::default()
+    })
+    .unwrap()
+}
+
 fn put(engine: &Engine, key: &str) {
     engine
         .run("put", |tx| tx.put(key.as_bytes(), b"value"))
@@ -373,11 +382,7 @@ fn a_pinned_committer_never_appends_to_a_remote_shard() {
 
 #[test]
 fn submitted_commands_return_values_errors_and_panics() {
-    let engine = Engine::in_memory_with(Options {
-        workers: 2,
-        ..Options::default()
-    })
-    .unwrap();
+    let engine = with_workers(2);
     let n = engine
         .submit("count", |tx| {
             tx.put(b"n", b"1")?;
@@ -419,11 +424,7 @@ fn submitted_commands_return_values_errors_and_panics() {
 
 #[test]
 fn a_handle_waits_with_a_timeout_and_dropping_the_engine_runs_queued_commands() {
-    let engine = Engine::in_memory_with(Options {
-        workers: 1,
-        ..Options::default()
-    })
-    .unwrap();
+    let engine = with_workers(1);
     let gate = Arc::new(Barrier::new(2));
     let held = {
         let gate = gate.clone();
@@ -463,13 +464,7 @@ fn a_handle_waits_with_a_timeout_and_dropping_the_engine_runs_queued_commands() 
 /// must not make the worker wait for itself.
 #[test]
 fn an_engine_dropped_by_its_own_worker_shuts_down() {
-    let engine = Arc::new(
-        Engine::in_memory_with(Options {
-            workers: 2,
-            ..Options::default()
-        })
-        .unwrap(),
-    );
+    let engine = Arc::new(with_workers(2));
     let weak = Arc::downgrade(&engine);
     let mut owner = Some(engine.clone());
     let handle = engine
