@@ -19,8 +19,8 @@
 mod common;
 
 use common::{
-    counter, cpu_time, criterion_config, full_run, key, key_count, load, loadavg, rate,
-    run_parallel, Tally, VALUE_LEN,
+    cpu_time, criterion_config, full_run, key, key_count, load, loadavg, rate, read_modify_write,
+    run_parallel, Tally,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardstone::Engine;
@@ -31,22 +31,6 @@ const THREADS: [usize; 2] = [1, 2];
 
 /// Distinct PRNG seeds for every thread of every sample.
 static SEED: AtomicU64 = AtomicU64::new(1);
-
-/// One command: read one key, write it back with its counter incremented.
-fn read_modify_write(engine: &Engine, k: &[u8]) {
-    engine
-        .run("rmw", |tx| {
-            let old = tx.get(k)?;
-            let mut v = [0u8; VALUE_LEN];
-            if let Some(old) = old.as_deref() {
-                let n = old.len().min(VALUE_LEN);
-                v[..n].copy_from_slice(&old[..n]);
-            }
-            v[..8].copy_from_slice(&(counter(old.as_deref()) + 1).to_le_bytes());
-            tx.put(k, &v)
-        })
-        .expect("rmw command failed");
-}
 
 /// Runs `total` commands over `threads` threads; returns the wall time.
 fn run_commands(engine: &Engine, keys: u64, threads: usize, total: u64) -> Duration {

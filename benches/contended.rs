@@ -21,8 +21,8 @@
 mod common;
 
 use common::{
-    counter, cpu_time, criterion_config, full_run, key, key_count, load, loadavg, permutation,
-    rate, run_parallel, Tally, Zipf, KEY_LEN, VALUE_LEN,
+    cpu_time, criterion_config, full_run, increment, key, key_count, load, loadavg, permutation,
+    rate, run_parallel, Tally, Zipf, KEY_LEN,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardstone::{Engine, Stats};
@@ -62,14 +62,7 @@ fn rmw_keys(engine: &Engine, keys: &[[u8; KEY_LEN]; KEYS_PER_COMMAND]) {
     engine
         .run("zipf_rmw4", |tx| {
             for k in keys {
-                let old = tx.get(k)?;
-                let mut v = [0u8; VALUE_LEN];
-                if let Some(old) = old.as_deref() {
-                    let n = old.len().min(VALUE_LEN);
-                    v[..n].copy_from_slice(&old[..n]);
-                }
-                v[..8].copy_from_slice(&(counter(old.as_deref()) + 1).to_le_bytes());
-                tx.put(k, &v)?;
+                increment(tx, k)?;
             }
             Ok(())
         })

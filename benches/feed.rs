@@ -57,10 +57,13 @@
 
 mod common;
 
-use common::{counter, cpu_time, full_run, key, key_count, load, loadavg, rate, Rng, VALUE_LEN};
+use common::sections::{selected, span, BenchDir};
+use common::{
+    counter, cpu_time, full_run, key, key_count, load, loadavg, rate, read_modify_write, Rng,
+};
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardstone::{ChainHash, Durability, Engine, Feed, Op, Options};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -90,139 +93,6 @@ const MAX_ERRORS: u64 = 10_000;
 
 /// Distinct PRNG seeds for every writer thread of every run.
 static SEED: AtomicU64 = AtomicU64::new(1);
-
-// ---------------------------------------------------------------------------------
-// Run mode, section filters, the bench directory (as in `journal`).
-
-/// Criterion options that take a value (so the value is not read as a filter).
-const VALUE_FLAGS: &[&str] = &[
-    "--save-baseline",
-    "-s",
-    "--baseline",
-    "-b",
-    "--baseline-lenient",
-    "--load-baseline",
-    "--color",
-    "-c",
-    "--format",
-    "--output-format",
-    "--plotting-backend",
-    "--profile-time",
-    "--sample-size",
-    "--warm-up-time",
-    "--measurement-time",
-    "--nresamples",
-    "--noise-threshold",
-    "--confidence-level",
-    "--significance-level",
-];
-
-/// Whether section `name` runs: with no filter argument all do, otherwise those
-/// whose name contains the filter or one of its `|`-separated alternatives.
-/// `--list` runs none.
-fn selected(name: &str) -> bool {
-    let mut filters = Vec::new();
-    let mut skip_value = false;
-    for arg in std::env::args().skip(1) {
-        if skip_value {
-            skip_value = false;
-        } else if arg == "--list" {
-            return false;
-        } else if arg.starts_with('-') {
-            skip_value = VALUE_FLAGS.contains(&arg.as_str());
-        } else {
-            filters.push(arg);
-        }
-    }
-    filters.is_empty()
-        || filters
-            .iter()
-            .flat_map(|f| f.split('|'))
-            .any(|f| name.contains(f))
-}
-
-/// Plain-timed length: `full` in full runs, `quick` otherwise.
-fn span(full: Duration, quick: Duration) -> Duration {
-    if full_run() {
-        full
-    } else {
-        quick
-    }
-}
-
-/// The file system a path lives on: (type, source, mount point), from
-/// `/proc/self/mounts` (the longest mount point that contains the path).
-fn mount_of(path: &Path) -> Option<(String, String, String)> {
-    let path = path.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let mut best: Option<(usize, (String, String, String))> = None;
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 3 {
-            continue;
-        }
-        let point = f[1].replace("\\040", " ");
-        if path.starts_with(&point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
-            best = Some((point.len(), (f[2].to_owned(), f[0].to_owned(), point)));
-        }
-    }
-    best.map(|(_, m)| m)
-}
-
-fn in_memory_fs(fs_type: &str) -> bool {
-    matches!(fs_type, "tmpfs" | "ramfs" | "devtmpfs")
-}
-
-/// This run's bench directory (removed on drop) and its file system.
-struct BenchDir {
-    root: PathBuf,
-    fs: String,
-}
-
-impl BenchDir {
-    fn new() -> BenchDir {
-        let name = format!("shardstone-bench-feed-{}", std::process::id());
-        let mut root = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&root).expect("create bench directory");
-        let mut mount = mount_of(&root);
-        if mount.as_ref().is_some_and(|m| in_memory_fs(&m.0)) {
-            // A Buffered engine on a memory file system never writes back: go to a disk.
-            let _ = std::fs::remove_dir_all(&root);
-            let target = std::env::current_exe()
-                .ok()
-                .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_owned()))
-                .unwrap_or_else(|| PathBuf::from("target"));
-            root = target.join(&name);
-            std::fs::create_dir_all(&root).expect("create bench directory");
-            mount = mount_of(&root);
-        }
-        let fs = match &mount {
-            Some((ty, source, point)) => format!("{ty} ({source} mounted on {point})"),
-            None => "an unknown file system".to_owned(),
-        };
-        eprintln!("feed bench directory: {} on {fs}", root.display());
-        if mount.as_ref().is_some_and(|m| in_memory_fs(&m.0)) {
-            eprintln!(
-                "  WARNING: a memory file system: the Buffered numbers do not include writeback"
-            );
-        }
-        BenchDir { root, fs }
-    }
-
-    /// A fresh, empty subdirectory.
-    fn sub(&self, name: &str) -> PathBuf {
-        let dir = self.root.join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create bench subdirectory");
-        dir
-    }
-}
-
-impl Drop for BenchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
 
 /// CPU time the calling thread has used so far.
 fn thread_cpu() -> Duration {
@@ -338,22 +208,6 @@ fn quantile(v: &[u64], q: f64) -> u64 {
 
 // ---------------------------------------------------------------------------------
 // Writers, consumer, sampler.
-
-/// One command: read one key, write it back with its counter incremented.
-fn read_modify_write(engine: &Engine, k: &[u8]) {
-    engine
-        .run("rmw", |tx| {
-            let old = tx.get(k)?;
-            let mut v = [0u8; VALUE_LEN];
-            if let Some(old) = old.as_deref() {
-                let n = old.len().min(VALUE_LEN);
-                v[..n].copy_from_slice(&old[..n]);
-            }
-            v[..8].copy_from_slice(&(counter(old.as_deref()) + 1).to_le_bytes());
-            tx.put(k, &v)
-        })
-        .expect("rmw command failed");
-}
 
 /// A writer: commands until `stop`; returns (commands, its CPU time).
 fn writer(engine: &Engine, keys: u64, start: &Barrier, stop: &AtomicBool) -> (u64, Duration) {
@@ -1268,7 +1122,7 @@ fn sections(_c: &mut Criterion) {
     if !live && !catchup {
         return;
     }
-    let dir = BenchDir::new();
+    let dir = BenchDir::new("feed", "the Buffered numbers do not include writeback");
     if !full_run() {
         eprintln!("quick check: token sizes and durations, the numbers below mean nothing");
     }

@@ -53,9 +53,10 @@
 
 mod common;
 
+use common::sections::{selected, span, BenchDir};
 use common::{
-    counter, cpu_time, criterion_config, full_run, key, load, loadavg, permutation, rate, value,
-    Rng, Tally, TINY_KEYS, VALUE_LEN,
+    cpu_time, criterion_config, full_run, key, load, loadavg, permutation, rate, read_modify_write,
+    value, Rng, Tally, TINY_KEYS,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use memmap2::{Advice, Mmap, MmapMut};
@@ -85,136 +86,14 @@ const STRIDE: usize = FRAME.next_multiple_of(8);
 const BATCH: usize = 64;
 /// Bytes of mapping faulted in per `madvise(MADV_POPULATE_WRITE)` in that variant.
 const POPULATE: usize = 1 << 20;
+/// Plain-timed lengths in quick runs (see `span`).
+const QUICK: Duration = Duration::from_millis(40);
 
 /// Distinct PRNG seeds for every thread of every run.
 static SEED: AtomicU64 = AtomicU64::new(1);
 
 // ---------------------------------------------------------------------------------
-// Run mode, section filters, the bench directory.
-
-/// Criterion options that take a value (so the value is not read as a filter).
-const VALUE_FLAGS: &[&str] = &[
-    "--save-baseline",
-    "-s",
-    "--baseline",
-    "-b",
-    "--baseline-lenient",
-    "--load-baseline",
-    "--color",
-    "-c",
-    "--format",
-    "--output-format",
-    "--plotting-backend",
-    "--profile-time",
-    "--sample-size",
-    "--warm-up-time",
-    "--measurement-time",
-    "--nresamples",
-    "--noise-threshold",
-    "--confidence-level",
-    "--significance-level",
-];
-
-/// Whether the plain-timed section `name` runs: with no filter argument all do,
-/// otherwise those whose name contains the filter or one of its `|`-separated
-/// alternatives (criterion applies the same filter, as a regex, to the
-/// `journal_append` group). `--list` runs none of them.
-fn selected(name: &str) -> bool {
-    let mut filters = Vec::new();
-    let mut skip_value = false;
-    for arg in std::env::args().skip(1) {
-        if skip_value {
-            skip_value = false;
-        } else if arg == "--list" {
-            return false;
-        } else if arg.starts_with('-') {
-            skip_value = VALUE_FLAGS.contains(&arg.as_str());
-        } else {
-            filters.push(arg);
-        }
-    }
-    // Criterion reads the filter as a regex; alternatives (`a|b`) are all we need.
-    filters.is_empty()
-        || filters
-            .iter()
-            .flat_map(|f| f.split('|'))
-            .any(|f| name.contains(f))
-}
-
-/// Plain-timed measurement length: `full` in full runs, a token length otherwise.
-fn span(full: Duration) -> Duration {
-    if full_run() {
-        full
-    } else {
-        Duration::from_millis(40)
-    }
-}
-
-/// The file system a path lives on: (type, source, mount point), from
-/// `/proc/self/mounts` (the longest mount point that contains the path).
-fn mount_of(path: &Path) -> Option<(String, String, String)> {
-    let path = path.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let mut best: Option<(usize, (String, String, String))> = None;
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 3 {
-            continue;
-        }
-        let point = f[1].replace("\\040", " ");
-        if path.starts_with(&point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
-            best = Some((point.len(), (f[2].to_owned(), f[0].to_owned(), point)));
-        }
-    }
-    best.map(|(_, m)| m)
-}
-
-fn in_memory_fs(fs_type: &str) -> bool {
-    matches!(fs_type, "tmpfs" | "ramfs" | "devtmpfs")
-}
-
-/// This run's bench directory and a description of its file system.
-struct BenchDir {
-    root: PathBuf,
-    fs: String,
-}
-
-impl BenchDir {
-    fn new() -> BenchDir {
-        let name = format!("shardstone-bench-journal-{}", std::process::id());
-        let mut root = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&root).expect("create bench directory");
-        let mut mount = mount_of(&root);
-        if mount.as_ref().is_some_and(|m| in_memory_fs(&m.0)) {
-            // fdatasync on a memory file system is free: go to a real disk.
-            let _ = std::fs::remove_dir_all(&root);
-            let target = std::env::current_exe()
-                .ok()
-                .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_owned()))
-                .unwrap_or_else(|| PathBuf::from("target"));
-            root = target.join(&name);
-            std::fs::create_dir_all(&root).expect("create bench directory");
-            mount = mount_of(&root);
-        }
-        let fs = match &mount {
-            Some((ty, source, point)) => format!("{ty} ({source} mounted on {point})"),
-            None => "an unknown file system".to_owned(),
-        };
-        eprintln!("journal bench directory: {} on {fs}", root.display());
-        if mount.as_ref().is_some_and(|m| in_memory_fs(&m.0)) {
-            eprintln!("  WARNING: a memory file system: fdatasync costs nothing here, durable numbers are meaningless");
-        }
-        BenchDir { root, fs }
-    }
-
-    /// A fresh, empty subdirectory.
-    fn sub(&self, name: &str) -> PathBuf {
-        let dir = self.root.join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create bench subdirectory");
-        dir
-    }
-}
+// Files.
 
 fn create(path: &Path) -> File {
     File::options()
@@ -298,22 +177,6 @@ fn files_in(dir: &Path) -> (Vec<PathBuf>, u64) {
 
 // ---------------------------------------------------------------------------------
 // Shared workload.
-
-/// One command: read one key, write it back with its counter incremented.
-fn read_modify_write(engine: &Engine, k: &[u8]) {
-    engine
-        .run("rmw", |tx| {
-            let old = tx.get(k)?;
-            let mut v = [0u8; VALUE_LEN];
-            if let Some(old) = old.as_deref() {
-                let n = old.len().min(VALUE_LEN);
-                v[..n].copy_from_slice(&old[..n]);
-            }
-            v[..8].copy_from_slice(&(counter(old.as_deref()) + 1).to_le_bytes());
-            tx.put(k, &v)
-        })
-        .expect("rmw command failed");
-}
 
 /// Runs `command` on `threads` threads, released together, for `dur`; returns the
 /// wall time from the release until the last thread has finished its last command.
@@ -449,7 +312,7 @@ fn mapped_sync_loop(path: &Path, dur: Duration) -> (u64, Duration) {
 
 fn fdatasync_section(dir: &BenchDir) -> RawSync {
     let d = dir.sub("fdatasync");
-    let dur = span(Duration::from_secs(2));
+    let dur = span(Duration::from_secs(2), QUICK);
     let mut rows: Vec<(&str, usize, u64, Duration)> = Vec::new();
 
     // (a) append 128 bytes at the end of a growing file, fdatasync.
@@ -543,9 +406,9 @@ fn fdatasync_section(dir: &BenchDir) -> RawSync {
 
 fn durable_section(dir: &BenchDir, raw: Option<RawSync>) {
     let keys = engine_keys();
-    let dur = span(Duration::from_secs(2));
-    let warm = span(Duration::from_millis(300));
-    let probe = span(Duration::from_millis(500));
+    let dur = span(Duration::from_secs(2), QUICK);
+    let warm = span(Duration::from_millis(300), QUICK);
+    let probe = span(Duration::from_millis(500), QUICK);
     let load_before = loadavg();
     let cores = Tally::usable_cpus(usize::MAX);
     let mut rows = Vec::new();
@@ -637,8 +500,8 @@ fn fmt_dur(d: Duration) -> String {
 
 fn buffered_section(dir: &BenchDir) {
     let keys = engine_keys();
-    let dur = span(Duration::from_secs(1));
-    let warm = span(Duration::from_millis(300));
+    let dur = span(Duration::from_secs(1), QUICK);
+    let warm = span(Duration::from_millis(300), QUICK);
     let rounds = if full_run() { BUFFERED_ROUNDS } else { 1 };
     let load_before = loadavg();
 
@@ -1142,7 +1005,12 @@ fn append_micro(c: &mut Criterion) {
 /// the last target, removes it.
 fn bench_dir() -> &'static BenchDir {
     static DIR: std::sync::OnceLock<BenchDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(BenchDir::new)
+    DIR.get_or_init(|| {
+        BenchDir::new(
+            "journal",
+            "fdatasync costs nothing here, durable numbers are meaningless",
+        )
+    })
 }
 
 fn engine_sections(_c: &mut Criterion) {

@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{counter, criterion_config, key, key_count, load, value, Rng};
+use common::{criterion_config, key, key_count, load, read_modify_write, Rng};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardstone::numa::{Binder, MemPolicy, Numa, OsBinder, PagePlacement, Topology};
 use shardstone::{Durability, Engine, Options};
@@ -82,13 +82,7 @@ fn run_pinned(
                     let mut rng = Rng::new(seed.fetch_add(1, Ordering::Relaxed));
                     start.wait();
                     for _ in 0..mine {
-                        let k = key(rng.below(keys));
-                        engine
-                            .run("rmw", |tx| {
-                                let c = counter(tx.get(&k)?.as_deref());
-                                tx.put(&k, &value(c + 1, c))
-                            })
-                            .expect("commit");
+                        read_modify_write(engine, &key(rng.below(keys)));
                     }
                 })
             })

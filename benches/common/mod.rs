@@ -1,12 +1,16 @@
 //! Helpers shared by the benchmarks: a seeded PRNG, a Zipf sampler, key and value
-//! encoding, the bulk loader, run-mode detection and resident-set readings.
+//! encoding, the bulk loader, the read-modify-write command, run-mode detection,
+//! resident-set and CPU-time readings, and the criterion settings; in [`sections`],
+//! the section filter, run lengths and bench directory of the plain-timed benches.
 //!
 //! Not a bench target itself: cargo discovers `benches/*.rs` and `benches/*/main.rs`
 //! only, and each bench includes this file with `mod common;`.
 
 #![allow(dead_code)] // each bench uses a different part of it
 
-use shardstone::Engine;
+pub mod sections;
+
+use shardstone::{Engine, Tx};
 use std::time::{Duration, Instant};
 
 /// Keys in the full-size benchmarks.
@@ -147,6 +151,27 @@ pub fn counter(v: Option<&[u8]>) -> u64 {
         Some(v) if v.len() >= 8 => u64::from_le_bytes(v[..8].try_into().unwrap()),
         _ => 0,
     }
+}
+
+/// Within a command: reads `k` and writes it back with its counter incremented,
+/// the rest of the value kept (zeros when `k` is absent).
+pub fn increment(tx: &mut Tx<'_>, k: &[u8]) -> shardstone::Result<()> {
+    let old = tx.get(k)?;
+    let mut v = [0u8; VALUE_LEN];
+    if let Some(old) = old.as_deref() {
+        let n = old.len().min(VALUE_LEN);
+        v[..n].copy_from_slice(&old[..n]);
+    }
+    v[..8].copy_from_slice(&(counter(old.as_deref()) + 1).to_le_bytes());
+    tx.put(k, &v)
+}
+
+/// One command, `"rmw"`: read one key, write it back with its counter incremented
+/// ([`increment`]).
+pub fn read_modify_write(engine: &Engine, k: &[u8]) {
+    engine
+        .run("rmw", |tx| increment(tx, k))
+        .expect("rmw command failed");
 }
 
 /// Loads items in the given order, [`LOAD_BATCH`] keys per command. Returns the time taken.
