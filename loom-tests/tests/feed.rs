@@ -22,7 +22,7 @@ fn a_feed_never_sees_a_gap_or_a_reordering() {
             })
             .collect();
         let mut got = Vec::new();
-        let mut check = |rec: shardstone::CommitRecord, got: &mut Vec<shardstone::CommitRecord>| {
+        let check = |rec: shardstone::CommitRecord, got: &mut Vec<shardstone::CommitRecord>| {
             let id = rec.commit_id.get();
             assert_eq!(id, got.len() as u64 + 1, "a gap or a reordering");
             assert!(

@@ -32,7 +32,7 @@ mod shard;
 
 pub(crate) use chain::Retained;
 #[cfg(loom)]
-pub use group::{Group, GroupState, Waited};
+pub use group::{Group, Waited};
 pub(crate) use history::History;
 pub use io::{FaultKind, FaultyIo, Io, OsIo};
 pub(crate) use record::{BodyView, Frame, FRAME_HEADER};

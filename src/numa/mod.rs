@@ -72,6 +72,13 @@ impl Layout {
         workers: usize,
         pages: PagePlacement,
     ) -> Layout {
+        // Loom models check protocols, not placement, and run each thread on a
+        // small stack that topology discovery (file reads) would overflow.
+        #[cfg(loom)]
+        let numa = {
+            let _ = numa;
+            &Numa::Off
+        };
         let (topology, binder): (Topology, Option<Arc<dyn Binder>>) = match numa {
             Numa::Auto => (Topology::discover(), Some(Arc::new(OsBinder))),
             Numa::Off => (

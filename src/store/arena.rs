@@ -17,9 +17,7 @@
 //! one holder (a page version, an overflow chain, or a commit being prepared).
 
 use crate::error::{Error, Result};
-use crate::sync::{
-    thread_shard, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, CachePadded, Mutex, Ordering,
-};
+use crate::sync::{thread_shard, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 use std::sync::Arc;
 
 /// Where page memory lives: the engine's NUMA layout, seen by the store as
@@ -39,17 +37,21 @@ const BLOCK_SHIFT: u32 = 21;
 const LEVEL_BITS: u32 = 13;
 const LEVEL: usize = 1 << LEVEL_BITS;
 
+/// One leaf of `Owners`: a domain + 1 per block, 0 for none.
+type Leaf = [std::sync::atomic::AtomicU8; LEVEL];
+
 /// Which domain each 2 MiB block of page memory belongs to. Written when a chunk
-/// is mapped, read lock-free by `free`.
+/// is mapped, read lock-free by `free`. Plain std atomics: no loom model covers
+/// placement, and loom's would make each leaf many times larger.
 struct Owners {
-    top: Box<[AtomicPtr<[AtomicU8; LEVEL]>]>,
+    top: Box<[std::sync::atomic::AtomicPtr<Leaf>]>,
 }
 
 impl Owners {
     fn new() -> Owners {
         Owners {
             top: (0..LEVEL)
-                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .map(|_| std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
         }
     }
@@ -69,7 +71,13 @@ impl Owners {
             };
             let mut ptr = self.top[top].load(Ordering::Acquire);
             if ptr.is_null() {
-                let fresh = Box::into_raw(Box::new(std::array::from_fn(|_| AtomicU8::new(0))));
+                // Built on the heap: 8 KiB on the stack of every allocating caller
+                // would be too much for small-stack threads.
+                let leaf: Box<[std::sync::atomic::AtomicU8]> = (0..LEVEL)
+                    .map(|_| std::sync::atomic::AtomicU8::new(0))
+                    .collect();
+                let leaf: Box<Leaf> = leaf.try_into().expect("LEVEL entries");
+                let fresh = Box::into_raw(leaf);
                 ptr = match self.top[top].compare_exchange(
                     std::ptr::null_mut(),
                     fresh,
@@ -85,7 +93,7 @@ impl Owners {
                 };
             }
             // SAFETY: leaves are never freed before `Owners` is dropped.
-            let leaves: &[AtomicU8; LEVEL] = unsafe { &*ptr };
+            let leaves: &Leaf = unsafe { &*ptr };
             leaves[leaf].store(domain as u8 + 1, Ordering::Release);
             a += 1 << BLOCK_SHIFT;
         }
@@ -98,7 +106,7 @@ impl Owners {
             return None;
         }
         // SAFETY: as in `set`.
-        let leaves: &[AtomicU8; LEVEL] = unsafe { &*ptr };
+        let leaves: &Leaf = unsafe { &*ptr };
         match leaves[leaf].load(Ordering::Acquire) {
             0 => None,
             d => Some(d as usize - 1),
