@@ -39,7 +39,7 @@ pub struct Engine {
     executor: std::sync::Arc<Executor>,
     journal: std::sync::Arc<Journal>,
     layout: std::sync::Arc<Layout>,
-    workers: Workers,
+    workers: std::sync::Arc<Workers>,
     consumers: Consumers,
     /// Serializes `apply` on a follower.
     applying: Mutex<()>,
@@ -177,7 +177,7 @@ impl Engine {
                 opts.hot_pages_tracked,
             )),
             journal: std::sync::Arc::new(journal),
-            workers: Workers::new(layout.clone()),
+            workers: std::sync::Arc::new(Workers::new(layout.clone())),
             layout,
             consumers: Consumers::default(),
             applying: Mutex::new(()),
@@ -503,6 +503,13 @@ impl Engine {
     /// watermark and trims the segment files. Dropping the engine does the same
     /// but cannot report a failure.
     pub fn close(mut self) -> Result<()> {
+        if self.workers.is_own_worker() {
+            // `self` drops on return, which closes once this command is done.
+            return Err(Error::Unsupported(
+                "close() from a command on the engine's own worker would wait for that \
+                 command; the engine closes when dropped there instead",
+            ));
+        }
         self.closed = true;
         self.workers.stop();
         self.journal.close(self.store.clock.visible())
@@ -536,6 +543,31 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        if self.workers.is_own_worker() {
+            // The last owner was a command on one of this engine's workers. That
+            // worker cannot wait for itself: another thread stops the workers
+            // (each finishes what is queued, this one its current command first),
+            // then closes the journal.
+            let (workers, journal, store) = (
+                self.workers.clone(),
+                self.journal.clone(),
+                self.store.clone(),
+            );
+            let close = move || {
+                workers.stop();
+                let _ = journal.close(store.clock.visible());
+            };
+            let spawned = std::thread::Builder::new()
+                .name("shardstone-close".to_owned())
+                .spawn(close);
+            if spawned.is_err() {
+                // No thread to spare: close now. Commands still queued on this
+                // worker's node then run after the close mark.
+                self.workers.stop();
+                let _ = self.journal.close(self.store.clock.visible());
+            }
+            return;
+        }
         self.workers.stop();
         if !self.closed {
             // Every acknowledged commit is already as durable as its level asked;

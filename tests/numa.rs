@@ -461,25 +461,77 @@ fn a_handle_waits_with_a_timeout_and_dropping_the_engine_runs_queued_commands() 
 }
 
 /// The last owner of the engine can be a command on a worker: dropping it there
-/// must not make the worker wait for itself.
+/// must neither make the worker wait for itself nor close the journal under the
+/// commands still running or queued. Every one of them is in the files after.
 #[test]
-fn an_engine_dropped_by_its_own_worker_shuts_down() {
-    let engine = Arc::new(with_workers(2));
+fn an_engine_dropped_by_its_own_worker_closes_after_its_commands() {
+    let dir = TempDir::new("numa-own-worker");
+    let opts = || Options {
+        workers: 1,
+        durability: Durability::Buffered,
+        ..Options::default()
+    };
+    let engine = Arc::new(Engine::open_with(dir.path(), opts()).unwrap());
     let weak = Arc::downgrade(&engine);
+    let gate = Arc::new(Barrier::new(2));
     let mut owner = Some(engine.clone());
-    let handle = engine
-        .submit("owner", move |_tx| {
-            let _keep = owner.take();
-            Ok(())
-        })
+    let first = {
+        let gate = gate.clone();
+        engine
+            .submit("owner", move |tx| {
+                gate.wait();
+                tx.put(b"first", b"1")?;
+                // The last reference goes while this command is still running.
+                drop(owner.take());
+                Ok(())
+            })
+            .unwrap()
+    };
+    let second = engine
+        .submit("queued", |tx| tx.put(b"second", b"2"))
         .unwrap();
     drop(engine);
-    handle.wait().unwrap();
+    gate.wait();
+    first.wait().unwrap();
+    second.wait().unwrap();
+    assert!(weak.upgrade().is_none());
+    // The journal closes on another thread once the worker is done: reopen as
+    // soon as the directory lock is free.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while weak.upgrade().is_some() {
-        assert!(Instant::now() < deadline, "the engine was never dropped");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let reopened = loop {
+        match Engine::open_with(dir.path(), opts()) {
+            Ok(e) => break e,
+            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    let snap = reopened.snapshot();
+    assert_eq!(snap.get(b"first").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(snap.get(b"second").unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
+fn close_from_a_command_on_its_own_worker_is_refused() {
+    let engine = Arc::new(with_workers(1));
+    let gate = Arc::new(Barrier::new(2));
+    let mut owner = Some(engine.clone());
+    let closed = {
+        let gate = gate.clone();
+        engine
+            .submit("closer", move |_tx| {
+                gate.wait(); // the test has dropped its reference
+                let engine = Arc::try_unwrap(owner.take().expect("runs once"))
+                    .expect("the command holds the only reference");
+                Ok(engine.close())
+            })
+            .unwrap()
+    };
+    drop(engine);
+    gate.wait();
+    let closed = closed.wait().unwrap();
+    assert!(matches!(closed, Err(Error::Unsupported(_))), "{closed:?}");
 }
 
 /// Run by `hwloc_synthetic_two_socket_machine` in a child process with

@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use crate::numa::Layout;
 use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering};
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 /// Where a submitted command should run.
@@ -48,12 +49,15 @@ struct Pool {
     /// Per domain: the queue serving it.
     queue_of_domain: Vec<usize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    ids: Vec<ThreadId>,
 }
 
 /// The worker pool of one engine, started lazily.
 pub(crate) struct Workers {
     layout: Arc<Layout>,
-    pool: OnceLock<Result<Pool, String>>,
+    pool: OnceLock<Pool>,
+    /// Serializes starting the pool; a failed start is retried by the next submit.
+    starting: Mutex<()>,
     next: AtomicUsize,
 }
 
@@ -62,21 +66,36 @@ impl Workers {
         Workers {
             layout,
             pool: OnceLock::new(),
+            starting: Mutex::new(()),
             next: AtomicUsize::new(0),
         }
     }
 
     pub(crate) fn started(&self) -> bool {
-        matches!(self.pool.get(), Some(Ok(_)))
+        self.pool.get().is_some()
+    }
+
+    /// Whether the calling thread is one of these workers.
+    pub(crate) fn is_own_worker(&self) -> bool {
+        let me = std::thread::current().id();
+        self.pool.get().is_some_and(|p| p.ids.contains(&me))
+    }
+
+    fn pool(&self) -> Result<&Pool> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let _one = self.starting.lock();
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = self.start().map_err(Error::WorkersUnavailable)?;
+        Ok(self.pool.get_or_init(|| pool))
     }
 
     /// Queues `job` on the queue of `domain` (`None`: the submitter's).
     pub(crate) fn submit(&self, domain: Option<usize>, job: Job) -> Result<()> {
-        let pool = self
-            .pool
-            .get_or_init(|| self.start())
-            .as_ref()
-            .map_err(|why| Error::WorkersUnavailable(why.clone()))?;
+        let pool = self.pool()?;
         let domain = match domain {
             Some(d) => d,
             None if self
@@ -153,7 +172,9 @@ impl Workers {
             let spawned = std::thread::Builder::new()
                 .name(format!("shardstone-w{}", w.worker))
                 .spawn(move || {
-                    layout.pin(cpu);
+                    // A binder is user code: even a panicking one must not leave
+                    // the start waiting for this worker.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| layout.pin(cpu)));
                     *pinned.0.lock() += 1;
                     pinned.1.notify_all();
                     drop(pinned);
@@ -165,6 +186,7 @@ impl Workers {
                     let pool = Pool {
                         queues,
                         queue_of_domain,
+                        ids: Vec::new(),
                         threads: Mutex::new(threads),
                     };
                     pool.stop();
@@ -180,13 +202,15 @@ impl Workers {
         Ok(Pool {
             queues,
             queue_of_domain,
+            ids: threads.iter().map(|t| t.thread().id()).collect(),
             threads: Mutex::new(threads),
         })
     }
 
-    /// Runs every queued command, then stops the workers.
+    /// Runs every queued command, then stops the workers. Not from one of the
+    /// workers (see `is_own_worker`): it would wait for itself.
     pub(crate) fn stop(&self) {
-        if let Some(Ok(pool)) = self.pool.get() {
+        if let Some(pool) = self.pool.get() {
             pool.stop();
         }
     }
@@ -220,7 +244,9 @@ fn serve(queue: &Queue) {
             return; // closed and drained
         };
         drop(st);
-        job();
+        // Jobs catch their command's panic; this only keeps the worker alive
+        // should anything else in a job panic.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
     }
 }
 
@@ -261,7 +287,9 @@ impl<T> CommandHandle<T> {
     /// Waits at most `timeout`; gives the handle back if the command has not
     /// finished by then.
     pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Result<T>, Self> {
-        let deadline = Instant::now() + timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return Ok(self.wait());
+        };
         let mut r = self.slot.result.lock();
         loop {
             if let Some(result) = r.take() {

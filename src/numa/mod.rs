@@ -34,7 +34,8 @@ pub enum Numa {
     /// bind shard and page memory to their nodes through the operating system.
     #[default]
     Auto,
-    /// No pinning, no binding: one node, shards chosen by `cpu mod shards`.
+    /// No pinning, no binding: one node holding every CPU; the CPUs are split
+    /// into contiguous runs, one per shard.
     Off,
     /// Use this topology and this binder: a made-up machine for tests (with a
     /// [`RecordingBinder`]), or a restricted view of the real one (with
@@ -48,9 +49,10 @@ pub enum Numa {
 }
 
 std::thread_local! {
-    /// The domain of a pinned engine worker: it never moves, so it need not ask
-    /// the kernel which CPU it is on.
-    static HOME_DOMAIN: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The CPU a pinned engine worker is pinned to: it never moves, so it need
+    /// not ask the kernel which CPU it is on. A CPU, not a domain: a command on
+    /// one engine's worker may use another engine, with another layout.
+    static PINNED_CPU: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The plan and the binder that carries it out, shared by the layers that place
@@ -143,7 +145,7 @@ impl Layout {
             return;
         };
         match binder.pin_thread(cpu) {
-            Ok(()) => HOME_DOMAIN.with(|h| h.set(self.plan.domain_of_cpu(cpu))),
+            Ok(()) => PINNED_CPU.with(|h| h.set(Some(cpu))),
             Err(e) => self.failed(format!("pin a worker to CPU {cpu}: {e}")),
         }
     }
@@ -156,12 +158,10 @@ impl Layout {
     /// The domain of the calling thread: its home if it is a pinned worker, else
     /// the node of the CPU it runs on now.
     pub(crate) fn current_domain(&self) -> usize {
-        if let Some(d) = HOME_DOMAIN.with(Cell::get) {
-            return d;
-        }
-        self.plan
-            .domain_of_cpu(crate::sync::current_cpu())
-            .unwrap_or(0)
+        let cpu = PINNED_CPU
+            .with(Cell::get)
+            .unwrap_or_else(crate::sync::current_cpu);
+        self.plan.domain_of_cpu(cpu).unwrap_or(0)
     }
 
     /// Domain of a node id, if it has CPUs.

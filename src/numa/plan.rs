@@ -18,8 +18,8 @@ pub enum PagePlacement {
     /// (and, with affinity hints, to where its tenant's commands run).
     #[default]
     Local,
-    /// One arena whose memory is interleaved page by page over every node: even
-    /// bandwidth, every access remote with probability (n-1)/n.
+    /// One arena whose memory is interleaved page by page over every node that
+    /// has CPUs: even bandwidth, every access remote with probability (n-1)/n.
     Interleave,
 }
 
@@ -202,9 +202,9 @@ impl Plan {
             (PagePlacement::Interleave, true) => vec![ArenaPlacement {
                 arena: 0,
                 node: None,
-                policy: Some(MemPolicy::Interleave(
-                    topology.nodes().iter().map(|n| n.id).collect(),
-                )),
+                // Nodes with CPUs only: memory-only nodes (CXL, HBM) are a
+                // deliberate choice, not a default.
+                policy: Some(MemPolicy::Interleave(domain_nodes.clone())),
                 mappings: Vec::new(),
             }],
             (_, false) => vec![ArenaPlacement {

@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// CPU ids at or above this are refused: Linux supports at most 8,192 CPUs, and
+/// placement keeps tables indexed by CPU id.
+pub const MAX_CPU_ID: usize = 1 << 16;
+
 /// The NUMA layout a placement is computed on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
@@ -48,8 +52,9 @@ pub enum TopologySource {
 
 impl Topology {
     /// The machine's topology: hwloc first with the `hwloc` feature, then sysfs,
-    /// then one node of every CPU. Restricted to the CPUs this process may run on
-    /// (its affinity mask, e.g. under `taskset` or a cgroup cpuset); nodes left
+    /// then one node of every CPU. Restricted to the CPUs of the process's cgroup
+    /// cpuset (a container's or a systemd slice's CPUs), a process-wide set: not
+    /// the calling thread's affinity, which may be pinned to one CPU. Nodes left
     /// without CPUs are kept, so memory-only nodes stay visible.
     pub fn discover() -> Topology {
         #[cfg(feature = "hwloc")]
@@ -169,7 +174,8 @@ impl Topology {
     }
 
     /// A topology from a description. Node ids must be distinct, no CPU may be in
-    /// two nodes, and at least one node must have a CPU.
+    /// two nodes, CPU ids must be below [`MAX_CPU_ID`], and at least one node must
+    /// have a CPU.
     ///
     /// ```
     /// use shardstone::numa::{Node, Topology};
@@ -192,6 +198,9 @@ impl Topology {
             }
             node.cpus.sort_unstable();
             for &cpu in &node.cpus {
+                if cpu >= MAX_CPU_ID {
+                    return Err(invalid(format!("CPU {cpu} is not below {MAX_CPU_ID}")));
+                }
                 if !seen.insert(cpu) {
                     return Err(invalid(format!("CPU {cpu} is in two nodes")));
                 }
@@ -291,6 +300,9 @@ pub(crate) fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
             None => cpus.push(part.parse().ok()?),
         }
     }
+    if cpus.iter().any(|&c| c >= MAX_CPU_ID) {
+        return None;
+    }
     cpus.sort_unstable();
     cpus.dedup();
     Some(cpus)
@@ -329,9 +341,47 @@ fn count_cores(cpu_dir: &Path, cpus: &[usize]) -> usize {
     cores.len()
 }
 
-/// The CPUs this process may run on; empty when the mask cannot be read.
+/// The CPUs this process may run on, process-wide: its cgroup's effective cpuset
+/// (v2, or v1's cpuset controller), looked up from its own cgroup towards the
+/// root. Empty when it cannot be read (no restriction is known).
 pub(crate) fn allowed_cpus() -> BTreeSet<usize> {
-    super::bind::thread_affinity().unwrap_or_default()
+    let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return BTreeSet::new();
+    };
+    // (mount point, file) for each hierarchy that may hold a cpuset.
+    let mut places = Vec::new();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            places.push((
+                Path::new("/sys/fs/cgroup").join(path),
+                "cpuset.cpus.effective",
+            ));
+        } else if controllers.split(',').any(|c| c == "cpuset") {
+            places.push((
+                Path::new("/sys/fs/cgroup/cpuset").join(path),
+                "cpuset.effective_cpus",
+            ));
+        }
+    }
+    for (mut dir, file) in places {
+        loop {
+            if let Ok(list) = std::fs::read_to_string(dir.join(file)) {
+                if let Some(cpus) = parse_cpu_list(&list).filter(|c| !c.is_empty()) {
+                    return cpus.into_iter().collect();
+                }
+            }
+            if !dir.pop() || !dir.starts_with("/sys/fs/cgroup") {
+                break;
+            }
+        }
+    }
+    BTreeSet::new()
 }
 
 #[cfg(test)]
@@ -347,6 +397,7 @@ mod tests {
         assert_eq!(parse_cpu_list(""), Some(vec![]));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(parse_cpu_list("70000"), None);
     }
 
     #[test]

@@ -280,7 +280,6 @@ impl Store {
         })
     }
 
-    /// Frees an overflow chain that was never installed.
     /// The memory domain holding the newest version of the leaf where `key` lives
     /// (or would be inserted); `None` with a single domain.
     pub(crate) fn domain_of_key(&self, key: &[u8]) -> Option<usize> {
@@ -296,6 +295,7 @@ impl Store {
         self.arena.mappings()
     }
 
+    /// Frees an overflow chain that was never installed.
     pub(crate) fn free_overflow(&self, head: usize) {
         overflow::free_chain(&self.arena, head);
     }
