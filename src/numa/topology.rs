@@ -434,6 +434,30 @@ mod tests {
     }
 
     #[test]
+    fn descriptions_with_impossible_cpus_are_refused() {
+        let node = |id, cpus: Vec<usize>| Node {
+            id,
+            cores: cpus.len(),
+            cpus,
+            memory_bytes: None,
+        };
+        for bad in [
+            vec![node(0, vec![MAX_CPU_ID])],
+            vec![node(0, vec![usize::MAX])],
+            vec![node(0, vec![])],
+            vec![node(0, vec![1]), node(0, vec![2])],
+        ] {
+            assert!(
+                matches!(
+                    Topology::from_nodes(bad.clone()),
+                    Err(Error::InvalidOptions { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn restriction_keeps_only_allowed_cpus() {
         let t = Topology::synthetic(2, 2, 1).restricted_to(&BTreeSet::from([0, 2]));
         assert_eq!(t.nodes()[0].cpus, vec![0]);
