@@ -40,6 +40,15 @@ fn with_workers(n: usize) -> Engine {
     .unwrap()
 }
 
+/// Starts the engine's workers: the first submit does, once all are pinned.
+fn start_workers(engine: &Engine) {
+    engine
+        .submit("start", |_tx| Ok(()))
+        .unwrap()
+        .wait()
+        .unwrap();
+}
+
 fn put(engine: &Engine, key: &str) {
     engine
         .run("put", |tx| tx.put(key.as_bytes(), b"value"))
@@ -116,11 +125,7 @@ fn check_two_socket_placement(topology: Topology) {
 
     // Workers start on the first submit, one per CPU, each pinned to its own.
     assert!(!p.workers_started);
-    engine
-        .submit("start", |_tx| Ok(()))
-        .unwrap()
-        .wait()
-        .unwrap();
+    start_workers(&engine);
     let p = engine.placement();
     assert!(p.workers_started);
     assert_eq!(p.workers.len(), 32);
@@ -217,11 +222,7 @@ fn on_the_real_node_memory_is_bound_and_workers_are_pinned() {
     for i in 0..500 {
         put(&engine, &format!("key{i:05}"));
     }
-    engine
-        .submit("start", |_tx| Ok(()))
-        .unwrap()
-        .wait()
-        .unwrap();
+    start_workers(&engine);
     let p = engine.placement();
     assert!(matches!(
         p.topology.source(),

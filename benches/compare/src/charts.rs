@@ -98,30 +98,15 @@ fn throughput_chart(report: &Report, workloads: &[Workload], path: &Path) -> Cha
             .y_label_formatter(&|y| format!("{y:.0}"))
             .label_style(("sans-serif", 12))
             .draw()?;
-        for k in report.engines() {
-            let points: Vec<(f64, f64)> = threads
+        let series = report.engines().into_iter().map(|k| {
+            let points = threads
                 .iter()
                 .filter_map(|&t| report.cell(k, w, t))
                 .map(|c| ((c.threads as f64).log2(), c.commands_per_sec / 1e3))
                 .collect();
-            let style = color(k).stroke_width(2);
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))?
-                .label(k.name())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], style));
-            chart.draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color(k).filled())),
-            )?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+            (k, points)
+        });
+        draw_engines(&mut chart, series)?;
     }
     root.present()?;
     Ok(())
@@ -169,31 +154,49 @@ fn latency_chart(report: &Report, workloads: &[Workload], path: &Path) -> ChartR
             .y_desc("µs")
             .label_style(("sans-serif", 12))
             .draw()?;
-        for (k, values) in series {
-            let points: Vec<(f64, f64)> = values
+        let series = series.into_iter().map(|(k, values)| {
+            let points = values
                 .iter()
                 .enumerate()
                 .map(|(i, v)| (i as f64, *v))
                 .collect();
-            let style = color(k).stroke_width(2);
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))?
-                .label(k.name())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], style));
-            chart.draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color(k).filled())),
-            )?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+            (k, points)
+        });
+        draw_engines(&mut chart, series)?;
     }
     root.present()?;
+    Ok(())
+}
+
+/// One line with point marks per engine, and the legend.
+fn draw_engines<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    series: impl Iterator<Item = (Kind, Vec<(f64, f64)>)>,
+) -> ChartResult<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (k, points) in series {
+        let style = color(k).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(points.clone(), style))?
+            .label(k.name())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], style));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color(k).filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
     Ok(())
 }
