@@ -75,3 +75,51 @@ impl Topology {
         Ok(topology)
     }
 }
+
+/// Pins threads through hwloc (`hwloc_set_cpubind` on the calling thread) and
+/// binds memory with `mbind` (hwloc2 has no memory-binding call). What
+/// `Numa::Auto` uses in builds with the `hwloc` feature. Under
+/// `HWLOC_SYNTHETIC` hwloc does not bind at all, so pins are no-ops there.
+pub struct HwlocBinder {
+    topology: parking_lot::Mutex<hwloc2::Topology>,
+}
+
+impl std::fmt::Debug for HwlocBinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HwlocBinder")
+    }
+}
+
+impl HwlocBinder {
+    /// A binder over the machine's topology; `None` when hwloc cannot load it.
+    pub fn new() -> Option<HwlocBinder> {
+        Some(HwlocBinder {
+            topology: parking_lot::Mutex::new(hwloc2::Topology::new()?),
+        })
+    }
+}
+
+impl super::Binder for HwlocBinder {
+    fn pin_thread(&self, cpu: usize) -> std::io::Result<()> {
+        let cpu =
+            u32::try_from(cpu).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.topology
+            .lock()
+            .set_cpubind(
+                hwloc2::CpuSet::from(cpu),
+                hwloc2::CpuBindFlags::CPUBIND_THREAD,
+            )
+            .map_err(|hwloc2::CpuBindError::Generic(errno, _)| {
+                std::io::Error::from_raw_os_error(errno)
+            })
+    }
+
+    fn bind_memory(
+        &self,
+        addr: *mut u8,
+        len: usize,
+        policy: &super::MemPolicy,
+    ) -> std::io::Result<()> {
+        super::OsBinder.bind_memory(addr, len, policy)
+    }
+}

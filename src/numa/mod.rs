@@ -18,6 +18,8 @@ pub use bind::{
     memory_policy, node_of_address, thread_affinity, Binder, Binding, MemPolicy, OsBinder,
     RecordingBinder,
 };
+#[cfg(feature = "hwloc")]
+pub use hwloc::HwlocBinder;
 pub(crate) use node_box::NodeBox;
 pub(crate) use plan::Plan;
 pub use plan::{ArenaPlacement, PagePlacement, Placement, ShardPlacement, WorkerPlacement};
@@ -31,7 +33,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Default)]
 pub enum Numa {
     /// Discover the topology ([`Topology::discover`]); pin worker threads and
-    /// bind shard and page memory to their nodes through the operating system.
+    /// bind shard and page memory to their nodes through the operating system
+    /// (threads through hwloc in builds with the `hwloc` feature).
     #[default]
     Auto,
     /// No pinning, no binding: one node holding every CPU; the CPUs are split
@@ -82,7 +85,7 @@ impl Layout {
             &Numa::Off
         };
         let (topology, binder): (Topology, Option<Arc<dyn Binder>>) = match numa {
-            Numa::Auto => (Topology::discover(), Some(Arc::new(OsBinder))),
+            Numa::Auto => (Topology::discover(), Some(auto_binder())),
             Numa::Off => (
                 Topology::from_nodes(vec![Node {
                     id: 0,
@@ -168,6 +171,16 @@ impl Layout {
     pub(crate) fn domain_of_node(&self, node: usize) -> Option<usize> {
         self.plan.domain_nodes.iter().position(|&n| n == node)
     }
+}
+
+/// What `Numa::Auto` binds with: hwloc's thread binding in `hwloc` builds (when
+/// hwloc loads), `sched_setaffinity` otherwise; `mbind` for memory in both.
+fn auto_binder() -> Arc<dyn Binder> {
+    #[cfg(feature = "hwloc")]
+    if let Some(b) = HwlocBinder::new() {
+        return Arc::new(b);
+    }
+    Arc::new(OsBinder)
 }
 
 /// The store's view of page memory: one domain per arena, bound as planned.
