@@ -31,12 +31,11 @@
 
 mod common;
 
-use common::{enc, scan, Entries, Rng, TempDir};
+use common::{enc, panic_text, par_map, scan, Entries, Rng, TempDir};
 use shardstone::{ChainHash, CommitId, Durability, Engine, Error, Options};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const SHARDS: usize = 2;
 const SEGMENT_SIZE: usize = 64 * 1024;
@@ -69,39 +68,6 @@ fn copy_db(from: &Path, to: &Path) {
             }
         }
     }
-}
-
-/// Runs `f` over `items` on every CPU.
-fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 8)
-        .min(items.len().max(1));
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = f(item);
-                results.lock().unwrap()[i] = Some(r);
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.expect("every item ran"))
-        .collect()
-}
-
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 #[track_caller]
@@ -711,7 +677,7 @@ fn damage_to_a_cleanly_closed_database_is_reported_or_harmless() {
     mutations.extend(checkpoint_mutations(&ckpt_rel, &ckpt_bytes));
 
     let started = std::time::Instant::now();
-    let outcomes = par_map(&mutations, |m| {
+    let outcomes = par_map(&mutations, 1, |m| {
         let copy = TempDir::new("mutant");
         copy_db(db.dir.path(), copy.path());
         apply(copy.path(), m);
@@ -974,7 +940,7 @@ fn a_torn_tail_after_a_crash_is_cut_and_acknowledged_damage_is_reported() {
         "both outcomes are predicted"
     );
 
-    let bad: Vec<String> = par_map(&cases, |c| {
+    let bad: Vec<String> = par_map(&cases, 1, |c| {
         let copy = TempDir::new("crash-mutant");
         copy_db(db.dir.path(), copy.path());
         apply(copy.path(), &c.m);

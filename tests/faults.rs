@@ -23,12 +23,12 @@
 
 mod common;
 
-use common::{scan, Rng, TempDir};
+use common::{panic_text, par_map, scan, Rng, TempDir};
 use shardstone::{Durability, Engine, Error, FaultKind, FaultyIo, Io, Options, OsIo};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -73,40 +73,6 @@ fn errno_name(errno: i32) -> &'static str {
         ENOSPC => "ENOSPC",
         _ => "errno",
     }
-}
-
-/// Runs `f` over `items` on a few threads (the scenarios mostly wait on fsync).
-fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get() * 2)
-        .clamp(2, 8)
-        .min(items.len().max(1));
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = f(item);
-                results.lock().unwrap()[i] = Some(r);
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.expect("every item ran"))
-        .collect()
-}
-
-/// A panic inside the engine (or a failed assertion in a scenario) as a string.
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 fn is_halting(e: &Error) -> bool {
@@ -449,7 +415,7 @@ fn run_case(case: &Case, shards: usize) -> (Vec<String>, BTreeSet<&'static str>)
 fn run_cases(what: &str, cases: &[Case], shards: usize) -> BTreeSet<&'static str> {
     let mut bad = Vec::new();
     let mut ops = BTreeSet::new();
-    for (b, o) in par_map(cases, |c| run_case(c, shards)) {
+    for (b, o) in par_map(cases, 2, |c| run_case(c, shards)) {
         bad.extend(b);
         ops.extend(o);
     }
