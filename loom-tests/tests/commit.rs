@@ -2,6 +2,9 @@
 //! real lock, validation, commit-id and gate code runs under loom's scheduler.
 #![cfg(loom)]
 
+mod common;
+
+use common::add_one;
 use loom::thread;
 use shardstone::{Engine, Options};
 use std::sync::Arc;
@@ -15,14 +18,7 @@ fn counter(engine: &Engine) -> u64 {
 }
 
 fn increment(engine: &Engine) {
-    engine
-        .run("incr", |tx| {
-            let n = tx
-                .get(b"n")?
-                .map_or(0, |v| u64::from_le_bytes(v[..8].try_into().unwrap()));
-            tx.put(b"n", &(n + 1).to_le_bytes())
-        })
-        .unwrap();
+    engine.run("incr", add_one).unwrap();
 }
 
 /// Two commits race on the same page: both increments survive (one of them

@@ -2,6 +2,9 @@
 //! command in the blocking queue while optimistic commits are in flight.
 #![cfg(loom)]
 
+mod common;
+
+use common::add_one;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 use shardstone::{Engine, Options};
@@ -11,10 +14,7 @@ fn increment(engine: &Engine, runs: &AtomicUsize) {
     engine
         .run("incr", |tx| {
             runs.fetch_add(1, Ordering::SeqCst);
-            let n = tx
-                .get(b"n")?
-                .map_or(0, |v| u64::from_le_bytes(v[..8].try_into().unwrap()));
-            tx.put(b"n", &(n + 1).to_le_bytes())
+            add_one(tx)
         })
         .unwrap();
 }
