@@ -64,7 +64,9 @@ pub use command::{Affinity, BlockingQueueStats, CommandHandle, CommandStats, Hot
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use feed::{ConsumerStats, Feed, FeedControl, StateDigest};
-pub use journal::{ChainHash, CommitRecord, FaultKind, FaultyIo, Io, JournalStats, Op, OsIo};
+pub use journal::{
+    ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Io, JournalStats, Op, OsIo, PowerLossIo,
+};
 pub use options::{Durability, Options, MAX_KEY_LEN};
 
 /// The group-commit protocol, exposed to the loom models only (its file work is

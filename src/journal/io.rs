@@ -23,6 +23,10 @@ pub trait Io: Send + Sync + 'static {
             .truncate(true)
             .open(path)
     }
+    /// Creates one directory (its parent exists).
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)
+    }
     /// Reserves `len` bytes of disk for `file` (a segment), so that writes through
     /// its mapping cannot run out of space later.
     fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
@@ -52,6 +56,28 @@ pub trait Io: Send + Sync + 'static {
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }
+    /// Identifies the running boot of the machine (`None`: unknown). Recovery
+    /// compares it with the boot that wrote the journal: within one boot the page
+    /// cache survives a process crash, so `Durability::Buffered` commits that were
+    /// acknowledged must all be there; after a reboot they may be lost.
+    fn boot_id(&self) -> Option<[u8; 16]> {
+        boot_id()
+    }
+}
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`, a UUID), as bytes.
+fn boot_id() -> Option<[u8; 16]> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let digits = std::str::from_utf8(pair).ok()?;
+        id[i] = u8::from_str_radix(digits, 16).ok()?;
+    }
+    Some(id)
 }
 
 /// The operating system's file operations.
@@ -83,7 +109,7 @@ pub enum FaultKind {
     Sync,
     /// `rename`.
     Rename,
-    /// Every operation above, plus `create`, `truncate` and `remove`.
+    /// Every operation above, plus `create`, `create_dir`, `truncate` and `remove`.
     Any,
 }
 
@@ -142,6 +168,10 @@ impl Io for FaultyIo {
     fn create(&self, path: &Path) -> io::Result<File> {
         self.check(FaultKind::Any)?;
         OsIo.create(path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultKind::Any)?;
+        OsIo.create_dir(path)
     }
     fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
         self.check(FaultKind::Write)?;

@@ -26,6 +26,8 @@ mod group;
 mod history;
 mod io;
 mod lock;
+mod manifest;
+mod power;
 mod record;
 mod recovery;
 mod shard;
@@ -35,6 +37,7 @@ pub(crate) use chain::Retained;
 pub use group::{Group, Waited};
 pub(crate) use history::History;
 pub use io::{FaultKind, FaultyIo, Io, OsIo};
+pub use power::{Fate, PowerLossIo};
 pub(crate) use record::{BodyView, Frame, FRAME_HEADER};
 pub use record::{ChainHash, CommitRecord, Op};
 
