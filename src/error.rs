@@ -83,6 +83,11 @@ pub enum Error {
         /// What is wrong, in words.
         reason: String,
     },
+    /// The database path (or a parent of it) exists and is not a directory.
+    NotADirectory {
+        /// The path that is not a directory.
+        path: PathBuf,
+    },
     /// Another engine (in this process or another) has the database open.
     Locked {
         /// The lock file.
@@ -208,6 +213,9 @@ impl fmt::Display for Error {
                     write!(f, " ({c})")?;
                 }
                 write!(f, ": {reason}")
+            }
+            Error::NotADirectory { path } => {
+                write!(f, "not a directory: {}", path.display())
             }
             Error::Locked { path, pid } => {
                 write!(f, "the database is in use: {} is locked", path.display())?;

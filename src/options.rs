@@ -53,6 +53,14 @@ pub struct Options {
     /// Worker threads for [`crate::Engine::submit`], pinned one per CPU: 0 (the
     /// default) gives one per CPU of the topology. They start on the first submit.
     pub workers: usize,
+    /// Open a damaged database anyway (off by default). Where a strict open
+    /// returns [`Error::Corrupt`] because something promised durable is missing,
+    /// cut or out of chain, a salvage open keeps the longest intact prefix of
+    /// the commit order, copies the segment files it cuts into a `salvage-<id>`
+    /// directory beside the journal first, and reports what it gave up in
+    /// `stats().journal.recovery.salvage`. A damaged checkpoint cannot be
+    /// salvaged. See docs/operations.md.
+    pub salvage: bool,
 }
 
 /// How durable a commit is when `run` returns.
@@ -87,6 +95,7 @@ impl Default for Options {
             numa: Numa::Auto,
             page_placement: PagePlacement::Local,
             workers: 0,
+            salvage: false,
         }
     }
 }

@@ -779,13 +779,16 @@ struct CrashDb {
 /// One thread runs the commands in order, hopping between the shards' CPUs at
 /// random, so both shards hold interleaved commits and commit ids are command
 /// numbers. Then the files are made to look as a crash leaves them: the
-/// clean-close marks are removed and each shard's last segment is zero-filled
-/// to its preallocated size.
+/// clean-close marks are removed, each shard's last segment is zero-filled
+/// to its preallocated size, and the manifest is the one written on open.
 fn build_crash_db(cpus: &[usize]) -> CrashDb {
     let dir = TempDir::new("crash");
     let hashes = std::thread::scope(|s| {
         s.spawn(|| {
             let engine = Engine::open_with(dir.path(), opts()).unwrap();
+            // The manifest as the session leaves it until a clean close: what a
+            // crash leaves behind.
+            let manifest = std::fs::read(dir.path().join("manifest")).unwrap();
             let mut rng = Rng::new(77);
             let mut hashes = vec![engine.last_commit()];
             for i in 0..CRASH_COMMANDS {
@@ -805,6 +808,7 @@ fn build_crash_db(cpus: &[usize]) -> CrashDb {
             }
             assert_eq!(scan(&engine.snapshot()), prefix_state(CRASH_COMMANDS));
             engine.close().unwrap();
+            std::fs::write(dir.path().join("manifest"), manifest).unwrap();
             hashes
         })
         .join()

@@ -48,7 +48,7 @@ fn key(i: usize) -> Vec<u8> {
 fn value(i: usize) -> Vec<u8> {
     let len = if i % 5 == 3 {
         SEGMENT_SIZE as usize + 6000
-    } else if i % 3 == 0 {
+    } else if i.is_multiple_of(3) {
         3000
     } else {
         100

@@ -40,6 +40,7 @@ pub use io::{FaultKind, FaultyIo, Io, OsIo};
 pub use power::{Fate, PowerLossIo};
 pub(crate) use record::{BodyView, Frame, FRAME_HEADER};
 pub use record::{ChainHash, CommitRecord, Op};
+pub use recovery::{RecoveryReport, Salvage};
 
 use crate::error::{Error, Result};
 use crate::numa::{Layout, NodeBox};
@@ -165,8 +166,21 @@ impl Ticket {
 /// A journal segment that is no longer appended to: deletable once a checkpoint
 /// covers `last_id` and no retention hold needs it.
 struct Retired {
+    shard: usize,
+    seq: u64,
     path: PathBuf,
+    /// The last commit in it (0: none).
     last_id: u64,
+}
+
+impl Retired {
+    fn listed(&self) -> manifest::Listed {
+        manifest::Listed {
+            shard: self.shard,
+            seq: self.seq,
+            last: self.last_id,
+        }
+    }
 }
 
 /// Journal counters, in `Stats::journal`.
@@ -180,6 +194,9 @@ pub struct JournalStats {
     pub checkpoint: u64,
     /// Commits replayed from the journal when the engine was opened.
     pub replayed: u64,
+    /// What recovery found, cut off and (with `Options::salvage`) gave up when
+    /// the engine was opened.
+    pub recovery: RecoveryReport,
     /// Journal segments written and not yet deleted by a checkpoint.
     pub segments: usize,
     /// Commits whose committer was running on another NUMA node than its shard's
@@ -213,7 +230,12 @@ pub(crate) struct Journal {
     pub(crate) signal: Signal,
     /// A follower: changes only through `apply`.
     follower: AtomicBool,
-    replayed: u64,
+    /// What recovery did on open.
+    report: RecoveryReport,
+    /// The boot this session runs in, recorded in the manifest.
+    boot: Option<[u8; 16]>,
+    /// The newest point the manifest promises durable.
+    promised: Mutex<(u64, ChainHash)>,
     syncs: Arc<AtomicU64>,
     _lock: Option<DirLock>,
 }
@@ -385,6 +407,53 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
     move |source| Error::Io { op, path, source }
 }
 
+/// Creates `dir` and any missing parent, each made durable by an fsync of the
+/// directory that holds it: a power cut after the first commit cannot lose the
+/// database's directory entry. A path that exists and is not a directory is
+/// [`Error::NotADirectory`].
+fn create_dirs(io: &dyn Io, dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(Error::NotADirectory {
+                path: dir.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::Io {
+                op: "stat",
+                path: dir.to_owned(),
+                source,
+            })
+        }
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    create_dirs(io, &parent)?;
+    match io.create_dir(dir) {
+        Ok(()) => {}
+        // Created by someone else in between: fine if it is a directory.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(Error::NotADirectory {
+                path: parent.clone(),
+            })
+        }
+        Err(source) => {
+            return Err(Error::Io {
+                op: "create directory",
+                path: dir.to_owned(),
+                source,
+            })
+        }
+    }
+    io.sync_dir(&parent)
+        .map_err(io_err("fsync directory", &parent))
+}
+
 impl Journal {
     /// The journal of an in-memory engine: no files; records feed the chain only.
     pub(crate) fn in_memory(opts: &Options, layout: Arc<Layout>) -> Journal {
@@ -406,7 +475,9 @@ impl Journal {
             checkpoint_point: Mutex::new((0, ChainHash::genesis())),
             signal: Signal::new(),
             follower: AtomicBool::new(false),
-            replayed: 0,
+            report: RecoveryReport::default(),
+            boot: None,
+            promised: Mutex::new((0, ChainHash::genesis())),
             syncs: Arc::new(AtomicU64::new(0)),
             _lock: None,
         }
@@ -424,21 +495,32 @@ impl Journal {
         loader: &mut dyn Loader,
     ) -> Result<(Journal, u64)> {
         if read_only {
-            if !dir.is_dir() {
-                return Err(Error::Io {
-                    op: "open database directory",
-                    path: dir.to_owned(),
-                    source: std::io::ErrorKind::NotFound.into(),
-                });
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::NotADirectory {
+                        path: dir.to_owned(),
+                    })
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "open database directory",
+                        path: dir.to_owned(),
+                        source,
+                    })
+                }
             }
         } else {
-            std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+            create_dirs(&*io, dir)?;
         }
         let lock = DirLock::acquire(dir, !read_only)?;
         let jdir = dir.join("journal");
         if !read_only {
-            std::fs::create_dir_all(&jdir).map_err(io_err("create directory", &jdir))?;
+            create_dirs(&*io, &jdir)?;
         }
+        let manifest = manifest::read(dir)?;
+        let boot = io.boot_id();
+        let same_boot = boot.is_some() && manifest.as_ref().is_some_and(|m| m.boot == boot);
 
         // The newest checkpoint; older ones and leftovers of interrupted
         // checkpoints go.
@@ -462,6 +544,23 @@ impl Journal {
         );
         let mut start = (0, ChainHash::genesis());
         let mut ckpt = None;
+        // The checkpoint the manifest names, when no checkpoint at or after it
+        // is here: the journal may still hold everything (checked below).
+        let missing_checkpoint = manifest
+            .as_ref()
+            .filter(|m| m.checkpoint.0 > 0 && newest.is_none_or(|id| id < m.checkpoint.0))
+            .map(|m| {
+                let path = dir.join(checkpoint::checkpoint_name(m.checkpoint.0));
+                Error::Corrupt {
+                    path,
+                    offset: 0,
+                    commit_id: Some(crate::CommitId(m.checkpoint.0)),
+                    reason: format!(
+                        "the checkpoint at commit {} is missing (the manifest names it)",
+                        m.checkpoint.0
+                    ),
+                }
+            });
         if let Some(id) = newest {
             let c = Checkpoint::open(&dir.join(checkpoint::checkpoint_name(id)))?;
             if c.id != id {
@@ -485,26 +584,99 @@ impl Journal {
         // of each key; then the checkpoint and it, merged in key order, build the
         // store in one pass.
         let mut replayed = Replayed::default();
+        if let Some(m) = manifest
+            .as_ref()
+            .filter(|m| m.checkpoint.0 == start.0 && start.0 > 0)
+        {
+            if m.checkpoint.1 != start.1 {
+                return Err(Error::Corrupt {
+                    path: dir.join(checkpoint::checkpoint_name(start.0)),
+                    offset: 0,
+                    commit_id: Some(crate::CommitId(start.0)),
+                    reason: "the checkpoint's chain hash is not the one the manifest recorded"
+                        .to_owned(),
+                });
+            }
+        }
+        let rules = recovery::Rules {
+            start,
+            manifest: manifest.as_ref(),
+            same_boot,
+            read_only,
+            salvage: opts.salvage,
+        };
         let recovered = if jdir.is_dir() {
-            Some(recovery::recover(
-                &jdir,
-                &*io,
-                start,
-                read_only,
-                |_, body: &BodyView<'_>| {
-                    recovery::for_each_op(body, |k, v| {
-                        replayed.push(k, v);
-                        Ok(())
-                    })
-                },
-            )?)
+            recovery::recover(&jdir, &*io, &rules, |_, body: &BodyView<'_>| {
+                recovery::for_each_op(body, |k, v| {
+                    replayed.push(k, v);
+                    Ok(())
+                })
+            })
+        } else if let Some(m) = manifest.as_ref().filter(|m| m.promised.0 > start.0) {
+            let e = Error::Corrupt {
+                path: jdir.clone(),
+                offset: 0,
+                commit_id: Some(crate::CommitId(start.0 + 1)),
+                reason: format!(
+                    "the journal directory is missing, but commits up to {} were promised durable",
+                    m.promised.0
+                ),
+            };
+            if opts.salvage {
+                Ok(recovery::Recovered::nothing(
+                    start,
+                    m.promised.0,
+                    e.to_string(),
+                ))
+            } else {
+                Err(e)
+            }
         } else {
-            None
+            Ok(recovery::Recovered::nothing(start, 0, String::new()))
         };
-        let (last_id, last_hash, replayed_count, next_seq, segments) = match recovered {
-            Some(r) => (r.last_id, r.last_hash, r.replayed, r.next_seq, r.segments),
-            None => (start.0, start.1, 0, 0, Vec::new()),
+        let recovered = match (recovered, missing_checkpoint) {
+            (Err(_), Some(missing)) if !opts.salvage => return Err(missing),
+            (r, missing) => {
+                let mut r = r?;
+                if let (Some(missing), Some(s)) = (missing, r.report.salvage.as_mut()) {
+                    s.findings.insert(0, missing.to_string());
+                }
+                r
+            }
         };
+        // Data with no manifest: not written by this version, or the manifest
+        // was deleted. What was promised cannot be known.
+        if manifest.is_none() && (ckpt.is_some() || recovered.frames_found > 0) && !opts.salvage {
+            return Err(Error::Corrupt {
+                path: manifest::path(dir),
+                offset: 0,
+                commit_id: None,
+                reason:
+                    "the manifest is missing, but the directory holds a checkpoint or journal: \
+                         what was promised durable cannot be checked (open with Options::salvage \
+                         to take what is there)"
+                        .to_owned(),
+            });
+        }
+        let last_id = recovered.last_id;
+        let last_hash = recovered.last_hash;
+        let next_seq = recovered.next_seq;
+        let report = recovered.report;
+        let segments = recovered.segments;
+        let promised = (last_id, last_hash);
+        if !read_only {
+            manifest::write(
+                dir,
+                &*io,
+                &manifest::Manifest {
+                    clean: false,
+                    boot,
+                    checkpoint: start,
+                    promised,
+                    segments: segments.iter().map(|s| s.listed()).collect(),
+                },
+            )?;
+        }
         loader.start(last_id)?;
         replayed.reduce();
         let mut next = 0;
@@ -539,6 +711,8 @@ impl Journal {
             segments
                 .into_iter()
                 .map(|s| Retired {
+                    shard: s.shard,
+                    seq: s.seq,
                     path: s.path,
                     last_id: s.last_id,
                 })
@@ -583,7 +757,9 @@ impl Journal {
             checkpoint_point: Mutex::new(start),
             signal: Signal::new(),
             follower: AtomicBool::new(false),
-            replayed: replayed_count,
+            report,
+            boot,
+            promised: Mutex::new(promised),
             syncs,
             _lock: Some(lock),
         };
@@ -634,7 +810,13 @@ impl Journal {
             return Ok(Ticket { id, shard: None });
         }
         let anchor = self.chain.head();
-        let seal = |f: &mut Frame, id: u64| f.seal(id, durable, anchor);
+        let synced = self.durability == Durability::Durable;
+        let seal = |f: &mut Frame, id: u64| {
+            if synced {
+                f.set_synced();
+            }
+            f.seal(id, durable, anchor)
+        };
         let shard = self.layout.plan().shard_for_cpu(crate::sync::current_cpu());
         match self.shards[shard].append(frame, assign, seal) {
             Ok(id) => {
@@ -748,21 +930,43 @@ impl Journal {
             .min()
             .unwrap_or(u64::MAX)
             .min(at);
-        let mut retired = self.retired.lock();
-        let mut result = Ok(at);
-        retired.retain(|seg| {
-            if seg.last_id > floor || result.is_err() {
-                return true;
-            }
-            match self.io.remove(&seg.path) {
-                Ok(()) => false,
-                Err(e) => {
-                    result = Err(io_err("remove", &seg.path)(e));
-                    true
+        let listed = {
+            let mut retired = self.retired.lock();
+            let mut result = Ok(());
+            retired.retain(|seg| {
+                if seg.last_id > floor || result.is_err() {
+                    return true;
                 }
+                match self.io.remove(&seg.path) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        result = Err(io_err("remove", &seg.path)(e));
+                        true
+                    }
+                }
+            });
+            result?;
+            retired.iter().map(Retired::listed).collect()
+        };
+        let promised = {
+            let mut p = self.promised.lock();
+            if at > p.0 {
+                *p = (at, hash);
             }
-        });
-        result
+            *p
+        };
+        manifest::write(
+            dir,
+            &*self.io,
+            &manifest::Manifest {
+                clean: false,
+                boot: self.boot,
+                checkpoint: (at, hash),
+                promised,
+                segments: listed,
+            },
+        )?;
+        Ok(at)
     }
 
     /// A clean close: writes each shard's final watermark and syncs and trims it.
@@ -782,15 +986,46 @@ impl Journal {
         }
         let anchor = self.chain.head();
         let mut result = Ok(());
+        let mut current = Vec::new();
         for shard in self.shards.iter() {
-            let r = shard
-                .mark(|f| f.seal(0, visible, anchor))
-                .and_then(|()| shard.close());
-            if result.is_ok() {
-                result = r;
+            match shard.close(|f| f.seal(0, visible, anchor)) {
+                Ok(listed) => current.extend(listed),
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
             }
         }
-        result
+        result?;
+        let (Some(dir), false) = (&self.dir, self.read_only) else {
+            return Ok(());
+        };
+        // Everything journaled is on disk now: the manifest promises it.
+        let promised = {
+            let mut p = self.promised.lock();
+            if !self.shards.is_empty() && visible > p.0 {
+                self.chain.advance_to(visible);
+                if let Some(hash) = self.chain.hash_at(visible) {
+                    *p = (visible, hash);
+                }
+            }
+            *p
+        };
+        let mut segments: Vec<manifest::Listed> =
+            self.retired.lock().iter().map(Retired::listed).collect();
+        segments.extend(current);
+        manifest::write(
+            dir,
+            &*self.io,
+            &manifest::Manifest {
+                clean: true,
+                boot: self.boot,
+                checkpoint: *self.checkpoint_point.lock(),
+                promised,
+                segments,
+            },
+        )
     }
 
     /// The hash chain, with the in-memory window of hashed commits.
@@ -867,7 +1102,8 @@ impl Journal {
             shards: self.shards.len(),
             syncs: self.syncs.load(Ordering::Relaxed),
             checkpoint: self.checkpoint.load(Ordering::Relaxed),
-            replayed: self.replayed,
+            replayed: self.report.replayed,
+            recovery: self.report.clone(),
             segments: retired + current,
             remote_appends: self.shards.iter().map(|s| s.remote_appends()).sum(),
         }

@@ -198,17 +198,14 @@ impl PowerLossIo {
     fn track(&self, file: &File) -> io::Result<()> {
         let ino = inode(file)?;
         let mut st = self.lock();
-        if !st.files.contains_key(&ino) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = st.files.entry(ino) {
             // A handle of our own that can read, whatever `file` was opened for.
             use std::os::fd::AsRawFd;
             let handle = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-            st.files.insert(
-                ino,
-                Tracked {
-                    handle,
-                    durable: None,
-                },
-            );
+            slot.insert(Tracked {
+                handle,
+                durable: None,
+            });
         }
         Ok(())
     }

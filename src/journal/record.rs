@@ -10,7 +10,8 @@
 //! 0   len      u32   frame length, header included, padding excluded
 //! 4   crc      u32   crc32c over len, then bytes 8..len
 //! 8   kind     u8    1 commit, 2 mark (no body: only the watermark below)
-//! 9   reserved 7 bytes, zero
+//! 9   flags    u8    bit 0: `durable` counts only fsynced commits (see below)
+//! 10  reserved 6 bytes, zero
 //! 16  durable  u64   every commit id <= this was acknowledged when the frame was made
 //! 24  anchor   u64   a commit id whose chain hash follows (0: the genesis hash)
 //! 32  hash     [32]  chain hash of `anchor`, checked by recovery
@@ -18,6 +19,11 @@
 //!     commit id u64 | name len u16 | name | op count u32 | ops
 //!     op: tag u8 (1 put, 2 delete) | key len u16 | value len u32 | key | value
 //! ```
+//! A watermark with flag bit 0 set (frames of `Durability::Durable` sessions,
+//! and clean-close marks) is a promise that survives a power cut: every commit
+//! up to it was fsynced. Without it (`Buffered`), it survives a process crash
+//! only, and recovery holds the journal to it only within the boot that wrote it.
+//!
 //! The chain hash is over the body only: `hash(n) = BLAKE3(hash(n-1) || body(n))`.
 //! Anchors tie the chain to the disk without serializing appends on it: a frame
 //! carries whatever point of the chain was already known when it was made.
@@ -31,6 +37,8 @@ pub(crate) const FRAME_HEADER: usize = 64;
 const MAX_FRAME: usize = u32::MAX as usize - 8;
 pub(crate) const KIND_COMMIT: u8 = 1;
 pub(crate) const KIND_MARK: u8 = 2;
+/// Flag bit: the frame's watermark counts only commits that were fsynced.
+const FLAG_SYNCED: u8 = 1;
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 
@@ -269,6 +277,12 @@ impl Frame {
         Frame { bytes }
     }
 
+    /// Declares the watermark [`Frame::seal`] records a durable one: every commit
+    /// up to it was fsynced before it was acknowledged.
+    pub(crate) fn set_synced(&mut self) {
+        self.bytes[9] |= FLAG_SYNCED;
+    }
+
     /// Fills in the commit id only: for a frame that feeds the chain but is never
     /// written to a file.
     pub(crate) fn set_id(&mut self, id: u64) {
@@ -300,6 +314,8 @@ fn frame_crc(frame: &[u8]) -> u32 {
 /// A frame read back from disk and verified.
 pub(crate) struct ReadFrame<'a> {
     pub kind: u8,
+    /// The watermark counts only fsynced commits (it binds after a power cut).
+    pub synced: bool,
     pub durable: u64,
     pub anchor: (u64, ChainHash),
     pub body: &'a [u8],
@@ -358,6 +374,7 @@ fn parse(b: &[u8], verify: bool) -> Parsed<'_> {
     let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
     Parsed::Frame(ReadFrame {
         kind,
+        synced: b[9] & FLAG_SYNCED != 0,
         durable: word(16),
         anchor: (word(24), ChainHash(b[32..64].try_into().expect("32 bytes"))),
         body: &b[FRAME_HEADER..len],

@@ -1,33 +1,82 @@
-//! Recovery: every shard's segments, verified and merged back into commit order.
+//! Recovery: every shard's segments, verified and merged back into commit order,
+//! held to what the database promised.
+//!
+//! What recovery is entitled to find is the *promised* point: the larger of the
+//! manifest's (written durably on open, after each checkpoint and on a clean
+//! close, see `manifest.rs`) and the largest binding watermark a frame carries.
+//! A watermark binds when it counts only fsynced commits (`Durable` frames and
+//! clean-close marks), or when the boot that wrote the journal is still running
+//! (a process crash keeps the page cache, so `Buffered` acknowledgements hold).
 //!
 //! Each shard is read up to its first frame that is not valid (its stop point).
-//! What follows a stop point is a torn tail — the crash interrupted an append, or
-//! preallocated zeros — unless a valid frame after it proves that acknowledged
-//! data lies beyond: then the damage is reported, never skipped.
+//! Then:
+//! - beyond the promised point, anything may be missing or torn: a stop point is
+//!   a torn tail, and the first commit id missing from every shard is where the
+//!   crash cut the order; what follows is cut off (and counted in the report) so
+//!   that its ids can be reused;
+//! - a segment whose header never reached the disk and that holds no valid
+//!   frame (empty, cut short, zero-filled) held nothing promised: it is removed;
+//! - anything promised that is missing, cut, damaged or out of chain is
+//!   `Error::Corrupt` naming the file, the offset and the commit: a stop point
+//!   followed by a promised commit or a clean-close mark; a promised commit
+//!   missing from every shard; a segment the manifest lists that is gone or
+//!   ends before the last commit it listed; a chain hash that disagrees with an
+//!   anchor or with the manifest.
 //!
-//! "Acknowledged" is read off the frames themselves: each carries the visibility
-//! watermark when it was made, and a clean close writes a mark with the final one.
-//! Every commit `<=` the largest watermark seen was acknowledged, so
-//! - a valid frame after a stop point with an id `<=` it, or any mark after one,
-//!   means the stop point is damage;
-//! - a commit id missing from every shard at or below it is damage (a gap);
-//! - above it, the first missing id is where the crash cut the order: the frames
-//!   after it were never acknowledged, and are removed so their ids can be reused.
-//!
-//! The replay also recomputes the hash chain and checks it against every anchor
-//! the frames carry.
+//! With `salvage`, every such finding is recorded instead and replay stops at
+//! the last commit before the first of them: the longest intact prefix of the
+//! commit order. The files it cuts are copied aside first.
 
 use super::io::Io;
+use super::manifest::{Listed, Manifest};
 use super::record::{
     parse_frame, parse_verified_frame, BodyView, ChainHash, OpView, Parsed, KIND_MARK,
 };
-use super::shard::{parse_segment_name, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION};
+use super::shard::{
+    parse_segment_name, segment_name, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION,
+};
 use crate::error::{Error, Result};
 use crate::txn::CommitId;
 use memmap2::Mmap;
 use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// What recovery found, dropped and gave up when the engine was opened: in
+/// `Stats::journal.recovery`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Commits replayed from the journal (after the checkpoint).
+    pub replayed: u64,
+    /// The point the database had promised as durable: recovery had to find
+    /// every commit up to it.
+    pub promised: u64,
+    /// Commits found beyond the cut of a crash (never acknowledged as durable,
+    /// or acknowledged `Buffered` before a reboot), removed.
+    pub dropped_commits: u64,
+    /// Bytes of torn or unacknowledged frames cut off the segments.
+    pub dropped_bytes: u64,
+    /// Segment files removed because nothing promised was ever written to them
+    /// (created just before a crash).
+    pub removed_segments: u64,
+    /// Set when the database was opened with `Options::salvage` and recovery had
+    /// to give something up.
+    pub salvage: Option<Salvage>,
+}
+
+/// What a salvage open gave up (see `Options::salvage`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Salvage {
+    /// The last commit kept: everything up to it is intact and chained.
+    pub kept_through: u64,
+    /// Commits up to `promised` (in the report) that were lost: at least
+    /// `promised - kept_through`, when positive.
+    pub lost_promised: u64,
+    /// What a strict open would have reported, in the order found.
+    pub findings: Vec<String>,
+    /// Where the segment files salvage cut or removed were copied first.
+    pub set_aside: Option<PathBuf>,
+}
 
 /// A segment file as recovery found it.
 pub(crate) struct SegmentFile {
@@ -39,11 +88,24 @@ pub(crate) struct SegmentFile {
     pub last_id: u64,
     /// End of its last valid frame (where zeros or damage begin).
     end: usize,
+    /// End of the bytes written to it (past this: zeros).
+    written: usize,
+    /// Its header is not valid and it holds no valid frame: created, never
+    /// written (or written and never synced).
+    unwritten: bool,
 }
 
 impl SegmentFile {
     fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
+    }
+
+    pub(crate) fn listed(&self) -> Listed {
+        Listed {
+            shard: self.shard,
+            seq: self.seq,
+            last: self.last_id,
+        }
     }
 }
 
@@ -55,22 +117,63 @@ struct Stop {
 }
 
 struct ShardLog {
+    shard: usize,
     segments: Vec<SegmentFile>,
     /// The first invalid position, if the shard does not end cleanly at EOF.
     stop: Option<Stop>,
-    /// A valid frame found after the stop point: (its id, or 0 for a mark).
-    after_stop: Option<u64>,
+    /// The first valid frame found after the stop point: (its id, or 0 for a
+    /// mark; its segment and offset).
+    after_stop: Option<(u64, usize, usize)>,
+    /// Why the stop point is one, when it is not simply invalid bytes.
+    stop_reason: Option<String>,
+}
+
+/// How recovery is to read the journal.
+pub(crate) struct Rules<'a> {
+    /// The checkpoint replay starts from.
+    pub start: (u64, ChainHash),
+    pub manifest: Option<&'a Manifest>,
+    /// The boot that wrote the journal is still running: `Buffered` watermarks bind.
+    pub same_boot: bool,
+    pub read_only: bool,
+    pub salvage: bool,
 }
 
 /// The result of reading the journal.
 pub(crate) struct Recovered {
     pub last_id: u64,
     pub last_hash: ChainHash,
-    pub replayed: u64,
     /// Segments that remain, oldest first within each shard, with their last ids.
     pub segments: Vec<SegmentFile>,
     /// One past the highest segment number seen, for every shard.
     pub next_seq: u64,
+    /// Valid commit frames found, before any cut.
+    pub frames_found: u64,
+    pub report: RecoveryReport,
+}
+
+impl Recovered {
+    /// No journal to read: the state is the checkpoint's. A `finding` (not
+    /// empty) is what a salvage open gave up.
+    pub(crate) fn nothing(start: (u64, ChainHash), promised: u64, finding: String) -> Recovered {
+        Recovered {
+            last_id: start.0,
+            last_hash: start.1,
+            segments: Vec::new(),
+            next_seq: 0,
+            frames_found: 0,
+            report: RecoveryReport {
+                promised: promised.max(start.0),
+                salvage: (!finding.is_empty()).then(|| Salvage {
+                    kept_through: start.0,
+                    lost_promised: promised.saturating_sub(start.0),
+                    findings: vec![finding],
+                    set_aside: None,
+                }),
+                ..RecoveryReport::default()
+            },
+        }
+    }
 }
 
 fn corrupt(path: &Path, offset: u64, commit: Option<u64>, reason: impl Into<String>) -> Error {
@@ -85,6 +188,22 @@ fn corrupt(path: &Path, offset: u64, commit: Option<u64>, reason: impl Into<Stri
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_owned();
     move |source| Error::Io { op, path, source }
+}
+
+/// Strict recovery stops at the first finding; salvage records it and goes on.
+struct Findings {
+    salvage: bool,
+    found: Vec<String>,
+}
+
+impl Findings {
+    fn report(&mut self, e: Error) -> Result<()> {
+        if !self.salvage {
+            return Err(e);
+        }
+        self.found.push(e.to_string());
+        Ok(())
+    }
 }
 
 /// Lists and maps the segment files of `dir`, grouped by shard, in order.
@@ -121,85 +240,140 @@ fn list(dir: &Path) -> Result<Vec<ShardLog>> {
                 map,
                 last_id: 0,
                 end: 0,
+                written: 0,
+                unwritten: false,
             });
         }
         logs.push(ShardLog {
+            shard,
             segments,
             stop: None,
             after_stop: None,
+            stop_reason: None,
         });
     }
     Ok(logs)
 }
 
-fn check_header(seg: &SegmentFile) -> Result<()> {
+/// Why a segment's header is not valid, if it is not.
+fn header_problem(seg: &SegmentFile) -> Option<String> {
     let b = seg.bytes();
-    let bad = |reason: &str| Err(corrupt(&seg.path, 0, None, reason));
     if b.len() < SEGMENT_HEADER {
-        return bad("segment header is cut short");
+        return Some("segment header is cut short".to_owned());
     }
     if &b[0..8] != SEGMENT_MAGIC {
-        return bad("not a shardstone journal segment (bad magic)");
+        return Some("not a shardstone journal segment (bad magic)".to_owned());
     }
     let crc = u32::from_le_bytes(b[60..64].try_into().expect("4 bytes"));
     if crc32c::crc32c(&b[..60]) != crc {
-        return bad("segment header checksum mismatch");
+        return Some("segment header checksum mismatch".to_owned());
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
     if version != SEGMENT_VERSION {
-        return bad(&format!(
-            "segment format version {version} is not supported"
-        ));
+        return Some(format!("segment format version {version} is not supported"));
     }
     let shard = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")) as usize;
     let seq = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
     if (shard, seq) != (seg.shard, seg.seq) {
-        return bad("segment header names another shard or segment than its file name");
+        return Some("segment header names another shard or segment than its file name".to_owned());
     }
-    Ok(())
+    None
+}
+
+/// Whether any valid frame lies in `b` past the header position.
+fn holds_a_frame(b: &[u8]) -> bool {
+    let mut off = SEGMENT_HEADER;
+    while off < b.len() {
+        if let Parsed::Frame(_) = parse_frame(&b[off..]) {
+            return true;
+        }
+        off += 8;
+    }
+    false
 }
 
 /// First pass over one shard: verifies every frame, finds the stop point and
-/// whether anything valid follows it; returns the largest watermark seen.
-fn scan(log: &mut ShardLog) -> Result<u64> {
+/// the first binding frame after it; returns the largest binding watermark and
+/// the number of commit frames before the stop.
+fn scan(
+    log: &mut ShardLog,
+    start: u64,
+    same_boot: bool,
+    findings: &mut Findings,
+) -> Result<(u64, u64)> {
     let mut acked = 0u64;
     let mut last = 0u64;
+    let mut frames = 0u64;
     for si in 0..log.segments.len() {
         let seg = &log.segments[si];
-        if si + 1 == log.segments.len() && seg.bytes().iter().all(|&b| b == 0) {
-            // Created, never written (a crash right after creating it).
-            continue;
-        }
-        check_header(seg)?;
         let b = seg.bytes();
         // Past this, the segment holds only (preallocated) zeros.
         let written = b.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
+        if let Some(problem) = header_problem(seg) {
+            if !holds_a_frame(b) {
+                // Created, never written or never synced: it held nothing.
+                let seg = &mut log.segments[si];
+                seg.unwritten = true;
+                seg.written = written;
+                continue;
+            }
+            // Frames whose segment header was lost (never synced, or damaged):
+            // the shard stops here, and what follows is judged like any torn
+            // tail: damage if it holds anything promised.
+            if log.stop.is_none() {
+                log.stop = Some(Stop {
+                    segment: si,
+                    offset: 0,
+                });
+                log.stop_reason = Some(problem);
+            }
+        }
         let mut off = SEGMENT_HEADER;
         let mut seg_last = 0;
         while off < b.len() {
             match parse_frame(&b[off..]) {
                 Parsed::Frame(f) => {
-                    acked = acked.max(f.durable);
+                    if f.kind == KIND_MARK || f.synced || same_boot {
+                        acked = acked.max(f.durable);
+                    }
+                    if log.stop.is_some()
+                        && f.kind != KIND_MARK
+                        && frame_id(f.body) <= start.saturating_add(1)
+                    {
+                        // The invalid bytes before this frame held only commits
+                        // the checkpoint covers (a `Buffered` tail that never
+                        // reached the disk, the checkpoint did): not a stop.
+                        log.stop = None;
+                        log.after_stop = None;
+                        log.stop_reason = None;
+                    }
                     if log.stop.is_some() {
                         if log.after_stop.is_none() {
-                            log.after_stop = Some(if f.kind == KIND_MARK {
+                            let id = if f.kind == KIND_MARK {
                                 0
                             } else {
                                 frame_id(f.body)
-                            });
+                            };
+                            log.after_stop = Some((id, si, off));
                         }
                     } else if f.kind != KIND_MARK {
                         let id = frame_id(f.body);
                         if id <= last {
-                            return Err(corrupt(
+                            findings.report(corrupt(
                                 &seg.path,
                                 off as u64,
                                 Some(id),
                                 format!("commit {id} follows commit {last} in one shard"),
-                            ));
+                            ))?;
+                            log.stop = Some(Stop {
+                                segment: si,
+                                offset: off,
+                            });
+                        } else {
+                            last = id;
+                            seg_last = id;
+                            frames += 1;
                         }
-                        last = id;
-                        seg_last = id;
                     }
                     off += f.stride;
                 }
@@ -221,14 +395,15 @@ fn scan(log: &mut ShardLog) -> Result<u64> {
         }
         let end = match log.stop {
             Some(stop) if stop.segment == si => stop.offset,
-            Some(_) => 0,
+            Some(_) => SEGMENT_HEADER,
             None => off.min(b.len()),
         };
         let seg = &mut log.segments[si];
         seg.last_id = seg_last;
         seg.end = end;
+        seg.written = written;
     }
-    Ok(acked)
+    Ok((acked, frames))
 }
 
 fn frame_id(body: &[u8]) -> u64 {
@@ -236,50 +411,153 @@ fn frame_id(body: &[u8]) -> u64 {
         .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
-/// Reads the journal in `dir`, replays every commit after `start` through
-/// `apply(id, ops)` in commit order, and (unless `read_only`) cuts torn tails and
-/// unacknowledged frames off the files.
+/// The best guess at where promised commit `missing` should have been: a
+/// shard's stop point, else an unwritten segment, else the journal directory.
+fn blame(dir: &Path, logs: &[ShardLog], missing: u64, promised: u64) -> Error {
+    let reason = format!(
+        "commit {missing} is missing from every shard, but commits up to {promised} were promised durable"
+    );
+    for log in logs {
+        if let Some(stop) = log.stop {
+            let seg = &log.segments[stop.segment];
+            return corrupt(
+                &seg.path,
+                stop.offset as u64,
+                Some(missing),
+                format!("{reason}; this shard's frames stop here (damaged or cut)"),
+            );
+        }
+    }
+    for log in logs {
+        if let Some(seg) = log.segments.iter().find(|s| s.unwritten) {
+            return corrupt(
+                &seg.path,
+                0,
+                Some(missing),
+                format!("{reason}; this segment has no valid header"),
+            );
+        }
+    }
+    corrupt(dir, 0, Some(missing), reason)
+}
+
+/// Checks the segments the manifest lists against the files: each one that
+/// held commits after the checkpoint must be there, holding them all.
+fn check_listed(
+    dir: &Path,
+    logs: &[ShardLog],
+    rules: &Rules<'_>,
+    findings: &mut Findings,
+) -> Result<()> {
+    let Some(m) = rules.manifest else {
+        return Ok(());
+    };
+    for l in m.segments.iter().filter(|l| l.last > rules.start.0) {
+        let found = logs
+            .iter()
+            .filter(|log| log.shard == l.shard)
+            .flat_map(|log| log.segments.iter())
+            .find(|s| s.seq == l.seq);
+        match found {
+            None => {
+                let path = dir.join(segment_name(l.shard, l.seq));
+                findings.report(corrupt(
+                    &path,
+                    0,
+                    Some(l.last),
+                    format!(
+                        "the segment is missing; the manifest lists it as holding commits up to {}",
+                        l.last
+                    ),
+                ))?;
+            }
+            Some(s) if s.last_id < l.last => {
+                let what = if s.unwritten {
+                    "it has no valid header and no readable frame".to_owned()
+                } else {
+                    format!(
+                        "its frames end after commit {} at byte {}",
+                        s.last_id, s.end
+                    )
+                };
+                findings.report(corrupt(
+                    &s.path,
+                    s.end as u64,
+                    Some(s.last_id + 1),
+                    format!(
+                        "{what}, but the manifest lists it as holding commits up to {}",
+                        l.last
+                    ),
+                ))?;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reads the journal in `dir`, replays every commit after `rules.start` through
+/// `apply(id, ops)` in commit order, and (unless read-only) cuts torn tails and
+/// unacknowledged frames off the files, removes segments that never held
+/// anything, and syncs what remains.
 pub(crate) fn recover(
     dir: &Path,
     io: &dyn Io,
-    start: (u64, ChainHash),
-    read_only: bool,
+    rules: &Rules<'_>,
     mut apply: impl FnMut(u64, &BodyView<'_>) -> Result<()>,
 ) -> Result<Recovered> {
+    let start = rules.start;
+    let mut findings = Findings {
+        salvage: rules.salvage,
+        found: Vec::new(),
+    };
     let mut logs = list(dir)?;
     let mut acked = 0u64;
+    let mut frames_found = 0u64;
     for log in &mut logs {
-        acked = acked.max(scan(log)?);
+        let (a, n) = scan(log, start.0, rules.same_boot, &mut findings)?;
+        acked = acked.max(a);
+        frames_found += n;
     }
+    let promised_manifest = rules.manifest.map_or(0, |m| m.promised.0);
+    let promised = acked.max(promised_manifest);
     for log in &logs {
-        if let (Some(stop), Some(after)) = (log.stop, log.after_stop) {
-            if after == 0 || after <= acked {
+        if let (Some(stop), Some((after, _, _))) = (log.stop, log.after_stop) {
+            if after == 0 || after <= promised {
                 let seg = &log.segments[stop.segment];
                 let what = if after == 0 {
                     "a clean-close mark".to_owned()
                 } else {
-                    format!("acknowledged commit {after}")
+                    format!("commit {after}, which was promised durable")
                 };
-                return Err(corrupt(
+                let damage = log
+                    .stop_reason
+                    .clone()
+                    .unwrap_or_else(|| "invalid bytes".to_owned());
+                findings.report(corrupt(
                     &seg.path,
                     stop.offset as u64,
-                    None,
-                    format!("invalid bytes, followed by {what}"),
-                ));
+                    (after > 0).then_some(after),
+                    format!("{damage}, followed by {what}"),
+                ))?;
             }
         }
     }
+    check_listed(dir, &logs, rules, &mut findings)?;
 
     // Merge: one cursor per shard, smallest commit id first.
     struct Cursor {
         segment: usize,
         offset: usize,
+        /// Past a hole the scan found harmless: verify every frame again.
+        verify: bool,
     }
     let mut cursors: Vec<Cursor> = logs
         .iter()
         .map(|_| Cursor {
             segment: 0,
             offset: SEGMENT_HEADER,
+            verify: false,
         })
         .collect();
     // Advances a shard's cursor to its next commit frame before its stop point.
@@ -292,15 +570,28 @@ pub(crate) fn recover(
                 }
             }
             let b = seg.bytes();
-            if c.offset >= b.len() {
+            if seg.unwritten || c.offset >= b.len() {
                 c.segment += 1;
                 c.offset = SEGMENT_HEADER;
+                c.verify = false;
                 continue;
             }
-            let Parsed::Frame(f) = parse_verified_frame(&b[c.offset..]) else {
-                // Zeros to the end of the segment (a stop point returned above).
-                c.segment += 1;
-                c.offset = SEGMENT_HEADER;
+            let parsed = if c.verify {
+                parse_frame(&b[c.offset..])
+            } else {
+                parse_verified_frame(&b[c.offset..])
+            };
+            let Parsed::Frame(f) = parsed else {
+                if c.offset >= seg.written {
+                    // Zeros to the end of the segment.
+                    c.segment += 1;
+                    c.offset = SEGMENT_HEADER;
+                    c.verify = false;
+                } else {
+                    // A hole the scan found harmless: look past it.
+                    c.offset += 8;
+                    c.verify = true;
+                }
                 continue;
             };
             let at = c.offset;
@@ -323,16 +614,35 @@ pub(crate) fn recover(
     // Indexed by `id mod RECENT`; each slot says which id it holds.
     let mut recent = vec![(u64::MAX, ChainHash([0; 32])); RECENT as usize];
     recent[(last_id % RECENT) as usize] = (last_id, hash);
+    if let Some(m) = rules.manifest {
+        if m.promised.0 == start.0 && m.promised.1 != start.1 {
+            findings.report(corrupt(
+                dir,
+                0,
+                Some(start.0),
+                format!(
+                    "hash chain mismatch: the manifest says commit {} hashes to {}, the checkpoint says {}",
+                    start.0, m.promised.1, start.1
+                ),
+            ))?;
+        }
+    }
     let mut replayed = 0u64;
-    // Where each shard's frames stop counting: the first unacknowledged one.
+    let mut covered = 0u64;
+    // Where each shard's frames stop counting: the first one not kept.
     let mut cut: Vec<Option<(usize, usize)>> = vec![None; logs.len()];
-    while let Some(std::cmp::Reverse((id, i, seg, at))) = heap.pop() {
+    // The last commit kept in each segment.
+    let mut kept_last: Vec<Vec<u64>> = logs.iter().map(|l| vec![0; l.segments.len()]).collect();
+    'merge: while let Some(std::cmp::Reverse((id, i, seg, at))) = heap.pop() {
         let log = &logs[i];
         let path = &log.segments[seg].path;
+        let mut finding = None;
         if id <= last_id && id <= start.0 {
             // Covered by the checkpoint.
+            covered += 1;
+            kept_last[i][seg] = id;
         } else if id <= last_id {
-            return Err(corrupt(
+            finding = Some(corrupt(
                 path,
                 at as u64,
                 Some(id),
@@ -340,39 +650,34 @@ pub(crate) fn recover(
             ));
         } else if id > last_id + 1 {
             let missing = last_id + 1;
-            if missing <= acked {
-                return Err(corrupt(
-                    dir,
-                    0,
-                    Some(missing),
-                    format!(
-                        "commit {missing} is missing from every shard, but commits up to {acked} were acknowledged"
-                    ),
-                ));
+            if missing <= promised {
+                finding = Some(blame(dir, &logs, missing, promised));
+            } else {
+                // The crash cut the order here: this frame and everything after
+                // it in every shard was never promised.
+                cut[i] = Some((seg, at));
+                for std::cmp::Reverse((_, j, s, a)) in heap.drain() {
+                    cut[j] = Some((s, a));
+                }
+                break 'merge;
             }
-            // The crash cut the order here: this frame and everything after it
-            // in every shard was never acknowledged.
-            cut[i] = Some((seg, at));
-            for std::cmp::Reverse((_, j, s, a)) in heap.drain() {
-                cut[j] = Some((s, a));
-            }
-            break;
         } else {
             let Parsed::Frame(f) = parse_verified_frame(&log.segments[seg].bytes()[at..]) else {
                 unreachable!("the scan verified this frame");
             };
             let (anchor, anchor_hash) = f.anchor;
+            let body = BodyView::parse(f.body);
+            let (held, expected) = &recent[(anchor % RECENT) as usize];
+            let next = hash.next(f.body);
             if anchor >= id {
-                return Err(corrupt(
+                finding = Some(corrupt(
                     path,
                     at as u64,
                     Some(id),
                     format!("anchor names commit {anchor}, which is not before it"),
                 ));
-            }
-            let (held, expected) = &recent[(anchor % RECENT) as usize];
-            if *held == anchor && *expected != anchor_hash {
-                return Err(corrupt(
+            } else if *held == anchor && *expected != anchor_hash {
+                finding = Some(corrupt(
                     path,
                     at as u64,
                     Some(id),
@@ -380,29 +685,52 @@ pub(crate) fn recover(
                         "hash chain mismatch: the frame says commit {anchor} hashes to {anchor_hash}, replay computed {expected}"
                     ),
                 ));
+            } else if body.is_none() {
+                finding = Some(corrupt(
+                    path,
+                    at as u64,
+                    Some(id),
+                    "the record body is malformed",
+                ));
+            } else if let Some(m) = rules.manifest.filter(|m| m.promised.0 == id) {
+                if m.promised.1 != next {
+                    finding = Some(corrupt(
+                        path,
+                        at as u64,
+                        Some(id),
+                        format!(
+                            "hash chain mismatch: the manifest says commit {id} hashes to {}, replay computed {next}",
+                            m.promised.1
+                        ),
+                    ));
+                }
             }
-            let body = BodyView::parse(f.body).ok_or_else(|| {
-                corrupt(path, at as u64, Some(id), "the record body is malformed")
-            })?;
-            debug_assert_eq!(body.commit_id, id);
-            hash = hash.next(f.body);
-            last_id = id;
-            recent[(id % RECENT) as usize] = (id, hash);
-            apply(id, &body)?;
-            replayed += 1;
+            if finding.is_none() {
+                let body = body.expect("checked above");
+                debug_assert_eq!(body.commit_id, id);
+                hash = next;
+                last_id = id;
+                recent[(id % RECENT) as usize] = (id, hash);
+                apply(id, &body)?;
+                replayed += 1;
+                kept_last[i][seg] = id;
+            }
+        }
+        if let Some(e) = finding {
+            findings.report(e)?;
+            // Salvage: keep what came before this frame, in every shard.
+            cut[i] = Some((seg, at));
+            for std::cmp::Reverse((_, j, s, a)) in heap.drain() {
+                cut[j] = Some((s, a));
+            }
+            break 'merge;
         }
         if let Some((nid, nseg, nat)) = next_frame(log, &mut cursors[i]) {
             heap.push(std::cmp::Reverse((nid, i, nseg, nat)));
         }
     }
-    if acked > last_id {
-        let path = dir.to_owned();
-        return Err(corrupt(
-            &path,
-            0,
-            Some(last_id + 1),
-            format!("commits up to {acked} were acknowledged, but the journal ends at {last_id}"),
-        ));
+    if promised > last_id {
+        findings.report(blame(dir, &logs, last_id + 1, promised))?;
     }
 
     let next_seq = logs
@@ -410,52 +738,117 @@ pub(crate) fn recover(
         .flat_map(|l| l.segments.iter().map(|s| s.seq + 1))
         .max()
         .unwrap_or(0);
+    let salvaging = !findings.found.is_empty();
+    let set_aside = if salvaging && !rules.read_only {
+        Some(set_aside(dir, &logs, last_id)?)
+    } else {
+        None
+    };
+    let mut report = RecoveryReport {
+        replayed,
+        promised,
+        dropped_commits: frames_found.saturating_sub(replayed + covered),
+        ..RecoveryReport::default()
+    };
     let mut segments = Vec::new();
     for (i, log) in logs.into_iter().enumerate() {
-        // Cut at the first unacknowledged frame, else at the stop point, else
-        // trim the preallocated zeros off the last segment.
+        // Cut at the first frame not kept, else at the stop point, else trim
+        // the preallocated zeros off the last segment.
         let last = log.segments.len().saturating_sub(1);
         let cut_at = cut[i].or(log.stop.map(|s| (s.segment, s.offset))).or(log
             .segments
             .last()
             .map(|s| (last, s.end.max(SEGMENT_HEADER))));
         for (si, mut seg) in log.segments.into_iter().enumerate() {
+            seg.last_id = kept_last[i][si];
+            if seg.unwritten {
+                report.removed_segments += 1;
+                if !rules.read_only {
+                    seg.map = None;
+                    io.remove(&seg.path).map_err(io_err("remove", &seg.path))?;
+                }
+                continue;
+            }
             let Some((cs, co)) = cut_at else {
                 segments.push(seg);
                 continue;
             };
-            if read_only || si < cs {
+            if si < cs {
                 segments.push(seg);
                 continue;
             }
-            let len = seg.bytes().len();
-            seg.map = None;
+            let written = seg.written.max(SEGMENT_HEADER);
             if si > cs || co <= SEGMENT_HEADER {
+                report.dropped_bytes += (written - SEGMENT_HEADER) as u64;
+                if rules.read_only {
+                    segments.push(seg);
+                    continue;
+                }
+                seg.map = None;
                 io.remove(&seg.path).map_err(io_err("remove", &seg.path))?;
                 continue;
             }
+            report.dropped_bytes += written.saturating_sub(co) as u64;
+            let len = seg.bytes().len();
+            if rules.read_only {
+                segments.push(seg);
+                continue;
+            }
+            seg.map = None;
+            let file = File::options()
+                .write(true)
+                .open(&seg.path)
+                .map_err(io_err("open", &seg.path))?;
             if co < len {
-                let file = File::options()
-                    .write(true)
-                    .open(&seg.path)
-                    .map_err(io_err("open", &seg.path))?;
                 io.truncate(&file, co as u64)
-                    .and_then(|()| io.sync(&file))
                     .map_err(io_err("truncate", &seg.path))?;
             }
             segments.push(seg);
         }
     }
-    if !read_only {
+    if !rules.read_only {
+        // What stays is promised from now on: it must be on disk (a `Buffered`
+        // session may have left it in the page cache only).
+        for seg in &segments {
+            let file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
+            io.sync(&file).map_err(io_err("fdatasync", &seg.path))?;
+        }
         io.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    }
+    if salvaging {
+        report.salvage = Some(Salvage {
+            kept_through: last_id,
+            lost_promised: promised.saturating_sub(last_id),
+            findings: findings.found,
+            set_aside,
+        });
     }
     Ok(Recovered {
         last_id,
         last_hash: hash,
-        replayed,
         segments,
         next_seq,
+        frames_found,
+        report,
     })
+}
+
+/// Copies every segment file into `dir/../salvage-<last kept commit>/` before a
+/// salvage cuts them, so nothing it gives up is destroyed.
+fn set_aside(dir: &Path, logs: &[ShardLog], kept: u64) -> Result<PathBuf> {
+    let parent = dir.parent().unwrap_or(dir);
+    let mut aside = parent.join(format!("salvage-{kept}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = parent.join(format!("salvage-{kept}.{n}"));
+        n += 1;
+    }
+    std::fs::create_dir(&aside).map_err(io_err("create directory", &aside))?;
+    for seg in logs.iter().flat_map(|l| l.segments.iter()) {
+        let to = aside.join(seg.path.file_name().unwrap_or_default());
+        std::fs::copy(&seg.path, &to).map_err(io_err("copy", &seg.path))?;
+    }
+    Ok(aside)
 }
 
 /// What replay does with one op, for callers that apply records to a store.

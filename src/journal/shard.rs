@@ -17,6 +17,7 @@
 
 use super::group::{Group, GroupState, Waited};
 use super::io::Io;
+use super::manifest::Listed;
 use super::record::{Frame, FRAME_HEADER};
 use super::Retired;
 use crate::error::{Error, Result};
@@ -58,6 +59,7 @@ pub(crate) fn segment_header(shard: usize, seq: u64) -> [u8; SEGMENT_HEADER] {
 }
 
 struct Segment {
+    seq: u64,
     path: PathBuf,
     file: Arc<File>,
     map: MmapMut,
@@ -65,6 +67,8 @@ struct Segment {
     len: usize,
     /// The mapping is faulted in up to here.
     populated: usize,
+    /// The last commit appended to it (0: none yet).
+    last_id: u64,
 }
 
 /// How much of a segment's mapping is faulted in at a time, ahead of the appends:
@@ -88,14 +92,17 @@ impl Segment {
     }
 }
 
+/// A segment file and its path, for error messages.
+type Named = (Arc<File>, PathBuf);
+
 /// What a flush syncs: the full segments not yet synced, then the current one.
-type SyncJob = (Vec<Arc<File>>, Option<(Arc<File>, PathBuf)>);
+type SyncJob = (Vec<Named>, Option<Named>);
 
 /// The shard's files, under the group-commit lock.
 struct Files {
     current: Option<Segment>,
     /// Files of full segments that may hold frames not yet synced.
-    unsynced: Vec<Arc<File>>,
+    unsynced: Vec<Named>,
     next_seq: u64,
 }
 
@@ -189,29 +196,11 @@ impl Shard {
             .expect("a segment with room was made above");
         seg.map[seg.len..seg.len + len].copy_from_slice(&frame.bytes[..len]);
         seg.len += stride;
+        seg.last_id = id;
         seg.populate_ahead();
         debug_assert!(id > st.appended, "frames of a shard are in commit order");
         st.appended = id;
         Ok(id)
-    }
-
-    /// Writes a mark frame (the acknowledged watermark) if the shard has a segment.
-    pub(crate) fn mark(&self, seal: impl FnOnce(&mut Frame) -> usize) -> Result<()> {
-        let mut st = self.group.lock();
-        if st.failed().is_some() {
-            return Ok(());
-        }
-        let mut frame = Frame::mark();
-        let Some(seg) = st.files.current.as_mut() else {
-            return Ok(());
-        };
-        if seg.len + FRAME_HEADER > seg.map.len() {
-            return Ok(());
-        }
-        let len = seal(&mut frame);
-        seg.map[seg.len..seg.len + len].copy_from_slice(&frame.bytes[..len]);
-        seg.len += len.next_multiple_of(8);
-        Ok(())
     }
 
     /// Retires the current segment if it holds any frame, so that a checkpoint
@@ -257,17 +246,21 @@ impl Shard {
         st.files.next_seq = seq + 1;
         if let Some(old) = st.files.current.take() {
             self.retired.lock().push(Retired {
-                path: old.path,
-                last_id: st.appended,
+                shard: self.index,
+                seq: old.seq,
+                path: old.path.clone(),
+                last_id: old.last_id,
             });
-            st.files.unsynced.push(old.file);
+            st.files.unsynced.push((old.file, old.path));
         }
         st.files.current = Some(Segment {
+            seq,
             path,
             file: Arc::new(file),
             map,
             len: SEGMENT_HEADER,
             populated: 0,
+            last_id: 0,
         });
         Ok(())
     }
@@ -292,8 +285,8 @@ impl Shard {
                     source,
                 }
             };
-            for f in &unsynced {
-                self.io.sync(f).map_err(failed(self.dir.clone()))?;
+            for (f, path) in &unsynced {
+                self.io.sync(f).map_err(failed(path.clone()))?;
             }
             match &current {
                 Some((f, path)) => self.io.sync(f).map_err(failed(path.clone())),
@@ -310,18 +303,35 @@ impl Shard {
             })
     }
 
-    /// Syncs everything appended, trims the current segment to its used length and
-    /// unmaps it: a clean close.
-    pub(crate) fn close(&self) -> Result<()> {
+    /// A clean close: syncs everything appended, then writes a mark (sealed by
+    /// `seal`: the final watermark) after it, trims the current segment to its
+    /// used length, unmaps and syncs it. The mark is written only once every
+    /// frame before it is durable, so a mark found after damage proves the
+    /// damage hit synced frames. Returns the current segment, for the manifest.
+    pub(crate) fn close(&self, seal: impl FnOnce(&mut Frame) -> usize) -> Result<Option<Listed>> {
         let appended = self.group.lock().appended;
         if appended > 0 {
             self.wait_durable(appended)?;
         }
         let mut st = self.group.lock();
-        let Some(seg) = st.files.current.take() else {
-            return Ok(());
+        if let Some(cause) = st.failed() {
+            return Err(Self::halted(cause));
+        }
+        let Some(mut seg) = st.files.current.take() else {
+            return Ok(None);
         };
-        // Cover a mark written after the last commit.
+        if seg.len + FRAME_HEADER <= seg.map.len() {
+            let mut frame = Frame::mark();
+            frame.set_synced();
+            let len = seal(&mut frame);
+            seg.map[seg.len..seg.len + len].copy_from_slice(&frame.bytes[..len]);
+            seg.len += len.next_multiple_of(8);
+        }
+        let listed = Listed {
+            shard: self.index,
+            seq: seg.seq,
+            last: seg.last_id,
+        };
         let Segment {
             path,
             file,
@@ -342,7 +352,8 @@ impl Shard {
                 op: "trim segment",
                 path,
                 source,
-            })
+            })?;
+        Ok(Some(listed))
     }
 
     /// The current segment's mapping (address, length).
