@@ -419,7 +419,11 @@ fn create_dirs(io: &dyn Io, dir: &Path) -> Result<()> {
                 path: dir.to_owned(),
             })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) => {}
         Err(source) => {
             return Err(Error::Io {
                 op: "stat",
