@@ -31,7 +31,7 @@
 
 mod common;
 
-use common::{enc, panic_text, par_map, scan, Entries, Rng, TempDir};
+use common::{cpus_for_shards, enc, panic_text, par_map, pin, scan, Entries, Rng, TempDir};
 use shardstone::{ChainHash, CommitId, Durability, Engine, Error, Options};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -85,36 +85,6 @@ fn assert_no_violations(what: &str, bad: &[String], cases: usize) {
 
 // ---------------------------------------------------------------------------
 // Journal shards by CPU.
-
-/// For each journal shard, a CPU this thread may run on whose number selects it
-/// (commits append to shard `cpu % shards`); `None` with fewer than two CPUs.
-fn cpus_for_shards() -> Option<Vec<usize>> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, and its size is passed.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        return None;
-    }
-    (0..SHARDS)
-        .map(|s| {
-            // SAFETY: `cpu` is below CPU_SETSIZE, `set` is initialized.
-            (0..libc::CPU_SETSIZE as usize)
-                .find(|&cpu| cpu % SHARDS == s && unsafe { libc::CPU_ISSET(cpu, &set) })
-        })
-        .collect()
-}
-
-/// Moves the calling thread onto `cpu`, and so onto that CPU's journal shard.
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; `cpu` < CPU_SETSIZE.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
-    let r = unsafe { libc::sched_setaffinity(0, size, &set) };
-    assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}");
-}
 
 // ---------------------------------------------------------------------------
 // Reading the files, to know where to damage them.
@@ -654,7 +624,7 @@ fn clean_db_is_usable(segs: &[Segment]) -> bool {
 /// outcome must be `Corrupt` naming the damage.
 #[test]
 fn damage_to_a_cleanly_closed_database_is_reported_or_harmless() {
-    let Some(cpus) = cpus_for_shards() else {
+    let Some(cpus) = cpus_for_shards(SHARDS) else {
         eprintln!("skipped: needs a CPU for each of {SHARDS} journal shards");
         return;
     };
@@ -875,7 +845,7 @@ fn predict(all: &[Segment], seg: &Segment, damage: Damage) -> Result<usize, ()> 
 /// each recovered state is checked against the replay of the same prefix.
 #[test]
 fn a_torn_tail_after_a_crash_is_cut_and_acknowledged_damage_is_reported() {
-    let Some(cpus) = cpus_for_shards() else {
+    let Some(cpus) = cpus_for_shards(SHARDS) else {
         eprintln!("skipped: needs a CPU for each of {SHARDS} journal shards");
         return;
     };
@@ -987,7 +957,7 @@ fn a_torn_tail_after_a_crash_is_cut_and_acknowledged_damage_is_reported() {
 /// torn tail like any other, and the database opens with every commit.
 #[test]
 fn a_segment_left_all_zeros_by_a_crash_during_a_roll_is_a_torn_tail() {
-    let Some(cpus) = cpus_for_shards() else {
+    let Some(cpus) = cpus_for_shards(SHARDS) else {
         eprintln!("skipped: needs a CPU for each of {SHARDS} journal shards");
         return;
     };

@@ -501,13 +501,13 @@ fn every_failed_write_fsync_or_rename_is_reported_and_loses_no_acknowledged_comm
         started.elapsed()
     );
     // The loop reached every kind of step that can fail: the journal's segment
-    // rolls and group commit, the clean close, recovery, and checkpoints.
+    // rolls and group commit, the clean close, recovery (its syncs of the
+    // segments it keeps are "fdatasync" too), checkpoints and the manifest.
     for op in [
         "allocate",
         "fdatasync",
         "fsync directory",
         "trim segment",
-        "truncate",
         "write",
         "fsync",
         "rename",
@@ -769,9 +769,23 @@ fn a_failed_allocate_fails_only_the_commit_that_needed_the_segment() {
                 errno_name(errno),
                 if sticky { " sticky" } else { "" }
             );
-            // Op 0 is the first segment's allocate: the very first commit fails.
+            // The first write after open (which writes the manifest) is the
+            // first segment's allocate: the very first commit fails.
+            let first_allocate = {
+                let dir = TempDir::new("allocate-count");
+                let io = Arc::new(FaultyIo::new(FaultKind::Write, u64::MAX, errno, false));
+                let engine = Engine::open_with_io(dir.path(), opts(1), io.clone()).unwrap();
+                let after_open = io.ops();
+                drop(engine);
+                after_open
+            };
             let dir = TempDir::new("allocate-first");
-            let io = Arc::new(FaultyIo::new(FaultKind::Write, 0, errno, sticky));
+            let io = Arc::new(FaultyIo::new(
+                FaultKind::Write,
+                first_allocate,
+                errno,
+                sticky,
+            ));
             let engine = Engine::open_with_io(dir.path(), opts(1), io.clone()).unwrap();
             match engine.run("put", |tx| tx.put(&key(0), &value(0))) {
                 Err(Error::Io { op, source, .. }) => {
@@ -795,7 +809,13 @@ fn a_failed_allocate_fails_only_the_commit_that_needed_the_segment() {
                 second.unwrap();
                 assert_eq!(engine.commit_id().get(), 1, "{what}: ids have no gap");
             }
-            engine.close().unwrap();
+            if sticky {
+                // The disk still refuses writes: the close's manifest cannot be
+                // written, and the close says so.
+                assert!(matches!(engine.close(), Err(Error::Io { .. })), "{what}");
+            } else {
+                engine.close().unwrap();
+            }
             let engine = Engine::open_with(dir.path(), opts(1)).unwrap();
             let state = scan(&engine.snapshot());
             if sticky {
@@ -805,9 +825,15 @@ fn a_failed_allocate_fails_only_the_commit_that_needed_the_segment() {
             }
             drop(engine);
 
-            // Op 1 is the second segment's: fill the first with 2 KB values.
+            // The next write is the second segment's allocate: fill the first
+            // with 2 KB values.
             let dir = TempDir::new("allocate-roll");
-            let io = Arc::new(FaultyIo::new(FaultKind::Write, 1, errno, sticky));
+            let io = Arc::new(FaultyIo::new(
+                FaultKind::Write,
+                first_allocate + 1,
+                errno,
+                sticky,
+            ));
             let engine = Engine::open_with_io(dir.path(), opts(1), io.clone()).unwrap();
             let big = |i: usize| Rng::new(i as u64).bytes(2000);
             let mut acked = Vec::new();
@@ -846,7 +872,11 @@ fn a_failed_allocate_fails_only_the_commit_that_needed_the_segment() {
                 assert!(acked.contains(&(failed[0] + 1)), "{what}");
             }
             assert!(io.failures() as usize >= failed.len());
-            engine.close().unwrap();
+            if sticky {
+                assert!(matches!(engine.close(), Err(Error::Io { .. })), "{what}");
+            } else {
+                engine.close().unwrap();
+            }
             let engine = Engine::open_with(dir.path(), opts(1)).unwrap();
             let want: Vec<_> = acked.iter().map(|&i| (key(i), big(i))).collect();
             assert_eq!(scan(&engine.snapshot()), want, "{what}");
@@ -917,8 +947,13 @@ fn a_failed_checkpoint_leaves_the_previous_one_usable() {
                 let (second, acked, _, _) = scenario(io.clone(), dir.path());
                 assert_eq!(io.failures(), 1, "{what}");
                 let late_op = match second {
-                    Err(Error::Io { op, source, .. }) => {
+                    Err(Error::Io { op, source, path }) => {
                         assert_eq!(source.raw_os_error(), Some(errno), "{what}");
+                        // The manifest is rewritten once the new checkpoint is
+                        // in place.
+                        let manifest = path
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("manifest"));
                         assert!(
                             [
                                 // Retiring the current segment first: a roll.
@@ -936,7 +971,7 @@ fn a_failed_checkpoint_leaves_the_previous_one_usable() {
                         );
                         // Failures after the rename leave the new checkpoint
                         // in place: either checkpoint may then be the newest.
-                        matches!(op, "fsync directory" | "remove")
+                        manifest || matches!(op, "fsync directory" | "remove")
                     }
                     other => panic!("{what}: the checkpoint returned {other:?}"),
                 };

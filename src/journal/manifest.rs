@@ -190,10 +190,16 @@ pub(crate) fn write(dir: &Path, io: &dyn Io, m: &Manifest) -> Result<()> {
     let path = path(dir);
     let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
     let file = io.create(&tmp).map_err(io_err("create", &tmp))?;
-    io.write_at(&file, &m.encode(), 0)
-        .map_err(io_err("write", &tmp))?;
-    io.sync(&file).map_err(io_err("fsync", &tmp))?;
-    io.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+    let written = io
+        .write_at(&file, &m.encode(), 0)
+        .map_err(io_err("write", &tmp))
+        .and_then(|()| io.sync(&file).map_err(io_err("fsync", &tmp)))
+        .and_then(|()| io.rename(&tmp, &path).map_err(io_err("rename", &tmp)));
+    if written.is_err() {
+        // Best effort: the old manifest stays in force either way.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     io.sync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 

@@ -519,10 +519,12 @@ impl Journal {
         }
         let lock = DirLock::acquire(dir, !read_only)?;
         let jdir = dir.join("journal");
-        if !read_only {
+        let manifest = manifest::read(dir)?;
+        // A new database gets its journal directory now; an existing one only
+        // after recovery, so that a deleted journal is reported, not replaced.
+        if !read_only && manifest.is_none() {
             create_dirs(&*io, &jdir)?;
         }
-        let manifest = manifest::read(dir)?;
         let boot = io.boot_id();
         let same_boot = boot.is_some() && manifest.as_ref().is_some_and(|m| m.boot == boot);
 
@@ -650,25 +652,36 @@ impl Journal {
         };
         // Data with no manifest: not written by this version, or the manifest
         // was deleted. What was promised cannot be known.
-        if manifest.is_none() && (ckpt.is_some() || recovered.frames_found > 0) && !opts.salvage {
-            return Err(Error::Corrupt {
+        let mut report = recovered.report;
+        if manifest.is_none() && (ckpt.is_some() || recovered.frames_found > 0) {
+            let e = Error::Corrupt {
                 path: manifest::path(dir),
                 offset: 0,
                 commit_id: None,
-                reason:
-                    "the manifest is missing, but the directory holds a checkpoint or journal: \
-                         what was promised durable cannot be checked (open with Options::salvage \
-                         to take what is there)"
-                        .to_owned(),
-            });
+                reason: "the manifest is missing, but the directory holds a checkpoint or \
+                         journal: what was promised durable cannot be checked (open with \
+                         Options::salvage to take what is there)"
+                    .to_owned(),
+            };
+            if !opts.salvage {
+                return Err(e);
+            }
+            report
+                .salvage
+                .get_or_insert_with(|| recovery::Salvage {
+                    kept_through: recovered.last_id,
+                    ..recovery::Salvage::default()
+                })
+                .findings
+                .insert(0, e.to_string());
         }
         let last_id = recovered.last_id;
         let last_hash = recovered.last_hash;
         let next_seq = recovered.next_seq;
-        let report = recovered.report;
         let segments = recovered.segments;
         let promised = (last_id, last_hash);
         if !read_only {
+            create_dirs(&*io, &jdir)?;
             manifest::write(
                 dir,
                 &*io,

@@ -633,6 +633,14 @@ pub(crate) fn recover(
     let mut cut: Vec<Option<(usize, usize)>> = vec![None; logs.len()];
     // The last commit kept in each segment.
     let mut kept_last: Vec<Vec<u64>> = logs.iter().map(|l| vec![0; l.segments.len()]).collect();
+    // The end of each shard's last kept frame: where a salvage cuts it.
+    let mut kept_end: Vec<Option<(usize, usize)>> = vec![None; logs.len()];
+    let stride_at = |log: &ShardLog, seg: usize, at: usize| match parse_verified_frame(
+        &log.segments[seg].bytes()[at..],
+    ) {
+        Parsed::Frame(f) => f.stride,
+        _ => 0,
+    };
     'merge: while let Some(std::cmp::Reverse((id, i, seg, at))) = heap.pop() {
         let log = &logs[i];
         let path = &log.segments[seg].path;
@@ -641,6 +649,7 @@ pub(crate) fn recover(
             // Covered by the checkpoint.
             covered += 1;
             kept_last[i][seg] = id;
+            kept_end[i] = Some((seg, at + stride_at(log, seg, at)));
         } else if id <= last_id {
             finding = Some(corrupt(
                 path,
@@ -714,6 +723,7 @@ pub(crate) fn recover(
                 apply(id, &body)?;
                 replayed += 1;
                 kept_last[i][seg] = id;
+                kept_end[i] = Some((seg, at + f.stride));
             }
         }
         if let Some(e) = finding {
@@ -754,11 +764,17 @@ pub(crate) fn recover(
     for (i, log) in logs.into_iter().enumerate() {
         // Cut at the first frame not kept, else at the stop point, else trim
         // the preallocated zeros off the last segment.
+        // A salvage cuts every shard right after its last kept frame: a mark
+        // after it would vouch for commits that are gone.
         let last = log.segments.len().saturating_sub(1);
-        let cut_at = cut[i].or(log.stop.map(|s| (s.segment, s.offset))).or(log
-            .segments
-            .last()
-            .map(|s| (last, s.end.max(SEGMENT_HEADER))));
+        let cut_at = if salvaging {
+            Some(kept_end[i].unwrap_or((0, SEGMENT_HEADER)))
+        } else {
+            cut[i].or(log.stop.map(|s| (s.segment, s.offset))).or(log
+                .segments
+                .last()
+                .map(|s| (last, s.end.max(SEGMENT_HEADER))))
+        };
         for (si, mut seg) in log.segments.into_iter().enumerate() {
             seg.last_id = kept_last[i][si];
             if seg.unwritten {

@@ -357,3 +357,33 @@ pub fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "a panic".to_owned())
 }
+
+/// For each journal shard, a CPU this thread may run on whose number selects it
+/// (commits append to shard `cpu % shards`); `None` with fewer than two CPUs.
+pub fn cpus_for_shards(shards: usize) -> Option<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and its size is passed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return None;
+    }
+    (0..shards)
+        .map(|s| {
+            // SAFETY: `cpu` is below CPU_SETSIZE, `set` is initialized.
+            (0..libc::CPU_SETSIZE as usize)
+                .find(|&cpu| cpu % shards == s && unsafe { libc::CPU_ISSET(cpu, &set) })
+        })
+        .collect()
+}
+
+/// Moves the calling thread onto `cpu`, and so onto that CPU's journal shard.
+pub fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; `cpu` < CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+    let r = unsafe { libc::sched_setaffinity(0, size, &set) };
+    assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}");
+}
