@@ -229,7 +229,6 @@ fn every_crash_point(durability: Durability, shards: usize) {
 
     let points: Vec<u64> = (0..ops).collect();
     let cuts = std::sync::atomic::AtomicUsize::new(0);
-    let cuts = std::sync::atomic::AtomicUsize::new(0);
     let failures: Vec<String> = par_map(&points, 1, |&n| {
         let dir = TempDir::new("power-run");
         std::fs::create_dir_all(dir.path()).unwrap();
