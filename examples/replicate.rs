@@ -2,9 +2,18 @@
 //!
 //! ```text
 //! cargo run --release --example replicate                  # the demo (below)
-//! cargo run --release --example replicate -- leader --dir /tmp/lead --listen 127.0.0.1:7070
-//! cargo run --release --example replicate -- follower --dir /tmp/rep1 --connect 127.0.0.1:7070
+//! head -c 32 /dev/urandom | xxd -p -c 64 > /tmp/repl.secret
+//! cargo run --release --example replicate -- leader --dir /tmp/lead --listen 127.0.0.1:7070 \
+//!     --secret-file /tmp/repl.secret
+//! cargo run --release --example replicate -- follower --dir /tmp/rep1 --connect 127.0.0.1:7070 \
+//!     --name rep1 --secret-file /tmp/repl.secret
+//! cargo run --release --example replicate -- --help         # every option
 //! ```
+//!
+//! Both sides prove they know the shared secret before anything is served, and
+//! each follower needs a name of its own (its retention hold on the leader). See
+//! `docs/replication.md` for the protocol, its limits and what production needs
+//! beyond it.
 //!
 //! `leader` opens (or creates) a durable database, writes to it at `--write-rate`
 //! commits per second, checkpoints it every few seconds and serves its commits to
@@ -34,34 +43,16 @@
 #[path = "replicate/proto.rs"]
 mod proto;
 
-use proto::{num, Follower, Leader, Status, SyncError};
+use clap::{value_parser, Arg, ArgAction, ArgMatches, Command};
+use proto::{num, Follower, Leader, LeaderCounters, Limits, Secret, Status, SyncError};
 use shardstone::{Engine, Error, Options};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
-
-const USAGE: &str = "usage:
-  replicate [demo]
-  replicate leader --dir DIR --listen ADDR [--write-rate N] [--digest-every S]
-                   [--checkpoint-every S] [--wait-for NAME]... [--stop-on-stdin-eof]
-  replicate follower --dir DIR --connect ADDR [--name NAME] [--stop-on-stdin-eof]
-
-  --dir DIR             the database directory (created if missing)
-  --listen ADDR         where the leader accepts followers, e.g. 127.0.0.1:7070
-  --write-rate N        commits per second the leader writes (default 1000; 0: none)
-  --digest-every S      seconds between state digests sent to followers (default 2)
-  --checkpoint-every S  seconds between leader checkpoints (default 3)
-  --wait-for NAME       a stopping leader waits (up to 10 s) for the follower NAME
-                        to acknowledge its last commit, connected or not (it
-                        waits for the connected named followers anyway)
-  --connect ADDR        the leader's address
-  --name NAME           the follower's name: the leader keeps the journal from its
-                        last acknowledged commit (default replica; \"\" for none)
-  --stop-on-stdin-eof   stop cleanly when standard input closes";
 
 /// Keys the leader's writer spreads its writes over.
 const KEYS: u64 = 2_000;
@@ -74,6 +65,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 struct LeaderArgs {
     dir: PathBuf,
     listen: SocketAddr,
+    secret: Secret,
+    limits: Limits,
     write_rate: u64,
     digest_every: f64,
     checkpoint_every: f64,
@@ -85,6 +78,8 @@ struct FollowerArgs {
     dir: PathBuf,
     connect: SocketAddr,
     name: String,
+    secret: Secret,
+    limits: Limits,
     stdin_stop: bool,
 }
 
@@ -94,57 +89,190 @@ enum Mode {
     Follower(FollowerArgs),
 }
 
+/// A number of seconds above zero.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a number of seconds above 0".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A follower name: what `Engine::subscribe_as` and the protocol accept.
+fn follower_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > proto::MAX_NAME || s.contains(['\t', '\n', '\r']) {
+        return Err(format!(
+            "a name is 1 to {} bytes, without tabs or line breaks",
+            proto::MAX_NAME
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// The options both roles share.
+fn common_args(cmd: Command) -> Command {
+    cmd.arg(
+        Arg::new("dir")
+            .long("dir")
+            .value_name("DIR")
+            .required(true)
+            .value_parser(value_parser!(PathBuf))
+            .help("the database directory (created if missing)"),
+    )
+    .arg(
+        Arg::new("secret-file")
+            .long("secret-file")
+            .value_name("FILE")
+            .required(true)
+            .value_parser(value_parser!(PathBuf))
+            .help(
+                "file holding the secret the leader and its followers share (at least 16 \
+                 bytes; e.g. `head -c 32 /dev/urandom | xxd -p -c 64 > FILE`); each side \
+                 proves it knows it before anything is served",
+            ),
+    )
+    .arg(
+        Arg::new("max-frame")
+            .long("max-frame")
+            .value_name("BYTES")
+            .value_parser(value_parser!(usize))
+            .help(format!(
+                "the largest record frame sent or read; a longer one closes the connection \
+                 [default: {}]",
+                proto::DEFAULT_MAX_FRAME
+            )),
+    )
+    .arg(
+        Arg::new("stop-on-stdin-eof")
+            .long("stop-on-stdin-eof")
+            .action(ArgAction::SetTrue)
+            .help("stop cleanly when standard input closes"),
+    )
+}
+
+fn cli() -> Command {
+    Command::new("replicate")
+        .about("shardstone replication over TCP: a leader and followers in separate processes")
+        .after_help("Without a subcommand, runs the demo.")
+        .subcommand(Command::new("demo").about("a leader and a follower as child processes, for ten seconds"))
+        .subcommand(
+            common_args(Command::new("leader").about("serve a database's commits to followers"))
+                .arg(
+                    Arg::new("listen")
+                        .long("listen")
+                        .value_name("ADDR")
+                        .required(true)
+                        .value_parser(value_parser!(SocketAddr))
+                        .help("where the leader accepts followers, e.g. 127.0.0.1:7070"),
+                )
+                .arg(
+                    Arg::new("write-rate")
+                        .long("write-rate")
+                        .value_name("N")
+                        .default_value("1000")
+                        .value_parser(value_parser!(u64))
+                        .help("commits per second the leader writes (0: none)"),
+                )
+                .arg(
+                    Arg::new("digest-every")
+                        .long("digest-every")
+                        .value_name("S")
+                        .default_value("2")
+                        .value_parser(positive_secs)
+                        .help("seconds between state digests, computed off the streams and sent to every follower"),
+                )
+                .arg(
+                    Arg::new("checkpoint-every")
+                        .long("checkpoint-every")
+                        .value_name("S")
+                        .default_value("3")
+                        .value_parser(positive_secs)
+                        .help("seconds between leader checkpoints"),
+                )
+                .arg(
+                    Arg::new("wait-for")
+                        .long("wait-for")
+                        .value_name("NAME")
+                        .action(ArgAction::Append)
+                        .value_parser(follower_name)
+                        .help(
+                            "a stopping leader waits (up to 10 s) for the follower NAME to \
+                             acknowledge its last commit, connected or not (it waits for the \
+                             connected named followers anyway)",
+                        ),
+                ),
+        )
+        .subcommand(
+            common_args(Command::new("follower").about("follow a leader into a follower database"))
+                .arg(
+                    Arg::new("connect")
+                        .long("connect")
+                        .value_name("ADDR")
+                        .required(true)
+                        .value_parser(value_parser!(SocketAddr))
+                        .help("the leader's address"),
+                )
+                .arg(
+                    Arg::new("name")
+                        .long("name")
+                        .value_name("NAME")
+                        .required(true)
+                        .value_parser(follower_name)
+                        .help(
+                            "this follower's own name: the leader keeps the journal from its last \
+                             acknowledged commit under it. One name per follower: the leader \
+                             refuses a follower behind its name's hold",
+                        ),
+                ),
+        )
+}
+
+/// The value of a required or defaulted argument.
+fn arg<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str) -> Result<T, String> {
+    m.get_one::<T>(id)
+        .cloned()
+        .ok_or_else(|| format!("--{id} is missing"))
+}
+
 fn parse_args() -> Result<Mode, String> {
-    let mut args = std::env::args().skip(1);
-    let role = args.next().unwrap_or_else(|| "demo".to_owned());
-    if role == "--help" || role == "-h" {
-        return Err(String::new());
+    let matches = cli().get_matches();
+    let Some((role, m)) = matches.subcommand() else {
+        return Ok(Mode::Demo);
+    };
+    if role == "demo" {
+        return Ok(Mode::Demo);
     }
-    let (mut dir, mut listen, mut connect) = (None, None, None);
-    let mut name = "replica".to_owned();
-    let (mut write_rate, mut digest_every, mut checkpoint_every) = (1000u64, 2.0f64, 3.0f64);
-    let mut stdin_stop = false;
-    let mut wait_for = Vec::new();
-    while let Some(flag) = args.next() {
-        if flag == "--stop-on-stdin-eof" {
-            stdin_stop = true;
-            continue;
-        }
-        if flag == "--help" || flag == "-h" {
-            return Err(String::new());
-        }
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--dir" => dir = Some(PathBuf::from(&value)),
-            "--listen" => listen = Some(value.parse::<SocketAddr>().map_err(|e| bad(&e))?),
-            "--connect" => connect = Some(value.parse::<SocketAddr>().map_err(|e| bad(&e))?),
-            "--name" => name = value,
-            "--wait-for" => wait_for.push(value),
-            "--write-rate" => write_rate = value.parse().map_err(|e| bad(&e))?,
-            "--digest-every" => digest_every = value.parse().map_err(|e| bad(&e))?,
-            "--checkpoint-every" => checkpoint_every = value.parse().map_err(|e| bad(&e))?,
-            _ => return Err(format!("unknown argument {flag}")),
-        }
-    }
-    if !(digest_every > 0.0 && checkpoint_every > 0.0) {
-        return Err("--digest-every and --checkpoint-every must be > 0".into());
-    }
-    match role.as_str() {
-        "demo" => Ok(Mode::Demo),
+    let secret_file: PathBuf = arg(m, "secret-file")?;
+    let secret = Secret::from_file(&secret_file).map_err(|e| e.to_string())?;
+    let limits = Limits {
+        max_frame: m
+            .get_one::<usize>("max-frame")
+            .copied()
+            .unwrap_or(proto::DEFAULT_MAX_FRAME),
+        ..Limits::default()
+    };
+    let stdin_stop = m.get_flag("stop-on-stdin-eof");
+    match role {
         "leader" => Ok(Mode::Leader(LeaderArgs {
-            dir: dir.ok_or("leader needs --dir")?,
-            listen: listen.ok_or("leader needs --listen")?,
-            write_rate,
-            digest_every,
-            checkpoint_every,
-            wait_for,
+            dir: arg(m, "dir")?,
+            listen: arg(m, "listen")?,
+            secret,
+            limits,
+            write_rate: arg(m, "write-rate")?,
+            digest_every: arg(m, "digest-every")?,
+            checkpoint_every: arg(m, "checkpoint-every")?,
+            wait_for: m
+                .get_many::<String>("wait-for")
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
             stdin_stop,
         })),
         "follower" => Ok(Mode::Follower(FollowerArgs {
-            dir: dir.ok_or("follower needs --dir")?,
-            connect: connect.ok_or("follower needs --connect")?,
-            name,
+            dir: arg(m, "dir")?,
+            connect: arg(m, "connect")?,
+            name: arg(m, "name")?,
+            secret,
+            limits,
             stdin_stop,
         })),
         other => Err(format!("unknown role {other:?}: leader, follower or demo")),
@@ -157,11 +285,8 @@ fn main() -> ExitCode {
         Ok(Mode::Leader(a)) => leader(a),
         Ok(Mode::Follower(a)) => follower(a),
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("replicate: {e}");
-            }
-            eprintln!("{USAGE}");
-            ExitCode::from(if e.is_empty() { 0 } else { 64 })
+            eprintln!("replicate: {e}");
+            ExitCode::from(64)
         }
     }
 }
@@ -252,6 +377,7 @@ fn leader(a: LeaderArgs) -> ExitCode {
     );
     let stop_writes = AtomicBool::new(false);
     let stop_serving = AtomicBool::new(false);
+    let counters = LeaderCounters::default();
     let log = |m: &str| println!("{m}");
     let ok = thread::scope(|s| {
         let writing =
@@ -261,6 +387,10 @@ fn leader(a: LeaderArgs) -> ExitCode {
             stop: &stop_serving,
             digest_every: Some(Duration::from_secs_f64(a.digest_every)),
             log: &log,
+            secret: &a.secret,
+            limits: a.limits,
+            counters: &counters,
+            before_digest: None,
         };
         let serving = s.spawn(move || server.serve(&listener));
         report_leader(&engine, a.checkpoint_every);
@@ -441,15 +571,16 @@ fn follower(a: FollowerArgs) -> ExitCode {
     let connect = a.connect;
     let leader = move || connect;
     let log = |m: &str| println!("{m}");
-    let name = (!a.name.is_empty()).then_some(a.name.as_str());
     let result = thread::scope(|s| {
         let f = Follower {
             engine: &engine,
             leader: &leader,
-            name,
+            name: Some(&a.name),
             stop: &STOP,
             status: &status,
             log: &log,
+            secret: &a.secret,
+            limits: a.limits,
         };
         let following = s.spawn(move || f.run());
         report_follower(&status, &following);
@@ -568,7 +699,7 @@ struct Role {
 
 impl Role {
     fn start(label: &'static str, args: &[&str]) -> std::io::Result<Role> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut child = std::process::Command::new(std::env::current_exe()?)
             .args(args)
             .arg("--stop-on-stdin-eof")
             .stdin(Stdio::piped())
@@ -712,6 +843,14 @@ fn run_demo(root: &Path) -> Result<bool, Box<dyn std::error::Error>> {
         rep_dir.to_str().ok_or("temp dir is not UTF-8")?,
         fork_dir.to_str().ok_or("temp dir is not UTF-8")?,
     );
+    // The secret the leader and its followers share.
+    let secret_path = root.join("secret");
+    std::fs::create_dir_all(root)?;
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&secret_path, hex + "\n")?;
+    let secret = secret_path.to_str().ok_or("temp dir is not UTF-8")?;
     let leader_args = |wait_for: &'static [&'static str]| {
         let mut args = vec![
             "leader",
@@ -719,6 +858,8 @@ fn run_demo(root: &Path) -> Result<bool, Box<dyn std::error::Error>> {
             lead,
             "--listen",
             &addr,
+            "--secret-file",
+            secret,
             "--write-rate",
             "2000",
             "--digest-every",
@@ -731,7 +872,17 @@ fn run_demo(root: &Path) -> Result<bool, Box<dyn std::error::Error>> {
         }
         args
     };
-    let follower_args = ["follower", "--dir", rep, "--connect", &addr];
+    let follower_args = [
+        "follower",
+        "--dir",
+        rep,
+        "--connect",
+        &addr,
+        "--name",
+        "replica",
+        "--secret-file",
+        secret,
+    ];
     println!("shardstone replication demo: a leader and a follower in two processes over TCP");
     println!("  leader    {lead}, serving on {addr}");
     println!("  follower  {rep}");
@@ -841,6 +992,8 @@ fn run_demo(root: &Path) -> Result<bool, Box<dyn std::error::Error>> {
             &addr,
             "--name",
             "forked",
+            "--secret-file",
+            secret,
         ],
     )?;
     let forked_exit = forked.wait(Duration::from_secs(10));

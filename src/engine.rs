@@ -477,18 +477,24 @@ impl Engine {
     /// the next commit (`commit_id == last + 1`, else [`Error::Gap`]) and continues
     /// this engine's history (`prev_hash` equals our chain hash and the record
     /// hashes to its `hash`, else [`Error::Fork`]). Nothing is applied on an error.
+    ///
+    /// On an engine that is not (or no longer) a follower it is
+    /// [`Error::Unsupported`]. Whether it is a follower is checked under the same
+    /// lock [`Engine::promote`] takes, so a promotion either waits for an `apply`
+    /// that passed the check or makes it fail with nothing applied.
     pub fn apply(&self, rec: &CommitRecord) -> Result<()> {
+        feed::apply_point(feed::ApplyPoint::BeforeLock);
+        let _one = self.applying.lock();
         if !self.journal.is_follower() {
             return Err(Error::Unsupported(
                 "apply is for followers (Engine::open_follower); a leader commits with run",
             ));
         }
-        let _one = self.applying.lock();
         feed::apply(&self.store, &self.journal, rec)
     }
 
     /// Makes a follower a leader at its last commit: `run` writes from now on and
-    /// `apply` is refused. No-op on a leader.
+    /// `apply` is refused. No-op on a leader. Waits for an `apply` in progress.
     pub fn promote(&self) {
         let _one = self.applying.lock();
         self.journal.set_follower(false);

@@ -575,3 +575,147 @@ fn hwloc_synthetic_two_socket_machine() {
     assert!(text.contains("hwloc child: placement checked"), "{text}");
     assert!(out.status.success(), "{text}");
 }
+
+/// Issue 20.6: a topology restricted to an affinity mask plans shards and workers
+/// only on the mask's CPUs, and only those are pinned.
+#[test]
+fn a_topology_restricted_to_a_mask_places_and_pins_only_inside_it() {
+    let mask = BTreeSet::from([3, 5, 12, 30]);
+    let topology = Topology::synthetic(2, 8, 2).restricted_to(&mask);
+    assert_eq!(
+        topology.cpus().map(|(_, c)| c).collect::<BTreeSet<_>>(),
+        mask
+    );
+    // Both nodes keep CPUs (5 on node 0; 12 and 30 on node 1).
+    assert!(topology.nodes().iter().all(|n| !n.cpus.is_empty()));
+    let binder = Arc::new(RecordingBinder::new());
+    let engine = Engine::in_memory_with(Options {
+        workers: 0,
+        ..custom(topology.clone(), &binder)
+    })
+    .unwrap();
+    start_workers(&engine);
+    let p = engine.placement();
+    assert_eq!(p.workers.len(), mask.len());
+    for w in &p.workers {
+        assert!(mask.contains(&w.cpu), "{w:?} outside {mask:?}");
+        assert_eq!(topology.node_of_cpu(w.cpu), Some(w.node));
+    }
+    for s in &p.shards {
+        assert!(mask.contains(&s.cpu), "{s:?} outside {mask:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pinned = loop {
+        let pinned: Vec<usize> = binder
+            .requests()
+            .into_iter()
+            .filter_map(|b| match b {
+                Binding::Thread { cpu, .. } => Some(cpu),
+                Binding::Memory { .. } => None,
+            })
+            .collect();
+        if pinned.len() == mask.len() || Instant::now() > deadline {
+            break pinned;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(pinned.iter().copied().collect::<BTreeSet<_>>(), mask);
+}
+
+/// Run by `workers_stay_inside_the_process_affinity_mask` in a child process
+/// whose affinity mask the parent narrowed before `exec` (as `taskset -c` does);
+/// does nothing otherwise.
+#[test]
+fn affinity_child() {
+    let Ok(list) = std::env::var("SHARDSTONE_AFFINITY_CHILD") else {
+        return;
+    };
+    let mask: BTreeSet<usize> = list.split(',').map(|c| c.parse().unwrap()).collect();
+    let allowed = Topology::process_cpus();
+    assert!(
+        !allowed.is_empty() && allowed.is_subset(&mask),
+        "{allowed:?} not in {mask:?}"
+    );
+    let topology = Topology::discover();
+    let planned: BTreeSet<usize> = topology.cpus().map(|(_, c)| c).collect();
+    assert_eq!(planned, allowed, "the discovered topology's CPUs");
+    let engine = Engine::in_memory_with(Options {
+        numa: Numa::Auto,
+        ..Options::default()
+    })
+    .unwrap();
+    start_workers(&engine);
+    let p = engine.placement();
+    assert_eq!(p.topology, topology);
+    assert_eq!(p.workers.len(), allowed.len());
+    for w in &p.workers {
+        assert!(allowed.contains(&w.cpu), "worker {w:?} outside {allowed:?}");
+    }
+    for s in &p.shards {
+        assert!(allowed.contains(&s.cpu), "shard {s:?} outside {allowed:?}");
+    }
+    // Where the workers really run: each command reads its thread's mask.
+    let handles: Vec<_> = (0..32)
+        .map(|_| {
+            engine
+                .submit("where", |_tx| Ok(thread_affinity().unwrap()))
+                .unwrap()
+        })
+        .collect();
+    for h in handles {
+        let on = h.wait().unwrap();
+        assert!(on.is_subset(&allowed), "a worker may run on {on:?}");
+    }
+    if let Some(e) = &p.last_bind_error {
+        assert!(!e.contains("pin"), "{e}");
+    }
+    println!(
+        "affinity child: {} workers pinned inside {allowed:?}",
+        p.workers.len()
+    );
+}
+
+/// Issue 20.6: under a narrowed affinity mask (`taskset -c N`, systemd
+/// `CPUAffinity=`), discovery, placement and pinning stay inside the mask.
+#[test]
+fn workers_stay_inside_the_process_affinity_mask() {
+    use std::os::unix::process::CommandExt;
+    // The highest CPU this process may use: CPU 0, where workers used to land,
+    // is then outside the mask whenever the machine has two CPUs or more.
+    let cpu = *Topology::process_cpus()
+        .iter()
+        .chain(thread_affinity().unwrap().iter())
+        .max()
+        .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "--exact",
+            "affinity_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SHARDSTONE_AFFINITY_CHILD", cpu.to_string());
+    // SAFETY: between fork and exec the closure only fills a cpu_set_t and
+    // makes one system call, both async-signal-safe.
+    unsafe {
+        child.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = child.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!(
+            "affinity child: 1 workers pinned inside {{{cpu}}}"
+        )),
+        "{text}"
+    );
+    assert!(out.status.success(), "{text}");
+}

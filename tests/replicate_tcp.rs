@@ -12,13 +12,22 @@ mod proto;
 mod common;
 
 use common::TempDir;
-use proto::{Follower, Leader, Status, SyncError};
+use proto::{
+    frame_too_large, handshake, Follower, Leader, LeaderCounters, Limits, Msg, Reader, Secret,
+    Status, SyncError, HANDSHAKE_MAX_FRAME,
+};
 use shardstone::{ChainHash, CommitRecord, Durability, Engine, Error, Options};
-use std::net::{SocketAddr, TcpListener};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// The secret the leaders and followers of these tests share.
+static SECRET: LazyLock<Secret> =
+    LazyLock::new(|| Secret::new(b"the secret of the replicate_tcp tests").unwrap());
 
 /// Every wait of these tests gives up (failing the test) after this long.
 const LIMIT: Duration = Duration::from_secs(15);
@@ -107,6 +116,25 @@ fn serving<R>(
     writers: u64,
     body: impl FnOnce(&Writers) -> R,
 ) -> R {
+    serving_with(
+        engine,
+        listener,
+        writers,
+        &LeaderCounters::default(),
+        None,
+        body,
+    )
+}
+
+/// `serving`, counting into `counters`, with the leader's `before_digest` hook.
+fn serving_with<R>(
+    engine: &Engine,
+    listener: &TcpListener,
+    writers: u64,
+    counters: &LeaderCounters,
+    before_digest: Option<&(dyn Fn(u64) + Sync)>,
+    body: impl FnOnce(&Writers) -> R,
+) -> R {
     let stop_serving = AtomicBool::new(false);
     let w = Writers {
         stop: AtomicBool::new(false),
@@ -119,6 +147,10 @@ fn serving<R>(
             stop: &stop_serving,
             digest_every: Some(Duration::from_millis(100)),
             log: &log,
+            secret: &SECRET,
+            limits: Limits::default(),
+            counters,
+            before_digest,
         };
         let server = s.spawn(move || leader.serve(listener));
         for t in 0..writers {
@@ -191,6 +223,8 @@ fn followers_catch_up_follow_live_and_survive_a_leader_restart() {
                 stop: &stop_following,
                 status: &sa,
                 log: &log_a,
+                secret: &SECRET,
+                limits: Limits::default(),
             }
             .run()
             .inspect_err(|e| log_a(&format!("stopped: {e}")))
@@ -203,6 +237,8 @@ fn followers_catch_up_follow_live_and_survive_a_leader_restart() {
                 stop: &stop_following,
                 status: &sb,
                 log: &log_b,
+                secret: &SECRET,
+                limits: Limits::default(),
             }
             .run()
             .inspect_err(|e| log_b(&format!("stopped: {e}")))
@@ -311,6 +347,17 @@ fn follow_until_error(
     name: Option<&str>,
     nothing_applied: bool,
 ) -> SyncError {
+    follow_with_secret_until_error(engine, addr, name, nothing_applied, &SECRET)
+}
+
+/// `follow_until_error`, proving `secret`.
+fn follow_with_secret_until_error(
+    engine: &Engine,
+    addr: SocketAddr,
+    name: Option<&str>,
+    nothing_applied: bool,
+    secret: &Secret,
+) -> SyncError {
     let stop = AtomicBool::new(false);
     let status = Status::default();
     let leader = move || addr;
@@ -325,6 +372,8 @@ fn follow_until_error(
                 stop: &stop,
                 status: &status,
                 log: &log,
+                secret,
+                limits: Limits::default(),
             }
             .run()
         });
@@ -449,6 +498,8 @@ fn sync_keeper(leader: &Engine, listener: &TcpListener, keeper: &Engine, until: 
                     stop: &stop,
                     status: &status,
                     log: &log,
+                    secret: &SECRET,
+                    limits: Limits::default(),
                 }
                 .run()
             });
@@ -512,4 +563,328 @@ fn a_follower_too_far_behind_is_told_the_journal_is_gone() {
         keeper.snapshot().state_digest().unwrap(),
         leader.snapshot().state_digest().unwrap()
     );
+}
+
+/// The largest single allocation this test binary made: a peer's claimed frame
+/// length must never become one.
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+struct TrackLargest;
+
+// SAFETY: every call is passed on to the system allocator unchanged; only the
+// requested sizes are recorded.
+unsafe impl GlobalAlloc for TrackLargest {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is `System::alloc`'s.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System` with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: TrackLargest = TrackLargest;
+
+/// Reads from `stream` until the peer closes it; fails the test if that takes
+/// longer than `within`.
+fn expect_closed(mut stream: &TcpStream, within: Duration) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // A reset: closed with our bytes unread.
+            Err(_) => return,
+        }
+        assert!(
+            started.elapsed() < within,
+            "the connection was still open after {within:?}"
+        );
+    }
+}
+
+/// The next message `reader` reads from `stream`, within `LIMIT`.
+fn next_msg(reader: &mut Reader, stream: &TcpStream) -> Msg {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(msg) = reader.poll(stream).unwrap() {
+            return msg;
+        }
+        assert!(started.elapsed() < LIMIT, "no message within {LIMIT:?}");
+    }
+}
+
+/// Issue 19.5: a length prefix of 4 GiB, before or after the handshake, closes
+/// the connection at once, with nothing of the sort allocated; a leader that
+/// sends one makes the follower stop with `FrameTooLarge`.
+#[test]
+fn a_peer_announcing_a_4_gib_frame_is_dropped_without_buffering_it() {
+    let leader = Engine::in_memory().unwrap();
+    for i in 0..50 {
+        step(&leader, "load", i);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = LeaderCounters::default();
+    let huge = u32::MAX.to_le_bytes();
+    serving_with(&leader, &listener, 0, &counters, None, |_| {
+        // Before the handshake: the first frame announces 4 GiB.
+        let stream = TcpStream::connect(addr).unwrap();
+        (&stream).write_all(&huge).unwrap();
+        (&stream).write_all(&[HELLO_KIND; 1000]).unwrap();
+        expect_closed(&stream, Duration::from_secs(5));
+        wait_until("the leader to count the oversized frame", || {
+            counters.oversized_frames.load(Ordering::SeqCst) == 1
+        });
+        // After the handshake: an authenticated peer does the same.
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let never = AtomicBool::new(false);
+        let (_reader, answer) = handshake(
+            &stream,
+            &SECRET,
+            &Limits::default(),
+            &never,
+            (0, ChainHash::genesis()),
+            "",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(answer, Msg::Welcome { .. }), "{answer:?}");
+        (&stream).write_all(&huge).unwrap();
+        (&stream).write_all(&[0u8; 1000]).unwrap();
+        expect_closed(&stream, Duration::from_secs(5));
+        wait_until("the leader to count the second oversized frame", || {
+            counters.oversized_frames.load(Ordering::SeqCst) == 2
+        });
+    });
+
+    // A "leader" whose first frame announces 4 GiB.
+    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    let follower = Engine::in_memory_follower(Options::default()).unwrap();
+    let started = Instant::now();
+    let e = thread::scope(|s| {
+        s.spawn(|| {
+            let (stream, _) = fake.accept().unwrap();
+            (&stream).write_all(&huge).unwrap();
+            (&stream).write_all(&[0u8; 1000]).unwrap();
+            expect_closed(&stream, LIMIT);
+        });
+        follow_until_error(&follower, fake_addr, Some("f"), true)
+    });
+    match e {
+        SyncError::FrameTooLarge(big) => {
+            assert_eq!(
+                (big.len, big.max),
+                (u64::from(u32::MAX), HANDSHAKE_MAX_FRAME)
+            );
+        }
+        other => panic!("expected FrameTooLarge, got {other}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(
+        largest < 256 << 20,
+        "an allocation of {largest} bytes: a claimed length was allocated"
+    );
+    // The typed error is what `frame_too_large` finds in an `io::Error`.
+    let e = Reader::new(16, LIMIT)
+        .poll(&[255u8, 255, 255, 255, 1][..])
+        .unwrap_err();
+    assert_eq!(frame_too_large(&e).map(|f| f.max), Some(16));
+}
+
+/// The kind byte of a HELLO, for hand-made frames.
+const HELLO_KIND: u8 = 1;
+
+/// Issue 20.7: a HELLO never moves a retention hold backwards. A follower with
+/// the leader's history behind the hold of the name it gives is refused; one
+/// whose chain hash is not the leader's is served without the hold (and finds
+/// the fork); the hold stays where its follower left it.
+#[test]
+fn a_hello_behind_a_named_hold_is_refused_and_the_hold_stays() {
+    let leader = Engine::in_memory().unwrap();
+    let other = Engine::in_memory().unwrap();
+    for i in 0..120 {
+        step(&leader, "load", i);
+        step(&other, "load", i);
+    }
+    for i in 120..300 {
+        step(&leader, "load", i);
+    }
+    for i in 120..350 {
+        step(&other, "elsewhere", i);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let keeper = Engine::in_memory_follower(Options::default()).unwrap();
+    sync_keeper(&leader, &listener, &keeper, 300);
+    for i in 300..400 {
+        step(&leader, "load", i);
+    }
+    let ours = records(&leader, 0, 400);
+    let theirs = records(&other, 0, 350);
+    let counters = LeaderCounters::default();
+    let hold = || leader.consumer_position("keeper").map(|c| c.get());
+    serving_with(&leader, &listener, 0, &counters, None, |_| {
+        // The leader's history at 100, under the keeper's name.
+        let e = follow_until_error(&follower_of(&ours[..100]), addr, Some("keeper"), true);
+        match &e {
+            SyncError::Protocol(m) => assert!(m.contains("never moves backwards"), "{m}"),
+            other => panic!("expected a refusal, got {other}"),
+        }
+        assert_eq!(hold(), Some(300));
+        assert_eq!(counters.holds_refused.load(Ordering::SeqCst), 1);
+        // Another history at 350 (after the hold) under the keeper's name: served
+        // without the hold, it finds the fork; the hold did not move.
+        let e = follow_until_error(&follower_of(&theirs), addr, Some("keeper"), true);
+        assert_fork(e, 350, hash_at(&theirs, 350), hash_at(&ours, 350));
+        assert_eq!(hold(), Some(300));
+        assert_eq!(counters.holds_refused.load(Ordering::SeqCst), 1);
+    });
+    // The keeper itself is served from its hold.
+    sync_keeper(&leader, &listener, &keeper, 400);
+    assert_eq!(keeper.last_commit(), leader.last_commit());
+}
+
+/// Issue 20.7: followers must prove they know the shared secret; one that does
+/// not gets nothing and touches no hold.
+#[test]
+fn a_follower_without_the_secret_is_refused() {
+    let leader = Engine::in_memory().unwrap();
+    for i in 0..50 {
+        step(&leader, "load", i);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = LeaderCounters::default();
+    serving_with(&leader, &listener, 0, &counters, None, |_| {
+        // A follower with another secret: the leader cannot prove itself to it.
+        let wrong = Secret::new(b"not the secret of these tests").unwrap();
+        let f = Engine::in_memory_follower(Options::default()).unwrap();
+        let e = follow_with_secret_until_error(&f, addr, Some("intruder"), true, &wrong);
+        assert!(matches!(e, SyncError::Unauthenticated(_)), "{e}");
+        // A peer that ignores the leader's proof and answers with a guess.
+        let stream = TcpStream::connect(addr).unwrap();
+        let hello = Msg::Hello {
+            last: 0,
+            hash: ChainHash::genesis(),
+            name: "intruder".into(),
+            nonce: [1; 32],
+        };
+        (&stream).write_all(&hello.encode().unwrap()).unwrap();
+        let mut reader = Reader::new(HANDSHAKE_MAX_FRAME, LIMIT);
+        let challenge = next_msg(&mut reader, &stream);
+        assert!(matches!(challenge, Msg::Challenge { .. }), "{challenge:?}");
+        let guess = Msg::Auth { proof: [7; 32] };
+        (&stream).write_all(&guess.encode().unwrap()).unwrap();
+        match next_msg(&mut reader, &stream) {
+            Msg::Refused { reason } => {
+                assert!(reason.contains("authentication failed"), "{reason}")
+            }
+            other => panic!("expected REFUSED, got {other:?}"),
+        }
+        expect_closed(&stream, Duration::from_secs(5));
+        assert_eq!(counters.auth_refused.load(Ordering::SeqCst), 1);
+        assert_eq!(counters.sessions.load(Ordering::SeqCst), 0);
+        assert_eq!(leader.consumer_position("intruder"), None);
+    });
+    // Without a secret of 16 bytes or more there is no secret.
+    assert!(Secret::new(b"short").is_err());
+}
+
+/// Issue 20.7: the leader's state digests run on a thread of their own, one at a
+/// time: while one is held (as a digest of a huge store would take long), the
+/// follower goes on applying live commits, and checks the next digest after.
+#[test]
+fn digests_do_not_hold_up_streaming() {
+    let leader = Engine::in_memory().unwrap();
+    for i in 0..200 {
+        step(&leader, "load", i);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = LeaderCounters::default();
+    let release = AtomicBool::new(false);
+    let entered = AtomicUsize::new(0);
+    let digest_threads = Mutex::new(std::collections::HashSet::new());
+    let hook = |_at: u64| {
+        entered.fetch_add(1, Ordering::SeqCst);
+        digest_threads
+            .lock()
+            .unwrap()
+            .insert(thread::current().id());
+        let started = Instant::now();
+        while !release.load(Ordering::SeqCst) && started.elapsed() < LIMIT {
+            thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let follower = Engine::in_memory_follower(Options::default()).unwrap();
+    let status = Status::default();
+    let stop = AtomicBool::new(false);
+    let at = move || addr;
+    let log = |m: &str| eprintln!("[follower] {m}");
+    serving_with(&leader, &listener, 2, &counters, Some(&hook), |_| {
+        thread::scope(|s| {
+            let f = s.spawn(|| {
+                Follower {
+                    engine: &follower,
+                    leader: &at,
+                    name: Some("f"),
+                    stop: &stop,
+                    status: &status,
+                    log: &log,
+                    secret: &SECRET,
+                    limits: Limits::default(),
+                }
+                .run()
+            });
+            let guard = StopOnDrop(&[&stop, &release]);
+            wait_until("the digest thread to start a digest", || {
+                entered.load(Ordering::SeqCst) == 1
+            });
+            let from = leader.commit_id().get();
+            wait_until("live commits applied while the digest is held", || {
+                applied(&status) >= from + 500
+            });
+            // Still the one digest, not finished: nothing else started one.
+            assert_eq!(entered.load(Ordering::SeqCst), 1);
+            assert_eq!(counters.digests_computed.load(Ordering::SeqCst), 0);
+            release.store(true, Ordering::SeqCst);
+            wait_until("a digest checked by the follower", || {
+                status.digests_matched.load(Ordering::SeqCst) >= 1
+            });
+            drop(guard);
+            f.join().unwrap().unwrap();
+        });
+    });
+    assert_eq!(digest_threads.lock().unwrap().len(), 1, "one digest thread");
+    assert!(counters.digests_sent.load(Ordering::SeqCst) >= 1);
 }

@@ -16,7 +16,7 @@ mod digest;
 mod follower;
 
 pub use digest::StateDigest;
-pub(crate) use follower::apply;
+pub(crate) use follower::{apply, apply_point, ApplyPoint};
 
 use crate::error::{Error, Result};
 use crate::journal::{BodyView, CommitRecord, History, Hold, Journal, Retained, FRAME_HEADER};

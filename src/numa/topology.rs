@@ -52,10 +52,11 @@ pub enum TopologySource {
 
 impl Topology {
     /// The machine's topology: hwloc first with the `hwloc` feature, then sysfs,
-    /// then one node of every CPU. Restricted to the CPUs of the process's cgroup
-    /// cpuset (a container's or a systemd slice's CPUs), a process-wide set: not
-    /// the calling thread's affinity, which may be pinned to one CPU. Nodes left
-    /// without CPUs are kept, so memory-only nodes stay visible.
+    /// then one node of every CPU. Restricted to [`Topology::process_cpus`]: the
+    /// process's cgroup cpuset (a container's or a systemd slice's CPUs) and its
+    /// CPU affinity mask (`taskset`, systemd `CPUAffinity=`, `numactl
+    /// --physcpubind`), so no shard or worker is planned on a CPU outside them.
+    /// Nodes left without CPUs are kept, so memory-only nodes stay visible.
     pub fn discover() -> Topology {
         #[cfg(feature = "hwloc")]
         if let Ok(t) = Topology::from_hwloc() {
@@ -65,6 +66,24 @@ impl Topology {
             Ok(t) => t.restricted_to(&allowed_cpus()),
             Err(_) => Topology::fallback(),
         }
+    }
+
+    /// The CPUs this process may run on, process-wide: its cgroup's effective
+    /// cpuset intersected with the CPU affinity mask of its main thread
+    /// (`sched_getaffinity` of the process id), which `taskset`, systemd
+    /// `CPUAffinity=` and `numactl --physcpubind` set before `exec` and every
+    /// thread inherits. Not the calling thread's mask: an engine opened on a
+    /// thread pinned to one CPU still plans over the whole process's CPUs. Empty
+    /// when neither can be read (nothing is known about a restriction).
+    ///
+    /// ```
+    /// use shardstone::numa::Topology;
+    /// let allowed = Topology::process_cpus();
+    /// let t = Topology::discover();
+    /// assert!(allowed.is_empty() || t.cpus().all(|(_, cpu)| allowed.contains(&cpu)));
+    /// ```
+    pub fn process_cpus() -> BTreeSet<usize> {
+        allowed_cpus()
     }
 
     /// One node holding every CPU this process may run on.
@@ -256,9 +275,18 @@ impl Topology {
             .flat_map(|n| n.cpus.iter().map(move |&c| (n.id, c)))
     }
 
-    /// The same topology with only the CPUs in `allowed` (an empty set keeps
-    /// everything: nothing was learned about the mask).
-    fn restricted_to(mut self, allowed: &BTreeSet<usize>) -> Topology {
+    /// The same topology with only the CPUs in `allowed`, say
+    /// [`Topology::process_cpus`] for a [`Numa::Custom`](super::Numa::Custom)
+    /// view of the real machine. An empty set, or one that shares no CPU with the
+    /// topology, keeps everything: nothing usable was learned about the mask.
+    /// Nodes left without CPUs are kept (they get no shards or workers).
+    ///
+    /// ```
+    /// use shardstone::numa::Topology;
+    /// let t = Topology::synthetic(2, 2, 1).restricted_to(&[1, 2].into());
+    /// assert_eq!(t.cpus().collect::<Vec<_>>(), [(0, 1), (1, 2)]);
+    /// ```
+    pub fn restricted_to(mut self, allowed: &BTreeSet<usize>) -> Topology {
         let kept = self
             .nodes
             .iter()
@@ -341,10 +369,55 @@ fn count_cores(cpu_dir: &Path, cpus: &[usize]) -> usize {
     cores.len()
 }
 
-/// The CPUs this process may run on, process-wide: its cgroup's effective cpuset
-/// (v2, or v1's cpuset controller), looked up from its own cgroup towards the
-/// root. Empty when it cannot be read (no restriction is known).
+/// The CPUs this process may run on: the cgroup cpuset and the process's
+/// affinity mask, intersected (see [`Topology::process_cpus`]). Either one alone
+/// when the other is unknown; the affinity mask when the two share nothing (the
+/// kernel keeps a mask inside the cpuset, so that means the cpuset read is stale).
 pub(crate) fn allowed_cpus() -> BTreeSet<usize> {
+    combine_masks(&cgroup_cpus(), &process_affinity())
+}
+
+/// What [`allowed_cpus`] makes of a cpuset and an affinity mask (empty: unknown).
+fn combine_masks(cpuset: &BTreeSet<usize>, affinity: &BTreeSet<usize>) -> BTreeSet<usize> {
+    if affinity.is_empty() {
+        return cpuset.clone();
+    }
+    let both: BTreeSet<usize> = cpuset.intersection(affinity).copied().collect();
+    if both.is_empty() {
+        affinity.clone()
+    } else {
+        both
+    }
+}
+
+/// The affinity mask of the process's main thread (`sched_getaffinity` of the
+/// process id), which is what the process was started with unless that thread
+/// changed it. Empty when it cannot be read.
+fn process_affinity() -> BTreeSet<usize> {
+    const WORD: usize = 8 * std::mem::size_of::<libc::c_ulong>();
+    // Room for every CPU id placement accepts: a `cpu_set_t` holds only 1,024.
+    let mut mask: Vec<libc::c_ulong> = vec![0; MAX_CPU_ID / WORD];
+    // SAFETY: the kernel writes at most `size` bytes into `mask`, which has them;
+    // `cpu_set_t` is a plain bit array, so a larger buffer is a valid argument.
+    let r = unsafe {
+        libc::sched_getaffinity(
+            libc::getpid(),
+            std::mem::size_of_val(mask.as_slice()),
+            mask.as_mut_ptr().cast::<libc::cpu_set_t>(),
+        )
+    };
+    if r != 0 {
+        return BTreeSet::new();
+    }
+    (0..MAX_CPU_ID)
+        .filter(|&c| mask[c / WORD] & (1 << (c % WORD)) != 0)
+        .collect()
+}
+
+/// The process's cgroup's effective cpuset (v2, or v1's cpuset controller),
+/// looked up from its own cgroup towards the root. Empty when it cannot be read
+/// (no restriction is known).
+fn cgroup_cpus() -> BTreeSet<usize> {
     let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
         return BTreeSet::new();
     };
@@ -455,6 +528,20 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_affinity_mask_narrows_the_cpuset() {
+        let set = |c: &[usize]| c.iter().copied().collect::<BTreeSet<usize>>();
+        // `taskset -c 1` inside a cpuset of 0-3.
+        assert_eq!(combine_masks(&set(&[0, 1, 2, 3]), &set(&[1])), set(&[1]));
+        // Either alone when the other is unknown.
+        assert_eq!(combine_masks(&set(&[]), &set(&[2, 3])), set(&[2, 3]));
+        assert_eq!(combine_masks(&set(&[0, 1]), &set(&[])), set(&[0, 1]));
+        // Nothing in common: the mask, which the kernel enforces.
+        assert_eq!(combine_masks(&set(&[0]), &set(&[5])), set(&[5]));
+        // This process's own mask is read.
+        assert!(!process_affinity().is_empty());
     }
 
     #[test]

@@ -59,6 +59,11 @@ impl Clock {
         self.visible.load(Ordering::SeqCst)
     }
 
+    /// The commit id the next `assign` will hand out, if nobody takes one first.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.assigned.load(Ordering::SeqCst) + 1
+    }
+
     /// Takes the next commit id. The caller must `publish` it: ids have no gaps.
     pub(crate) fn assign(&self) -> u64 {
         self.assigned.fetch_add(1, Ordering::SeqCst) + 1
