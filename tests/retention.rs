@@ -217,7 +217,7 @@ fn hold_survives_many_checkpoints_of_a_tiny_journal() {
     assert_eq!(feed.next().unwrap().unwrap().commit_id.get(), 1);
     feed.ack(1);
     drop(feed);
-    for round in 0..50 {
+    for round in 0..20 {
         for i in 0..3 {
             engine
                 .run("w", |tx| tx.put(&key(i), &[round as u8; 16]))
