@@ -10,7 +10,10 @@
 //!
 //! A named consumer holds a retention mark: checkpoints keep the journal from its
 //! last `ack` on, up to `Options::retention_limit_bytes`; past that the hold lapses
-//! and the consumer gets `Error::Truncated` once what it needs is deleted.
+//! and the consumer gets `Error::Truncated` once what it needs is deleted. The
+//! hold also records the chain hash of the acknowledged commit (the feed knows
+//! it), so that history can be chained from there whatever the next record's
+//! anchor: a held consumer always resumes right after its last `ack`.
 
 mod digest;
 mod follower;
@@ -184,6 +187,8 @@ pub struct Feed {
     state: Arc<ControlState>,
     hold: Option<Arc<Hold>>,
     history: Option<History>,
+    /// The chain hash of `position`, when known.
+    position_hash: Option<crate::journal::ChainHash>,
 }
 
 impl Feed {
@@ -194,7 +199,14 @@ impl Feed {
         from: u64,
         name: Option<&str>,
     ) -> Result<Feed> {
-        let hold = name.map(|n| journal.hold(n, from + 1));
+        let position_hash = if from <= store.clock.visible() {
+            // Every visible commit was handed to the chain: this only hashes.
+            journal.chain().advance_to(from);
+            journal.known_hash(from)
+        } else {
+            None
+        };
+        let hold = name.map(|n| journal.hold(n, from + 1, position_hash.map(|h| (from, h))));
         let state = Arc::new(ControlState {
             name: name.map(str::to_owned),
             paused: AtomicBool::new(false),
@@ -208,6 +220,7 @@ impl Feed {
             position: from,
             hold,
             history: None,
+            position_hash,
         })
     }
 
@@ -229,7 +242,11 @@ impl Feed {
     pub fn ack(&self, id: impl Into<CommitId>) {
         if let Some(hold) = &self.hold {
             let id = id.into().get().min(self.position);
-            hold.needed.fetch_max(id + 1, Ordering::SeqCst);
+            let hash = match id == self.position {
+                true => self.position_hash,
+                false => self.journal.known_hash(id),
+            };
+            hold.ack(id, hash);
         }
     }
 
@@ -384,6 +401,7 @@ impl Feed {
             reason: "the journal record does not decode".to_owned(),
         })?;
         self.position = r.id;
+        self.position_hash = Some(r.hash);
         self.state.position.store(r.id, Ordering::SeqCst);
         Ok(body.to_record(r.prev_hash, r.hash))
     }

@@ -3,17 +3,29 @@
 //!
 //! The shards are merged by commit id as in recovery. A record's chain hash needs
 //! its predecessor's: the reader starts from a point whose hash it knows — the
-//! genesis before commit 1, the checkpoint, or a frame's anchor naming the commit
-//! just before it — and hashes forward. Frames it cannot chain (their predecessor
-//! was deleted) are skipped; the first commit it can give is `oldest`.
+//! genesis before commit 1, the checkpoint, a retention hold's point, or a
+//! frame's anchor naming the commit just before it — and hashes forward. Frames
+//! it cannot chain (their predecessor was deleted) are skipped.
 //! Segments still being appended to are read up to their first incomplete frame.
+//!
+//! Why holds carry a point: a frame's anchor is the chain head when it was
+//! appended, which under concurrent commits is often further back than the
+//! commit just before it. A checkpoint deletes every segment up to a hold's
+//! acknowledged commit P, so the record after P can only be chained from P's
+//! hash, which the consumer knew when it acknowledged P: the hold stores it (and
+//! the `consumers` file persists it), and the reader starts from it. Keeping
+//! P's segment instead would not do: P's own hash needs its predecessor's.
+//!
+//! The reader is registered with the journal (`ReaderGuard`) while it lives:
+//! a clean close does not trim a segment that it may map at full length.
 
 use super::chain::Retained;
 use super::record::{parse_frame, ChainHash, Parsed, FRAME_HEADER, KIND_MARK};
 use super::shard::{parse_segment_name, SEGMENT_HEADER};
+use super::ReaderGuard;
 use crate::error::{Error, Result};
 use memmap2::Mmap;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,32 +104,39 @@ pub(crate) struct History {
     next: Vec<Option<Found>>,
     /// The last commit whose hash is known, and that hash.
     known: Option<(u64, ChainHash)>,
-    checkpoint: (u64, ChainHash),
+    /// Commits whose chain hash is known (the genesis, the checkpoint, holds'
+    /// points): the next commit after one chains from it.
+    points: BTreeMap<u64, ChainHash>,
     from: u64,
     /// Visible when opened: frames up to it are whole. Later ones may still be
     /// being written (a shard that meets one leaves the merge), so the reader
     /// stops here.
     upto: u64,
+    _reader: ReaderGuard,
 }
 
 impl History {
-    /// Opens every segment in `dir`; `checkpoint` is the newest checkpoint's point
-    /// (a place where the chain hash is known).
+    /// Opens every segment in `dir`; `points` are commits whose chain hash is
+    /// known (the newest checkpoint's, the retention holds').
     pub(crate) fn open(
         dir: &Path,
-        checkpoint: (u64, ChainHash),
+        points: Vec<(u64, ChainHash)>,
         from: u64,
         upto: u64,
+        reader: ReaderGuard,
     ) -> Result<History> {
+        let mut points: BTreeMap<u64, ChainHash> = points.into_iter().collect();
+        points.insert(0, ChainHash::genesis());
         let mut h = History {
             dir: dir.to_owned(),
             shards: Vec::new(),
             heap: BinaryHeap::new(),
             next: Vec::new(),
             known: None,
-            checkpoint,
+            points,
             from,
             upto,
+            _reader: reader,
         };
         h.extend(upto)?;
         Ok(h)
@@ -160,8 +179,16 @@ impl History {
                 continue;
             }
             // A checkpoint may delete a segment between the listing and here.
-            let Ok(file) = File::open(&path) else {
-                continue;
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "open",
+                        path,
+                        source,
+                    })
+                }
             };
             if file.metadata().map_err(io("stat", &path))?.len() <= SEGMENT_HEADER as u64 {
                 continue;
@@ -200,8 +227,7 @@ impl History {
             let prev = match self.known {
                 Some((k, h)) if k + 1 == id => h,
                 Some((k, _)) if id <= k => continue,
-                _ if id == 1 => ChainHash::genesis(),
-                _ if id == self.checkpoint.0 + 1 => self.checkpoint.1,
+                _ if self.points.contains_key(&(id - 1)) => self.points[&(id - 1)],
                 _ if anchor.0 + 1 == id => anchor.1,
                 // Its predecessor is gone: this one cannot be chained.
                 _ => {

@@ -171,6 +171,9 @@ struct Retired {
     path: PathBuf,
     /// The last commit in it (0: none).
     last_id: u64,
+    /// Bytes written to it (header and frames): what it costs a retention hold,
+    /// whatever size the file was preallocated to.
+    used: u64,
 }
 
 impl Retired {
@@ -226,6 +229,8 @@ pub(crate) struct Journal {
     checkpoint: AtomicU64,
     /// The newest checkpoint's commit and chain hash: where history can start.
     checkpoint_point: Mutex<(u64, ChainHash)>,
+    /// `History` readers alive: a close does not trim segments they map.
+    readers: Arc<Readers>,
     /// Wakes feed consumers waiting for new commits.
     pub(crate) signal: Signal,
     /// A follower: changes only through `apply`.
@@ -246,6 +251,75 @@ pub(crate) struct Hold {
     pub needed: AtomicU64,
     /// Set when the hold was dropped for keeping too much journal.
     pub lapsed: AtomicBool,
+    /// A commit at or before `needed - 1` and its chain hash: where history can
+    /// start chaining when this consumer resumes, whatever the next record's
+    /// anchor. Moves forward only (with `Feed::ack`), and never past `needed - 1`.
+    pub point: Mutex<Option<(u64, ChainHash)>>,
+}
+
+impl Hold {
+    fn new(needed: u64, point: Option<(u64, ChainHash)>) -> Hold {
+        Hold {
+            needed: AtomicU64::new(needed),
+            lapsed: AtomicBool::new(false),
+            point: Mutex::new(point),
+        }
+    }
+
+    /// Records that the consumer acknowledged `id`, whose chain hash is `hash`.
+    /// `needed` moves first: a checkpoint that reads both in between keeps more,
+    /// never less.
+    pub(crate) fn ack(&self, id: u64, hash: Option<ChainHash>) {
+        self.needed.fetch_max(id + 1, Ordering::SeqCst);
+        if let Some(hash) = hash {
+            let mut point = self.point.lock();
+            if point.is_none_or(|(k, _)| k < id) {
+                *point = Some((id, hash));
+            }
+        }
+    }
+
+    /// What a checkpoint saves for this hold: (needed, point).
+    fn saved(&self) -> (u64, Option<(u64, ChainHash)>) {
+        let needed = self.needed.load(Ordering::SeqCst);
+        (needed, *self.point.lock())
+    }
+}
+
+/// The last commit a saved hold lets a checkpoint delete: segments whose last
+/// commit is at or below it go. With a point, it is the point (history chains
+/// on from its hash); without one, the commit before `needed`.
+fn hold_floor((needed, point): (u64, Option<(u64, ChainHash)>)) -> u64 {
+    let before = needed.saturating_sub(1);
+    point.map_or(before, |(k, _)| k.min(before))
+}
+
+/// Live `History` readers of a journal, counted under a mutex: a clean close
+/// trims the current segments only while there are none, and holds the mutex
+/// across the trim, so no reader maps a segment at a length it is about to lose.
+#[derive(Default)]
+pub(crate) struct Readers {
+    count: Mutex<usize>,
+}
+
+/// One registered `History` reader; unregisters when dropped.
+pub(crate) struct ReaderGuard {
+    readers: Arc<Readers>,
+}
+
+impl ReaderGuard {
+    fn register(readers: &Arc<Readers>) -> ReaderGuard {
+        *readers.count.lock() += 1;
+        ReaderGuard {
+            readers: readers.clone(),
+        }
+    }
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        *self.readers.count.lock() -= 1;
+    }
 }
 
 /// Wakes threads waiting for commits to become visible, without costing commits
@@ -365,32 +439,61 @@ fn load_holds(dir: &Path) -> Result<BTreeMap<String, Arc<Hold>>> {
     }
     let mut holds = BTreeMap::new();
     for line in body.lines() {
-        let (name, needed) = line
-            .rsplit_once('\t')
-            .ok_or_else(|| bad("a consumers line has no tab"))?;
+        // `name \t needed`, then (since holds carry their point) `\t id \t hash`.
+        let fields: Vec<&str> = line.split('\t').collect();
+        let (name, needed, point) = match fields[..] {
+            [name, needed] => (name, needed, None),
+            [name, needed, id, hash] => (name, needed, Some((id, hash))),
+            _ => return Err(bad("a consumers line has neither 2 nor 4 fields")),
+        };
         let needed: u64 = needed
             .parse()
             .map_err(|_| bad("a consumers line has no commit id"))?;
-        holds.insert(
-            name.to_owned(),
-            Arc::new(Hold {
-                needed: AtomicU64::new(needed),
-                lapsed: AtomicBool::new(false),
-            }),
-        );
+        let point = match point {
+            None => None,
+            Some((id, hash)) => {
+                let id: u64 = id
+                    .parse()
+                    .map_err(|_| bad("a consumers line has a bad point commit id"))?;
+                let hash =
+                    parse_hash(hash).ok_or_else(|| bad("a consumers line has a bad hash"))?;
+                Some((id, hash))
+            }
+        };
+        holds.insert(name.to_owned(), Arc::new(Hold::new(needed, point)));
     }
     Ok(holds)
 }
 
-/// Records the retention holds durably (temporary file, fsync, rename).
-fn save_holds(dir: &Path, io: &dyn Io, holds: &BTreeMap<String, u64>) -> Result<()> {
+/// A chain hash written as 64 hex digits.
+fn parse_hash(hex: &str) -> Option<ChainHash> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut h = [0u8; 32];
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(ChainHash(h))
+}
+
+/// A hold as saved: the oldest commit needed and the known point before it.
+type SavedHold = (u64, Option<(u64, ChainHash)>);
+
+/// Records the retention holds durably (temporary file, fsync, rename). A line
+/// is `name \t needed`, followed by `\t point id \t point hash` when the hold
+/// knows the chain hash of a commit before `needed`.
+fn save_holds(dir: &Path, io: &dyn Io, holds: &BTreeMap<String, SavedHold>) -> Result<()> {
     let path = dir.join(HOLDS_FILE);
     if holds.is_empty() && !path.exists() {
         return Ok(());
     }
     let mut body = String::new();
-    for (name, needed) in holds {
-        body.push_str(&format!("{name}\t{needed}\n"));
+    for (name, (needed, point)) in holds {
+        match point {
+            Some((id, hash)) => body.push_str(&format!("{name}\t{needed}\t{id}\t{hash}\n")),
+            None => body.push_str(&format!("{name}\t{needed}\n")),
+        }
     }
     let text = format!("{body}crc32c {}\n", crc32c::crc32c(body.as_bytes()));
     let tmp = dir.join(format!("{HOLDS_FILE}.tmp"));
@@ -477,6 +580,7 @@ impl Journal {
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(0),
             checkpoint_point: Mutex::new((0, ChainHash::genesis())),
+            readers: Arc::new(Readers::default()),
             signal: Signal::new(),
             follower: AtomicBool::new(false),
             report: RecoveryReport::default(),
@@ -730,6 +834,7 @@ impl Journal {
                 .map(|s| Retired {
                     shard: s.shard,
                     seq: s.seq,
+                    used: s.used(),
                     path: s.path,
                     last_id: s.last_id,
                 })
@@ -752,6 +857,7 @@ impl Journal {
                     retired.clone(),
                     syncs.clone(),
                     (layout.clone(), domain),
+                    opts.durability == Durability::Durable,
                 );
                 NodeBox::new(shard, &layout, domain)
             })
@@ -772,6 +878,7 @@ impl Journal {
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(start.0),
             checkpoint_point: Mutex::new(start),
+            readers: Arc::new(Readers::default()),
             signal: Signal::new(),
             follower: AtomicBool::new(false),
             report,
@@ -917,33 +1024,35 @@ impl Journal {
         }
         // The positions are read once: what is saved is what bounds the deletion
         // (an `ack` in between must not let segments go that the saved hold needs).
-        let saved: BTreeMap<String, u64> = {
+        let saved: BTreeMap<String, SavedHold> = {
             let mut holds = self.holds.lock();
             let retired = self.retired.lock();
+            let mut saved = BTreeMap::new();
             // A hold that would keep more than the limit lapses: its consumer gets
-            // `Truncated` instead of the disk filling up.
-            holds.retain(|_, hold| {
-                let needed = hold.needed.load(Ordering::SeqCst);
+            // `Truncated` instead of the disk filling up. What it keeps is counted
+            // in bytes written, not in the segments' preallocated sizes.
+            holds.retain(|name, hold| {
+                let s = hold.saved();
+                let floor = hold_floor(s);
                 let kept: u64 = retired
                     .iter()
-                    .filter(|seg| seg.last_id >= needed && seg.last_id <= at)
-                    .map(|seg| std::fs::metadata(&seg.path).map_or(0, |m| m.len()))
+                    .filter(|seg| seg.last_id > floor && seg.last_id <= at)
+                    .map(|seg| seg.used)
                     .sum();
                 let keep = kept <= self.retention_limit;
-                if !keep {
+                if keep {
+                    saved.insert(name.clone(), s);
+                } else {
                     hold.lapsed.store(true, Ordering::SeqCst);
                 }
                 keep
             });
-            holds
-                .iter()
-                .map(|(n, h)| (n.clone(), h.needed.load(Ordering::SeqCst)))
-                .collect()
+            saved
         };
         save_holds(dir, &*self.io, &saved)?;
         let floor = saved
             .values()
-            .map(|needed| needed.saturating_sub(1))
+            .map(|&s| hold_floor(s))
             .min()
             .unwrap_or(u64::MAX)
             .min(at);
@@ -993,28 +1102,46 @@ impl Journal {
             return Err(self.halted_error());
         }
         if let (Some(dir), false) = (&self.dir, self.read_only) {
-            let saved: BTreeMap<String, u64> = self
+            let saved: BTreeMap<String, SavedHold> = self
                 .holds
                 .lock()
                 .iter()
-                .map(|(n, h)| (n.clone(), h.needed.load(Ordering::SeqCst)))
+                .map(|(n, h)| (n.clone(), h.saved()))
                 .collect();
             save_holds(dir, &*self.io, &saved)?;
         }
         let anchor = self.chain.head();
         let mut result = Ok(());
         let mut current = Vec::new();
-        for shard in self.shards.iter() {
-            match shard.close(|f| f.seal(0, visible, anchor)) {
-                Ok(listed) => current.extend(listed),
-                Err(e) => {
-                    if result.is_ok() {
-                        result = Err(e);
+        {
+            // Held across the trims: no reader registers (and maps a segment at
+            // its preallocated length) in between. A feed that outlives the engine
+            // may still map the current segments: they are left untrimmed then,
+            // for the next open's recovery to cut (reading past a file's end
+            // through a mapping is SIGBUS).
+            let readers = self.readers.count.lock();
+            let trim = *readers == 0;
+            for shard in self.shards.iter() {
+                match shard.close(|f| f.seal(0, visible, anchor), trim) {
+                    Ok(listed) => current.extend(listed),
+                    Err(e) => {
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
                     }
                 }
             }
         }
         result?;
+        if self.durability != Durability::Durable && !self.read_only {
+            // Retired segments were not kept open for a flush (only `Durable`
+            // does): the manifest below promises them, so sync them by path.
+            let paths: Vec<PathBuf> = self.retired.lock().iter().map(|s| s.path.clone()).collect();
+            for path in paths {
+                let file = std::fs::File::open(&path).map_err(io_err("open", &path))?;
+                self.io.sync(&file).map_err(io_err("fdatasync", &path))?;
+            }
+        }
         let (Some(dir), false) = (&self.dir, self.read_only) else {
             return Ok(());
         };
@@ -1061,21 +1188,55 @@ impl Journal {
         if !jdir.is_dir() {
             return Ok(None);
         }
-        let point = *self.checkpoint_point.lock();
-        History::open(&jdir, point, from, upto).map(Some)
+        // Every point whose hash is known: the checkpoint's and each hold's (a
+        // consumer resumes right after its hold's point).
+        let mut points = vec![*self.checkpoint_point.lock()];
+        points.extend(self.holds.lock().values().filter_map(|h| *h.point.lock()));
+        let reader = ReaderGuard::register(&self.readers);
+        History::open(&jdir, points, from, upto, reader).map(Some)
+    }
+
+    /// The chain hash of commit `id` if it can be known without reading the
+    /// journal: genesis, the in-memory chain, the checkpoint, or a hold's point.
+    pub(crate) fn known_hash(&self, id: u64) -> Option<ChainHash> {
+        if id == 0 {
+            return Some(ChainHash::genesis());
+        }
+        if id <= self.chain.head().0 {
+            if let Some(hash) = self.chain.hash_at(id) {
+                return Some(hash);
+            }
+        }
+        let checkpoint = *self.checkpoint_point.lock();
+        if checkpoint.0 == id {
+            return Some(checkpoint.1);
+        }
+        self.holds
+            .lock()
+            .values()
+            .filter_map(|h| *h.point.lock())
+            .find(|p| p.0 == id)
+            .map(|p| p.1)
     }
 
     /// Registers (or moves) the retention hold `name`: commits from `needed` on
-    /// are kept.
-    pub(crate) fn hold(&self, name: &str, needed: u64) -> Arc<Hold> {
+    /// are kept. `point` is the commit before `needed` with its hash, if known.
+    pub(crate) fn hold(
+        &self,
+        name: &str,
+        needed: u64,
+        point: Option<(u64, ChainHash)>,
+    ) -> Arc<Hold> {
         let mut holds = self.holds.lock();
-        let hold = holds.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(Hold {
-                needed: AtomicU64::new(needed),
-                lapsed: AtomicBool::new(false),
-            })
-        });
+        let hold = holds
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Hold::new(needed, point)));
         hold.needed.store(needed, Ordering::SeqCst);
+        let mut p = hold.point.lock();
+        // Without a new point, an old one still serves if it is not past the
+        // new position.
+        *p = point.or(p.filter(|(k, _)| *k < needed));
+        drop(p);
         hold.clone()
     }
 

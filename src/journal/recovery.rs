@@ -100,6 +100,11 @@ impl SegmentFile {
         self.map.as_deref().unwrap_or(&[])
     }
 
+    /// Bytes of it in use: up to the end of its last valid frame.
+    pub(crate) fn used(&self) -> u64 {
+        self.end.max(SEGMENT_HEADER) as u64
+    }
+
     pub(crate) fn listed(&self) -> Listed {
         Listed {
             shard: self.shard,
@@ -805,6 +810,7 @@ pub(crate) fn recover(
                 continue;
             }
             report.dropped_bytes += written.saturating_sub(co) as u64;
+            seg.end = seg.end.min(co);
             let len = seg.bytes().len();
             if rules.read_only {
                 segments.push(seg);

@@ -120,6 +120,11 @@ pub(crate) struct Shard {
     /// to that node before they are first touched.
     home: (Arc<Layout>, usize),
     remote_appends: AtomicU64,
+    /// `Durability::Durable`: a retired segment's file stays open until the next
+    /// flush syncs it. Otherwise nothing waits to sync it, so it is closed at
+    /// the roll (a checkpoint can then free its disk space), and a clean close
+    /// syncs retired segments by path.
+    keeps_unsynced: bool,
 }
 
 impl Shard {
@@ -133,6 +138,7 @@ impl Shard {
         retired: Arc<Mutex<Vec<Retired>>>,
         syncs: Arc<AtomicU64>,
         home: (Arc<Layout>, usize),
+        keeps_unsynced: bool,
     ) -> Shard {
         Shard {
             index,
@@ -148,6 +154,7 @@ impl Shard {
             syncs,
             home,
             remote_appends: AtomicU64::new(0),
+            keeps_unsynced,
         }
     }
 
@@ -250,8 +257,11 @@ impl Shard {
                 seq: old.seq,
                 path: old.path.clone(),
                 last_id: old.last_id,
+                used: old.len as u64,
             });
-            st.files.unsynced.push((old.file, old.path));
+            if self.keeps_unsynced {
+                st.files.unsynced.push((old.file, old.path));
+            }
         }
         st.files.current = Some(Segment {
             seq,
@@ -305,10 +315,15 @@ impl Shard {
 
     /// A clean close: syncs everything appended, then writes a mark (sealed by
     /// `seal`: the final watermark) after it, trims the current segment to its
-    /// used length, unmaps and syncs it. The mark is written only once every
-    /// frame before it is durable, so a mark found after damage proves the
-    /// damage hit synced frames. Returns the current segment, for the manifest.
-    pub(crate) fn close(&self, seal: impl FnOnce(&mut Frame) -> usize) -> Result<Option<Listed>> {
+    /// used length (if `trim`: no reader maps it), unmaps and syncs it. The mark
+    /// is written only once every frame before it is durable, so a mark found
+    /// after damage proves the damage hit synced frames. Returns the current
+    /// segment, for the manifest.
+    pub(crate) fn close(
+        &self,
+        seal: impl FnOnce(&mut Frame) -> usize,
+        trim: bool,
+    ) -> Result<Option<Listed>> {
         let appended = self.group.lock().appended;
         if appended > 0 {
             self.wait_durable(appended)?;
@@ -345,8 +360,12 @@ impl Shard {
             source,
         })?;
         drop(map);
-        self.io
-            .truncate(&file, len as u64)
+        let trimmed = if trim {
+            self.io.truncate(&file, len as u64)
+        } else {
+            Ok(())
+        };
+        trimmed
             .and_then(|()| self.io.sync(&file))
             .map_err(|source| Error::Io {
                 op: "trim segment",
