@@ -175,6 +175,7 @@ impl Engine {
             executor: std::sync::Arc::new(Executor::new(
                 opts.max_conflicts,
                 opts.hot_pages_tracked,
+                opts.max_command_names,
             )),
             journal: std::sync::Arc::new(journal),
             workers: std::sync::Arc::new(Workers::new(layout.clone())),
