@@ -643,6 +643,13 @@ fn errors_display_and_implement_std_error() {
             },
             vec!["fdatasync failed", "reopen"],
         ),
+        (
+            Error::AheadOfLastCommit {
+                requested: 12.into(),
+                last: 7.into(),
+            },
+            vec!["12", "7", "ahead"],
+        ),
     ];
     for (e, needles) in &errors {
         is_error(e);

@@ -194,7 +194,19 @@ impl Feed {
         from: u64,
         name: Option<&str>,
     ) -> Result<Feed> {
-        let hold = name.map(|n| journal.hold(n, from + 1));
+        // Checked before anything is registered: a refused call leaves no consumer
+        // and does not move a hold. `from <= last` also keeps `from + 1` in range.
+        let last = store.clock.visible();
+        let needed = match from.checked_add(1) {
+            Some(needed) if from <= last => needed,
+            _ => {
+                return Err(Error::AheadOfLastCommit {
+                    requested: CommitId(from),
+                    last: CommitId(last),
+                })
+            }
+        };
+        let hold = name.map(|n| journal.hold(n, needed));
         let state = Arc::new(ControlState {
             name: name.map(str::to_owned),
             paused: AtomicBool::new(false),
@@ -229,7 +241,8 @@ impl Feed {
     pub fn ack(&self, id: impl Into<CommitId>) {
         if let Some(hold) = &self.hold {
             let id = id.into().get().min(self.position);
-            hold.needed.fetch_max(id + 1, Ordering::SeqCst);
+            hold.needed
+                .fetch_max(id.saturating_add(1), Ordering::SeqCst);
         }
     }
 

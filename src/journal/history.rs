@@ -197,12 +197,15 @@ impl History {
             if let Some(f) = &self.next[i] {
                 self.heap.push(std::cmp::Reverse((f.id, i)));
             }
+            // Ids and anchors come from the files: compared with checked
+            // arithmetic, so a damaged one cannot overflow.
+            let follows = |before: u64| before.checked_add(1) == Some(id);
             let prev = match self.known {
-                Some((k, h)) if k + 1 == id => h,
+                Some((k, h)) if follows(k) => h,
                 Some((k, _)) if id <= k => continue,
                 _ if id == 1 => ChainHash::genesis(),
-                _ if id == self.checkpoint.0 + 1 => self.checkpoint.1,
-                _ if anchor.0 + 1 == id => anchor.1,
+                _ if follows(self.checkpoint.0) => self.checkpoint.1,
+                _ if follows(anchor.0) => anchor.1,
                 // Its predecessor is gone: this one cannot be chained.
                 _ => {
                     self.known = None;
