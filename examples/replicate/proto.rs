@@ -26,7 +26,8 @@
 //! subscribes from that id (`Engine::subscribe_as` for a named follower, so that
 //! checkpoints keep the journal until it ACKs) and answers WELCOME with its own last
 //! commit, then streams every commit after the follower's: history first, then
-//! live. The follower applies each record in order; `Engine::apply` refuses one
+//! live. A follower ahead of the leader (`Error::AheadOfLastCommit` from the
+//! subscription) gets WELCOME only, and the session ends. The follower applies each record in order; `Engine::apply` refuses one
 //! whose `prev_hash` is not the follower's chain hash (`Error::Fork`), so the first
 //! record checks that the two histories agree at the follower's last commit. WELCOME
 //! covers the cases with no such record: a leader exactly at the follower's commit
@@ -471,6 +472,24 @@ impl Leader<'_> {
         };
         let mut feed = match feed {
             Ok(feed) => feed,
+            // A follower ahead of us: WELCOME with our last commit is what it
+            // needs to tell a fork from a leader that lost commits; nothing to stream.
+            Err(Error::AheadOfLastCommit { last, .. }) => {
+                let (head, hash) = self.engine.last_commit();
+                send(
+                    &mut out,
+                    &Msg::Welcome {
+                        head: head.get(),
+                        hash,
+                    },
+                )?;
+                out.flush()?;
+                return Ok(format!(
+                    "is ahead of us: it asked for the commits after {}, we end at {}",
+                    num(from),
+                    num(last.get())
+                ));
+            }
             Err(e) => {
                 send(
                     &mut out,
