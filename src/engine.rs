@@ -175,6 +175,7 @@ impl Engine {
             executor: std::sync::Arc::new(Executor::new(
                 opts.max_conflicts,
                 opts.hot_pages_tracked,
+                opts.max_command_names,
             )),
             journal: std::sync::Arc::new(journal),
             workers: std::sync::Arc::new(Workers::new(layout.clone())),
@@ -390,7 +391,9 @@ impl Engine {
 
     /// Every commit after `from`, in commit order: history first (from the
     /// journal files, or the in-memory window), then live commits as they become
-    /// visible. See [`Feed`].
+    /// visible. See [`Feed`]. `from` may be at most the last commit (a feed from
+    /// it waits for the next one); beyond it is [`Error::AheadOfLastCommit`],
+    /// on a leader and on a follower alike.
     pub fn subscribe(&self, from: impl Into<CommitId>) -> Result<Feed> {
         Feed::new(
             self.store.clone(),
@@ -404,7 +407,8 @@ impl Engine {
     /// [`Engine::subscribe`] as the named consumer `name`, which holds a retention
     /// mark (like a replication slot): checkpoints keep the journal from its last
     /// [`Feed::ack`] on, up to `Options::retention_limit_bytes`, and across
-    /// restarts. [`Engine::consumer_position`] says where it was.
+    /// restarts. [`Engine::consumer_position`] says where it was. A `from` beyond
+    /// the last commit is [`Error::AheadOfLastCommit`], and leaves the hold as it was.
     pub fn subscribe_as(&self, name: &str, from: impl Into<CommitId>) -> Result<Feed> {
         if name.is_empty() || name.contains(['\t', '\n', '\r']) {
             return Err(Error::InvalidOptions {

@@ -121,6 +121,18 @@ pub enum Error {
         /// The oldest commit id a new subscription can still be given.
         oldest_available: CommitId,
     },
+    /// [`crate::Engine::subscribe`] or [`crate::Engine::subscribe_as`] asked for the
+    /// commits after `requested`, beyond this engine's last commit `last`. A feed
+    /// from `last` itself is fine: it waits for the next commit. A consumer that
+    /// holds commits this engine does not have has forked from it (or the engine
+    /// lost them): no feed from here can continue its history. Nothing was
+    /// registered, and a named consumer's retention hold was not moved.
+    AheadOfLastCommit {
+        /// The position the feed was asked to start after.
+        requested: CommitId,
+        /// This engine's last commit when it was asked.
+        last: CommitId,
+    },
     /// A commit record that cannot be applied as it is (no ops, a key over the limit,
     /// bytes that do not decode).
     InvalidRecord {
@@ -243,6 +255,11 @@ impl fmt::Display for Error {
             Error::Truncated { oldest_available } => write!(
                 f,
                 "the journal before {oldest_available} is no longer available"
+            ),
+            Error::AheadOfLastCommit { requested, last } => write!(
+                f,
+                "a feed after {requested} was asked for, but this engine ends at {last}: \
+                 the consumer is ahead of it (a fork, or commits this engine lost)"
             ),
             Error::InvalidRecord { commit_id, reason } => {
                 write!(f, "invalid commit record")?;

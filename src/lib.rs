@@ -60,7 +60,9 @@ mod store;
 mod sync;
 mod txn;
 
-pub use command::{Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotPage, Stats};
+pub use command::{
+    Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotPage, Stats, OTHER_COMMANDS,
+};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use feed::{ConsumerStats, Feed, FeedControl, StateDigest};

@@ -6,6 +6,9 @@ use crate::numa::{Numa, PagePlacement};
 /// Longest key the engine accepts, in bytes. Longer keys are [`Error::KeyTooLarge`].
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// The largest `Options::max_command_names` accepted: about 400 MiB of counters.
+const MAX_COMMAND_NAMES_LIMIT: usize = 100_000;
+
 /// Settings for [`crate::Engine::open_with`] and [`crate::Engine::in_memory_with`].
 ///
 /// ```
@@ -26,6 +29,12 @@ pub struct Options {
     pub max_value_len: usize,
     /// How many of the most-conflicted pages `Engine::stats` keeps and reports.
     pub hot_pages_tracked: usize,
+    /// How many distinct command names get counters of their own in
+    /// `Stats::commands` (default 1,000, at most 100,000; 0 counts every command
+    /// under one entry). Runs of every later name are counted together under
+    /// [`crate::OTHER_COMMANDS`], so names made from user input cannot grow
+    /// memory; each name costs about 4 KiB of counters.
+    pub max_command_names: usize,
     /// When `run` returns, relative to the commit's journal record. In-memory
     /// engines have no files, so for them every level behaves as `None`.
     pub durability: Durability,
@@ -87,6 +96,7 @@ impl Default for Options {
             max_conflicts: 3,
             max_value_len: 16 << 20,
             hot_pages_tracked: 64,
+            max_command_names: 1000,
             durability: Durability::Durable,
             journal_shards: 0,
             segment_size: 64 << 20,
@@ -127,6 +137,15 @@ impl Options {
             return Err(Error::InvalidOptions {
                 option: "workers",
                 reason: format!("{} exceeds the limit of 4096", self.workers),
+            });
+        }
+        if self.max_command_names > MAX_COMMAND_NAMES_LIMIT {
+            return Err(Error::InvalidOptions {
+                option: "max_command_names",
+                reason: format!(
+                    "{} exceeds the limit of {MAX_COMMAND_NAMES_LIMIT} (each name costs about 4 KiB)",
+                    self.max_command_names
+                ),
             });
         }
         if !(1 << 16..=1 << 40).contains(&self.segment_size) {

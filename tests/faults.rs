@@ -205,13 +205,19 @@ fn check_state(engine: &Engine, rec: &Record, when: &str) -> Vec<String> {
     bad
 }
 
-/// Runs the scenario in `dir` through `io`.
-fn run_scenario(dir: &Path, shards: usize, io: &Arc<FaultyIo>) -> Record {
+/// Runs the scenario in `dir` through `io`. With `cpus`, command `i` runs pinned
+/// to `cpus[i % cpus.len()]` (and the other steps on `cpus[0]`), so that which
+/// journal shard each commit appends to, and so the sequence of file
+/// operations, is the same in every run; call it on a thread of its own then.
+fn run_scenario(dir: &Path, shards: usize, io: Arc<dyn Io>, cpus: &[usize]) -> Record {
     let mut rec = Record::default();
     let mut engine: Option<Engine> = None;
     let mut halted = false;
     let mut opened = 0;
     for step in script() {
+        if let (Some(&cpu), false) = (cpus.first(), matches!(step, Step::Run(_))) {
+            pin(cpu);
+        }
         match step {
             Step::Open => match Engine::open_with_io(dir, opts(shards), io.clone()) {
                 Ok(e) => {
@@ -233,6 +239,9 @@ fn run_scenario(dir: &Path, shards: usize, io: &Arc<FaultyIo>) -> Record {
             Step::Run(range) => {
                 let e = engine.as_ref().expect("open");
                 for i in range {
+                    if !cpus.is_empty() {
+                        pin(cpus[i % cpus.len()]);
+                    }
                     let before = e.commit_id().get();
                     let r = e.run("put", |tx| tx.put(&key(i), &value(i)));
                     let after = e.commit_id().get();
@@ -383,9 +392,13 @@ fn reported_ops(rec: &Record) -> BTreeSet<&'static str> {
         .collect()
 }
 
-/// Runs one case of the scenario and verifies it; returns its violations, each
-/// prefixed with the case, and the failing operations it reported.
-fn run_case(case: &Case, shards: usize) -> (Vec<String>, BTreeSet<&'static str>) {
+/// What one case reported: its broken promises, each prefixed with the case, and
+/// the failing operations it reported (`Error::Io`'s `op`).
+type CaseResult = (Vec<String>, BTreeSet<&'static str>);
+
+/// Runs one case of the scenario and verifies it (on a thread of its own when
+/// `cpus` pins it, so that the pinning ends with it).
+fn run_case(case: &Case, shards: usize, cpus: &[usize]) -> CaseResult {
     let dir = TempDir::new("scenario");
     let io = Arc::new(FaultyIo::new(
         case.kind,
@@ -393,11 +406,13 @@ fn run_case(case: &Case, shards: usize) -> (Vec<String>, BTreeSet<&'static str>)
         case.errno,
         case.sticky,
     ));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let rec = run_scenario(dir.path(), shards, &io);
-        let ops = reported_ops(&rec);
-        (verify(dir.path(), rec, &io, case.errno), ops)
-    }));
+    let result = on_own_thread(!cpus.is_empty(), || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let rec = run_scenario(dir.path(), shards, io.clone(), cpus);
+            let ops = reported_ops(&rec);
+            (verify(dir.path(), rec, &io, case.errno), ops)
+        }))
+    });
     match result {
         Ok((bad, ops)) => (
             bad.into_iter().map(|b| format!("{case}: {b}")).collect(),
@@ -410,24 +425,92 @@ fn run_case(case: &Case, shards: usize) -> (Vec<String>, BTreeSet<&'static str>)
     }
 }
 
-/// Runs `cases`, asserts that none broke a promise, and returns the failing
-/// operations they reported, all together.
-fn run_cases(what: &str, cases: &[Case], shards: usize) -> BTreeSet<&'static str> {
-    let mut bad = Vec::new();
-    let mut ops = BTreeSet::new();
-    for (b, o) in par_map(cases, 2, |c| run_case(c, shards)) {
-        bad.extend(b);
-        ops.extend(o);
-    }
+/// Runs `cases`, asserts that none broke a promise, and returns what each
+/// reported, in case order.
+fn run_cases(what: &str, cases: &[Case], shards: usize, cpus: &[usize]) -> Vec<CaseResult> {
+    let results = par_map(cases, 2, |c| run_case(c, shards, cpus));
+    let bad: Vec<String> = results.iter().flat_map(|(b, _)| b.clone()).collect();
     assert_no_violations(what, &bad, cases.len());
+    results
+}
+
+/// Every failing operation the cases reported, together.
+fn all_reported(results: &[CaseResult]) -> BTreeSet<&'static str> {
+    results
+        .iter()
+        .flat_map(|(_, o)| o.iter().copied())
+        .collect()
+}
+
+/// The file operations a clean run of the scenario does, in order, by `Io`
+/// method name (`create`, `allocate`, `write_at`, `sync`, `sync_dir`, `rename`,
+/// `truncate`, `remove`).
+fn clean_run_ops(shards: usize, cpus: &[usize]) -> Vec<&'static str> {
+    /// The OS's I/O, logging each operation's name.
+    #[derive(Default)]
+    struct LoggedIo(Mutex<Vec<&'static str>>);
+    impl LoggedIo {
+        fn log(&self, op: &'static str) {
+            self.0.lock().unwrap().push(op);
+        }
+    }
+    impl Io for LoggedIo {
+        fn create(&self, path: &Path) -> std::io::Result<std::fs::File> {
+            self.log("create");
+            OsIo.create(path)
+        }
+        fn allocate(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+            self.log("allocate");
+            OsIo.allocate(file, len)
+        }
+        fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.log("write_at");
+            OsIo.write_at(file, buf, offset)
+        }
+        fn sync(&self, file: &std::fs::File) -> std::io::Result<()> {
+            self.log("sync");
+            OsIo.sync(file)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            self.log("sync_dir");
+            OsIo.sync_dir(dir)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            self.log("rename");
+            OsIo.rename(from, to)
+        }
+        fn truncate(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+            self.log("truncate");
+            OsIo.truncate(file, len)
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            self.log("remove");
+            OsIo.remove(path)
+        }
+    }
+    let dir = TempDir::new("log");
+    let io = Arc::new(LoggedIo::default());
+    let rec = on_own_thread(!cpus.is_empty(), || {
+        run_scenario(dir.path(), shards, io.clone(), cpus)
+    });
+    assert_clean(&rec);
+    let ops = io.0.lock().unwrap().clone();
     ops
 }
 
 /// How many operations of `kind` the scenario does when nothing fails.
-fn count_ops(kind: FaultKind, shards: usize) -> u64 {
+fn count_ops(kind: FaultKind, shards: usize, cpus: &[usize]) -> u64 {
     let dir = TempDir::new("count");
     let io = Arc::new(FaultyIo::new(kind, u64::MAX, EIO, false));
-    let rec = run_scenario(dir.path(), shards, &io);
+    let rec = on_own_thread(!cpus.is_empty(), || {
+        run_scenario(dir.path(), shards, io.clone(), cpus)
+    });
+    assert_clean(&rec);
+    io.ops()
+}
+
+/// A run where nothing failed: no error, no broken promise, every command acknowledged.
+fn assert_clean(rec: &Record) {
     let errors: Vec<String> = rec
         .errors
         .iter()
@@ -436,7 +519,53 @@ fn count_ops(kind: FaultKind, shards: usize) -> u64 {
     assert!(errors.is_empty(), "a clean run failed: {errors:?}");
     assert!(rec.violations.is_empty(), "{:?}", rec.violations);
     assert_eq!(rec.acked.len(), 210);
-    io.ops()
+}
+
+/// Runs `f` on a thread of its own when `own` (a thread whose CPU affinity `f`
+/// may change), else here.
+fn on_own_thread<R: Send>(own: bool, f: impl FnOnce() -> R + Send) -> R {
+    if !own {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Two CPUs this thread may run on, the first and the last of its affinity
+/// mask: with two journal shards they select two different shards on the
+/// machines we test on (a one-node machine gives the first half of its CPUs to
+/// shard 0 and the second half to shard 1), and the same shards in every run.
+/// One CPU when only one is allowed.
+fn two_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and its size is passed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+    let r = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    assert_eq!(r, 0, "sched_getaffinity");
+    // SAFETY: `cpu` is below CPU_SETSIZE, `set` is initialized.
+    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    let mut cpus = vec![allowed[0]];
+    if allowed.len() > 1 {
+        cpus.push(allowed[allowed.len() - 1]);
+    }
+    cpus
+}
+
+/// Moves the calling thread onto `cpu`, and so onto that CPU's journal shard.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; `cpu` < CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+    let r = unsafe { libc::sched_setaffinity(0, size, &set) };
+    assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}");
 }
 
 #[track_caller]
@@ -461,7 +590,7 @@ fn every_failed_write_fsync_or_rename_is_reported_and_loses_no_acknowledged_comm
     let mut cases = Vec::new();
     let mut counts = Vec::new();
     for kind in [FaultKind::Write, FaultKind::Sync, FaultKind::Rename] {
-        let ops = count_ops(kind, 1);
+        let ops = count_ops(kind, 1, &[]);
         counts.push((kind, ops));
         assert!(ops > 0, "the scenario does no {kind:?} operation");
         for errno in [EIO, ENOSPC] {
@@ -494,7 +623,7 @@ fn every_failed_write_fsync_or_rename_is_reported_and_loses_no_acknowledged_comm
             sticky: true,
         });
     }
-    let reported = run_cases("fault matrix", &cases, 1);
+    let reported = all_reported(&run_cases("fault matrix", &cases, 1, &[]));
     eprintln!(
         "fault matrix: operations per kind {counts:?}, {} cases in {:?}, failing operations reported: {reported:?}",
         cases.len(),
@@ -521,26 +650,68 @@ fn every_failed_write_fsync_or_rename_is_reported_and_loses_no_acknowledged_comm
 
 /// The same scenario with every operation counted (`FaultKind::Any`: creates,
 /// truncates and removes too), sampled, with two journal shards.
+///
+/// The schedule is fixed: commands are pinned to two CPUs in turn, so each
+/// commit's shard, and with it the sequence of file operations, is the same in
+/// every run (checked: two clean runs log the same sequence). The cases are a
+/// stride through that sequence plus every `create`, `truncate` and `remove` in
+/// it, the operations only `Any` fails; each such case must report its failure
+/// under that operation's name. (It used to assert which operations a stride
+/// through an unpinned run happened to hit, which depended on the CPUs the
+/// scheduler picked, and failed about half the time.)
 #[test]
 fn any_failed_file_operation_is_reported_and_loses_no_acknowledged_commit() {
-    let ops = count_ops(FaultKind::Any, 2);
+    let cpus = two_cpus();
+    let log = clean_run_ops(2, &cpus);
+    assert_eq!(
+        log,
+        clean_run_ops(2, &cpus),
+        "two clean runs pinned the same way did different file operations: \
+         the schedule of cases would not be deterministic"
+    );
+    let ops = log.len() as u64;
+    assert_eq!(
+        count_ops(FaultKind::Any, 2, &cpus),
+        ops,
+        "FaultKind::Any counts every logged operation, so case N fails the Nth of the log"
+    );
+    for op in ["create", "truncate", "remove"] {
+        assert!(log.contains(&op), "the scenario does no {op:?}: {log:?}");
+    }
     let stride = (ops / 60).max(1);
-    let cases: Vec<Case> = (0..ops)
-        .step_by(stride as usize)
-        .map(|fail_at| Case {
+    let mut at: BTreeSet<u64> = (0..ops).step_by(stride as usize).collect();
+    at.extend((0..ops).filter(|&i| matches!(log[i as usize], "create" | "truncate" | "remove")));
+    let cases: Vec<Case> = at
+        .iter()
+        .map(|&fail_at| Case {
             kind: FaultKind::Any,
             fail_at,
             errno: if fail_at % 2 == 0 { EIO } else { ENOSPC },
             sticky: fail_at % 3 == 0,
         })
         .collect();
-    let reported = run_cases("FaultKind::Any", &cases, 2);
-    for op in ["create", "remove"] {
-        assert!(
-            reported.contains(op),
-            "no case failed a {op:?}: {reported:?}"
-        );
+    let results = run_cases("FaultKind::Any", &cases, 2, &cpus);
+    let mut bad = Vec::new();
+    for (case, (_, reported)) in cases.iter().zip(&results) {
+        let names: &[&str] = match log[case.fail_at as usize] {
+            "create" => &["create"],
+            "remove" => &["remove"],
+            "truncate" => &["truncate", "trim segment"],
+            _ => continue,
+        };
+        if !names.iter().any(|n| reported.contains(n)) {
+            bad.push(format!(
+                "{case} (a {}): reported {reported:?}, none of {names:?}",
+                log[case.fail_at as usize]
+            ));
+        }
     }
+    assert_no_violations("FaultKind::Any, operation names", &bad, cases.len());
+    eprintln!(
+        "FaultKind::Any: {ops} operations pinned to CPUs {cpus:?}, {} cases, failing operations reported: {:?}",
+        cases.len(),
+        all_reported(&results)
+    );
 }
 
 // ---------------------------------------------------------------------------

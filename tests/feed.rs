@@ -322,3 +322,145 @@ fn a_durable_follower_checkpoints_and_resumes() {
         leader.snapshot().state_digest().unwrap()
     );
 }
+
+/// What a subscription beyond the last commit must return.
+#[track_caller]
+fn assert_ahead(what: &str, r: shardstone::Result<shardstone::Feed>, requested: u64, last: u64) {
+    match r {
+        Err(Error::AheadOfLastCommit {
+            requested: r,
+            last: l,
+        }) => assert_eq!(
+            (r.get(), l.get()),
+            (requested, last),
+            "{what}: (requested, last)"
+        ),
+        other => panic!("{what}: expected AheadOfLastCommit, got {other:?}"),
+    }
+}
+
+/// `subscribe(from)` gives the commits after `from`: `from` may be the last
+/// commit (the feed waits for the next), but a `from` beyond it is a consumer
+/// ahead of this engine (a fork), refused with a typed error rather than a feed
+/// that never yields. `u64::MAX` included: no overflow, no wrapped hold.
+#[test]
+fn a_subscription_beyond_the_last_commit_is_refused() {
+    let dir = TempDir::new("ahead");
+    let engine = Engine::open_with(dir.path(), opts()).unwrap();
+    // An empty engine: only 0 is allowed.
+    assert_ahead("empty, 1", engine.subscribe(1), 1, 0);
+    let mut feed = engine.subscribe(0).unwrap();
+    assert!(feed.try_next().unwrap().is_none());
+    puts(&engine, 0, 20);
+    let last = engine.last_commit().0.get();
+    assert_eq!(last, 20);
+    for from in [last + 1, last + 2, 1 << 40, u64::MAX - 1, u64::MAX] {
+        assert_ahead(
+            &format!("subscribe({from})"),
+            engine.subscribe(from),
+            from,
+            last,
+        );
+    }
+    // Exactly the last commit: nothing yet, then the next one.
+    let mut at_last = engine.subscribe(last).unwrap();
+    assert_eq!(at_last.position().get(), last);
+    assert!(at_last.try_next().unwrap().is_none());
+    puts(&engine, 20, 1);
+    assert_eq!(at_last.next().unwrap().unwrap().commit_id.get(), last + 1);
+    // Refused feeds registered no consumer.
+    assert_eq!(engine.stats().feed.len(), 2, "{:?}", engine.stats().feed);
+}
+
+/// The same for a named consumer, and a refused call creates no retention hold
+/// and does not move an existing one, also across a reopen.
+#[test]
+fn a_named_subscription_beyond_the_last_commit_is_refused_and_holds_nothing() {
+    let dir = TempDir::new("ahead-named");
+    {
+        let engine = Engine::open_with(dir.path(), opts()).unwrap();
+        puts(&engine, 0, 30);
+        let last = engine.last_commit().0.get();
+        for from in [last + 1, u64::MAX - 1, u64::MAX] {
+            assert_ahead(
+                &format!("subscribe_as(\"new\", {from})"),
+                engine.subscribe_as("new", from),
+                from,
+                last,
+            );
+        }
+        assert_eq!(engine.consumer_position("new"), None, "no hold was created");
+        assert!(!engine.release_consumer("new"));
+
+        let held = engine.subscribe_as("held", 10).unwrap();
+        held.ack(10);
+        drop(held);
+        assert_eq!(engine.consumer_position("held").map(|c| c.get()), Some(10));
+        for from in [last + 1, u64::MAX] {
+            assert_ahead(
+                &format!("subscribe_as(\"held\", {from})"),
+                engine.subscribe_as("held", from),
+                from,
+                last,
+            );
+            assert_eq!(
+                engine.consumer_position("held").map(|c| c.get()),
+                Some(10),
+                "a refused subscribe_as({from}) moved the hold"
+            );
+        }
+        // The hold still keeps the journal it covers through a checkpoint.
+        engine.checkpoint().unwrap();
+        // At the last commit: accepted, and the hold moves there.
+        let mut at_last = engine.subscribe_as("held", last).unwrap();
+        assert!(at_last.try_next().unwrap().is_none());
+        assert_eq!(
+            engine.consumer_position("held").map(|c| c.get()),
+            Some(last)
+        );
+        drop(at_last);
+        engine.close().unwrap();
+    }
+    let engine = Engine::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(engine.consumer_position("held").map(|c| c.get()), Some(30));
+    assert_eq!(engine.consumer_position("new"), None);
+    assert_ahead("after reopen", engine.subscribe_as("held", 31), 31, 30);
+    assert_eq!(engine.consumer_position("held").map(|c| c.get()), Some(30));
+}
+
+/// A follower refuses the same way: a consumer ahead of a follower is ahead of
+/// everything that follower applied.
+#[test]
+fn a_follower_refuses_a_subscription_beyond_its_last_commit() {
+    let leader = Engine::in_memory().unwrap();
+    puts(&leader, 0, 10);
+    let follower = Engine::in_memory_follower(Options::default()).unwrap();
+    for rec in leader.subscribe(0).unwrap().take(6) {
+        follower.apply(&rec.unwrap()).unwrap();
+    }
+    assert_eq!(follower.last_commit().0.get(), 6);
+    for from in [7, 10, u64::MAX] {
+        assert_ahead(
+            &format!("follower subscribe({from})"),
+            follower.subscribe(from),
+            from,
+            6,
+        );
+        assert_ahead(
+            &format!("follower subscribe_as({from})"),
+            follower.subscribe_as("downstream", from),
+            from,
+            6,
+        );
+    }
+    assert_eq!(follower.consumer_position("downstream"), None);
+    // Up to its own last commit it serves a feed, and it follows what it applies.
+    let mut feed = follower.subscribe(6).unwrap();
+    assert!(feed.try_next().unwrap().is_none());
+    for rec in leader.subscribe(6).unwrap().take(4) {
+        follower.apply(&rec.unwrap()).unwrap();
+    }
+    assert_eq!(feed.next().unwrap().unwrap().commit_id.get(), 7);
+    // And now what the leader has, the follower has too.
+    assert!(follower.subscribe(10).is_ok());
+}

@@ -643,6 +643,13 @@ fn errors_display_and_implement_std_error() {
             },
             vec!["fdatasync failed", "reopen"],
         ),
+        (
+            Error::AheadOfLastCommit {
+                requested: 12.into(),
+                last: 7.into(),
+            },
+            vec!["12", "7", "ahead"],
+        ),
     ];
     for (e, needles) in &errors {
         is_error(e);
@@ -712,4 +719,168 @@ fn engine_and_snapshot_are_send_and_sync() {
         engine.snapshot().get(b"k").unwrap().as_deref(),
         Some(&b"w"[..])
     );
+}
+
+/// The per-name entries of `stats` add up to its totals, field by field.
+#[track_caller]
+fn assert_entries_add_up(st: &shardstone::Stats) {
+    let sum = |f: fn(&shardstone::CommandStats) -> u64| st.commands.iter().map(f).sum::<u64>();
+    assert_eq!(
+        (
+            sum(|c| c.commits),
+            sum(|c| c.read_only),
+            sum(|c| c.errors),
+            sum(|c| c.conflicts),
+            sum(|c| c.retries),
+            sum(|c| c.escalations),
+        ),
+        (
+            st.commits,
+            st.read_only,
+            st.errors,
+            st.conflicts,
+            st.retries,
+            st.escalations
+        ),
+        "(commits, read-only, errors, conflicts, retries, escalations): entries vs totals"
+    );
+    assert_eq!(
+        sum(|c| c.runs),
+        st.commits + st.read_only + st.errors,
+        "runs of the entries"
+    );
+}
+
+/// Command names can come from user input: 20,000 distinct ones keep at most
+/// `max_command_names` (1,000 by default) entries of their own, plus one
+/// `OTHER_COMMANDS` entry, listed last, that counts the rest; nothing is lost
+/// from the totals, and more new names add no entry.
+#[test]
+fn twenty_thousand_command_names_keep_telemetry_bounded() {
+    use shardstone::OTHER_COMMANDS;
+    assert_eq!(Options::default().max_command_names, 1000);
+    let engine = Engine::in_memory().unwrap();
+    let run = |i: usize| {
+        let name = format!("cmd-{i:05}");
+        let r = engine.run(&name, |tx| match i % 3 {
+            0 => tx.put(format!("k{i}").as_bytes(), b"v"),
+            1 => tx.get(b"k0").map(drop),
+            _ => Err(Error::abort("no")),
+        });
+        assert_eq!(r.is_ok(), i % 3 != 2, "{name}");
+    };
+    (0..20_000).for_each(run);
+    let st = engine.stats();
+    assert_eq!(
+        st.commands.len(),
+        1001,
+        "1,000 names and the overflow entry"
+    );
+    assert_eq!(
+        st.commands.last().map(|c| c.name.as_str()),
+        Some(OTHER_COMMANDS)
+    );
+    let own: Vec<String> = (0..1000).map(|i| format!("cmd-{i:05}")).collect();
+    let listed: Vec<&str> = st.commands[..1000]
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(listed, own, "the first 1,000 names, sorted");
+    assert!(st.commands[..1000].iter().all(|c| c.runs == 1));
+    assert_eq!(st.commands[1000].runs, 19_000);
+    assert_eq!((st.commits, st.read_only, st.errors), (6667, 6667, 6666));
+    assert_entries_add_up(&st);
+
+    // Conflicts too, from two threads on one key with names of their own: the
+    // losers of hot pages are named only as `Stats::commands` names them.
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let engine = &engine;
+            s.spawn(move || {
+                for i in 0..2000 {
+                    engine
+                        .run(&format!("racer-{t}-{i}"), |tx| {
+                            let n = tx.get(b"race")?.map_or(0, |v| dec(&v));
+                            tx.put(b"race", &enc(n + 1))
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (20_000..40_000).for_each(run);
+    let st = engine.stats();
+    assert_eq!(st.commands.len(), 1001, "new names added no entry");
+    assert_eq!(st.commands[1000].name, OTHER_COMMANDS);
+    assert_eq!(st.commands[1000].runs, 19_000 + 4000 + 20_000);
+    assert_entries_add_up(&st);
+    for page in &st.hot_pages {
+        for (loser, _) in &page.losers {
+            assert_eq!(
+                loser, OTHER_COMMANDS,
+                "a loser named outside Stats::commands"
+            );
+        }
+    }
+}
+
+/// A smaller cap, a cap of 0, a command named like the overflow entry, and the
+/// cap's validation.
+#[test]
+fn the_command_name_cap_is_an_option() {
+    use shardstone::OTHER_COMMANDS;
+    let engine = Engine::in_memory_with(Options {
+        max_command_names: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let names = |engine: &Engine| -> Vec<(String, u64)> {
+        engine
+            .stats()
+            .commands
+            .iter()
+            .map(|c| (c.name.clone(), c.runs))
+            .collect()
+    };
+    engine.run("b", |tx| tx.put(b"b", b"1")).unwrap();
+    engine.run("a", |tx| tx.put(b"a", b"1")).unwrap();
+    assert_eq!(
+        names(&engine),
+        [("a".into(), 1), ("b".into(), 1)],
+        "no overflow entry yet"
+    );
+    for name in ["c", "d", "a", OTHER_COMMANDS] {
+        engine.run(name, |tx| tx.put(b"x", b"1")).unwrap();
+    }
+    assert_eq!(
+        names(&engine),
+        [("a".into(), 2), ("b".into(), 1), (OTHER_COMMANDS.into(), 3)],
+        "c, d and a command named {OTHER_COMMANDS:?} share the overflow entry"
+    );
+    assert_entries_add_up(&engine.stats());
+
+    let none = Engine::in_memory_with(Options {
+        max_command_names: 0,
+        ..Default::default()
+    })
+    .unwrap();
+    none.run("a", |tx| tx.put(b"a", b"1")).unwrap();
+    none.run("b", |tx| tx.put(b"b", b"1")).unwrap();
+    assert_eq!(names(&none), [(OTHER_COMMANDS.into(), 2)]);
+
+    match Engine::in_memory_with(Options {
+        max_command_names: 100_001,
+        ..Default::default()
+    }) {
+        Err(Error::InvalidOptions { option, reason }) => {
+            assert_eq!(option, "max_command_names");
+            assert!(reason.contains("100000"), "{reason}");
+        }
+        other => panic!("expected InvalidOptions, got {other:?}"),
+    }
+    assert!(Engine::in_memory_with(Options {
+        max_command_names: 100_000,
+        ..Default::default()
+    })
+    .is_ok());
 }

@@ -12,7 +12,7 @@ mod gate;
 mod stats;
 mod workers;
 
-pub use stats::{BlockingQueueStats, CommandStats, HotPage, Stats};
+pub use stats::{BlockingQueueStats, CommandStats, HotPage, Stats, OTHER_COMMANDS};
 pub(crate) use workers::{handle, panic_message, Workers};
 pub use workers::{Affinity, CommandHandle};
 
@@ -87,7 +87,7 @@ impl Drop for RunRecord<'_> {
 }
 
 impl Executor {
-    pub(crate) fn new(max_conflicts: u32, hot_tracked: usize) -> Self {
+    pub(crate) fn new(max_conflicts: u32, hot_tracked: usize, max_command_names: usize) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Executor {
@@ -95,7 +95,7 @@ impl Executor {
             max_conflicts,
             gate: CommitGate::new(),
             queue: Mutex::new(()),
-            telemetry: Telemetry::new(hot_tracked),
+            telemetry: Telemetry::new(hot_tracked, max_command_names),
         }
     }
 
@@ -196,9 +196,10 @@ impl Executor {
                     let retry = conflicts < max_conflicts;
                     counters.conflict(retry);
                     self.telemetry.all.conflict(retry);
+                    let loser = self.telemetry.reported_name(counters, name);
                     for p in &c.pages {
                         self.telemetry
-                            .conflict_on(p.page, &p.first_key, &p.last_key, name);
+                            .conflict_on(p.page, &p.first_key, &p.last_key, loser);
                     }
                     // Retry on a snapshot that includes the commit that beat us.
                     if !store.clock.wait_visible(c.newer) {

@@ -4,13 +4,24 @@
 //! does not become the contended cache line on a many-core machine. Conflicts,
 //! which are rare next to commits, go to a small table of the hottest pages with
 //! the command names that lost on each.
+//!
+//! Memory is bounded whatever names callers use: the first
+//! `Options::max_command_names` distinct names get counters of their own, every
+//! later name is counted under the one entry [`OTHER_COMMANDS`]. Every run is
+//! counted in exactly one entry, so the entries always add up to the totals.
 
 use crate::feed::ConsumerStats;
 use crate::journal::JournalStats;
 use crate::store::{PageId, StoreStats};
-use crate::sync::{thread_shard, Arc, AtomicU64, CachePadded, Mutex, Ordering};
+use crate::sync::{thread_shard, Arc, AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The name of the entry of [`Stats::commands`] that counts every command whose
+/// name did not get counters of its own: the names that came after the first
+/// `Options::max_command_names` distinct ones, and a command that is itself
+/// named this. It is listed last, from the first run given to it on.
+pub const OTHER_COMMANDS: &str = "(other commands)";
 
 #[cfg(not(loom))]
 const SHARDS: usize = 32;
@@ -184,7 +195,10 @@ pub struct Stats {
     pub restructures: u64,
     /// The blocking queue.
     pub blocking_queue: BlockingQueueStats,
-    /// Per command name, sorted by name.
+    /// Per command name, sorted by name; then, once a name did not get counters
+    /// of its own (more than `Options::max_command_names` distinct names), one
+    /// last entry named [`OTHER_COMMANDS`] that counts all such runs. The
+    /// entries add up to the totals above.
     pub commands: Vec<CommandStats>,
     /// The pages that conflicted most, most conflicts first.
     pub hot_pages: Vec<HotPage>,
@@ -207,9 +221,15 @@ struct HotEntry {
 /// Everything `Engine::stats` reports about commands.
 pub(crate) struct Telemetry {
     pub(crate) all: Counters,
-    /// Counters per command name. Entries are never removed: executors hand out
-    /// plain references into them for the executor's life.
+    /// Counters per command name, at most `max_names` of them. Entries are never
+    /// removed: executors hand out plain references into them for the
+    /// executor's life.
     commands: Mutex<HashMap<String, Arc<Counters>>>,
+    max_names: usize,
+    /// The [`OTHER_COMMANDS`] entry: every name past `max_names`.
+    other: Arc<Counters>,
+    /// Whether some name was given `other` (it is reported from then on).
+    other_used: AtomicBool,
     hot: Mutex<HashMap<PageId, HotEntry>>,
     hot_tracked: usize,
     restructures: AtomicU64,
@@ -220,10 +240,13 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    pub(crate) fn new(hot_tracked: usize) -> Self {
+    pub(crate) fn new(hot_tracked: usize, max_names: usize) -> Self {
         Telemetry {
             all: Counters::new(),
             commands: Mutex::new(HashMap::new()),
+            max_names,
+            other: Arc::new(Counters::new()),
+            other_used: AtomicBool::new(false),
             hot: Mutex::new(HashMap::new()),
             hot_tracked: hot_tracked.max(1),
             restructures: AtomicU64::new(0),
@@ -234,15 +257,31 @@ impl Telemetry {
         }
     }
 
-    /// The counters of command `name` (created on first use).
+    /// The counters of command `name`: its own (created on first use) while
+    /// fewer than `max_names` names have theirs, else the [`OTHER_COMMANDS`] entry.
     pub(crate) fn command(&self, name: &str) -> Arc<Counters> {
         let mut map = self.commands.lock();
         if let Some(c) = map.get(name) {
             return c.clone();
         }
+        if map.len() >= self.max_names || name == OTHER_COMMANDS {
+            self.other_used.store(true, Ordering::Relaxed);
+            return self.other.clone();
+        }
         let c = Arc::new(Counters::new());
         map.insert(name.to_owned(), c.clone());
         c
+    }
+
+    /// The name `counters` (from [`Telemetry::command`] for `name`) are reported
+    /// under: `name`, or [`OTHER_COMMANDS`]. Keeps the losers of hot pages to the
+    /// same bounded set of names as `Stats::commands`.
+    pub(crate) fn reported_name<'a>(&self, counters: &Counters, name: &'a str) -> &'a str {
+        if std::ptr::eq(counters, &*self.other) {
+            OTHER_COMMANDS
+        } else {
+            name
+        }
     }
 
     pub(crate) fn restructured(&self) {
@@ -297,6 +336,12 @@ impl Telemetry {
             })
             .collect();
         commands.sort_by(|a, b| a.name.cmp(&b.name));
+        if self.other_used.load(Ordering::Relaxed) {
+            commands.push(CommandStats {
+                name: OTHER_COMMANDS.to_owned(),
+                ..self.other.sum()
+            });
+        }
         let mut hot_pages: Vec<HotPage> = self
             .hot
             .lock()

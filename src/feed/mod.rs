@@ -199,14 +199,22 @@ impl Feed {
         from: u64,
         name: Option<&str>,
     ) -> Result<Feed> {
-        let position_hash = if from <= store.clock.visible() {
-            // Every visible commit was handed to the chain: this only hashes.
-            journal.chain().advance_to(from);
-            journal.known_hash(from)
-        } else {
-            None
+        // Checked before anything is registered: a refused call leaves no consumer
+        // and does not move a hold. `from <= last` also keeps `from + 1` in range.
+        let last = store.clock.visible();
+        let needed = match from.checked_add(1) {
+            Some(needed) if from <= last => needed,
+            _ => {
+                return Err(Error::AheadOfLastCommit {
+                    requested: CommitId(from),
+                    last: CommitId(last),
+                })
+            }
         };
-        let hold = name.map(|n| journal.hold(n, from + 1, position_hash.map(|h| (from, h))));
+        // Every visible commit was handed to the chain: this only hashes.
+        journal.chain().advance_to(from);
+        let position_hash = journal.known_hash(from);
+        let hold = name.map(|n| journal.hold(n, needed, position_hash.map(|h| (from, h))));
         let state = Arc::new(ControlState {
             name: name.map(str::to_owned),
             paused: AtomicBool::new(false),

@@ -224,11 +224,16 @@ impl History {
             if let Some(f) = &self.next[i] {
                 self.heap.push(std::cmp::Reverse((f.id, i)));
             }
+            // Ids and anchors come from the files: compared with checked
+            // arithmetic, so a damaged one cannot overflow.
+            let follows = |before: u64| before.checked_add(1) == Some(id);
             let prev = match self.known {
-                Some((k, h)) if k + 1 == id => h,
+                Some((k, h)) if follows(k) => h,
                 Some((k, _)) if id <= k => continue,
-                _ if self.points.contains_key(&(id - 1)) => self.points[&(id - 1)],
-                _ if anchor.0 + 1 == id => anchor.1,
+                _ if id.checked_sub(1).is_some_and(|p| self.points.contains_key(&p)) => {
+                    self.points[&(id - 1)]
+                }
+                _ if follows(anchor.0) => anchor.1,
                 // Its predecessor is gone: this one cannot be chained.
                 _ => {
                     self.known = None;
