@@ -230,7 +230,10 @@ impl History {
             let prev = match self.known {
                 Some((k, h)) if follows(k) => h,
                 Some((k, _)) if id <= k => continue,
-                _ if id.checked_sub(1).is_some_and(|p| self.points.contains_key(&p)) => {
+                _ if id
+                    .checked_sub(1)
+                    .is_some_and(|p| self.points.contains_key(&p)) =>
+                {
                     self.points[&(id - 1)]
                 }
                 _ if follows(anchor.0) => anchor.1,

@@ -270,7 +270,8 @@ impl Hold {
     /// `needed` moves first: a checkpoint that reads both in between keeps more,
     /// never less.
     pub(crate) fn ack(&self, id: u64, hash: Option<ChainHash>) {
-        self.needed.fetch_max(id.saturating_add(1), Ordering::SeqCst);
+        self.needed
+            .fetch_max(id.saturating_add(1), Ordering::SeqCst);
         if let Some(hash) = hash {
             let mut point = self.point.lock();
             if point.is_none_or(|(k, _)| k < id) {
