@@ -8,12 +8,13 @@ declare -A MODEL=(
   [validation]="commit racing_commits_on_one_page"
   [visibility]="commit snapshot_sees_whole_commit_or_nothing"
   [pins]="commit reclamation_spares_pinned_versions"
+  [interval]="commit interval_reclamation_waits_for_readers"
   [watermark]="feed a_feed_never_sees_a_gap_or_a_reordering"
   [gate]="escalation an_escalated_command_commits_once_and_loses_nothing"
   [group_commit]="group_commit acknowledged_only_after_a_covering_sync"
 )
 variants=("$@")
-[ ${#variants[@]} -eq 0 ] && variants=(validation visibility pins watermark gate group_commit)
+[ ${#variants[@]} -eq 0 ] && variants=(validation visibility pins interval watermark gate group_commit)
 status=0
 for v in "${variants[@]}"; do
   read -r file test <<<"${MODEL[$v]}"

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::numa::{Numa, PagePlacement};
+use std::time::Duration;
 
 /// Longest key the engine accepts, in bytes. Longer keys are [`Error::KeyTooLarge`].
 pub const MAX_KEY_LEN: usize = 1024;
@@ -70,6 +71,11 @@ pub struct Options {
     /// `stats().journal.recovery.salvage`. A damaged checkpoint cannot be
     /// salvaged. See docs/operations.md.
     pub salvage: bool,
+    /// A [`crate::Snapshot`] held longer than this is reported once, in
+    /// `Stats::store.old_snapshot_warnings` (default 60 s; `None`: never). A held
+    /// snapshot keeps every page version it can read; see
+    /// `Stats::store.snapshot_pinned_bytes` for what that costs.
+    pub snapshot_warn_age: Option<Duration>,
 }
 
 /// How durable a commit is when `run` returns.
@@ -106,6 +112,7 @@ impl Default for Options {
             page_placement: PagePlacement::Local,
             workers: 0,
             salvage: false,
+            snapshot_warn_age: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -204,7 +204,8 @@ impl Store {
         let src = old.used_bytes();
         // SAFETY: a fresh buffer owned by the plan, not yet published.
         let dst = unsafe { self.buf_mut(buf) };
-        dst[..src.len()].copy_from_slice(src);
+        // The stamp and link are written at install (`set_version`).
+        dst[page::LINK_END..page::LINK_END + src.len()].copy_from_slice(src);
         for &(at, len, v) in &spans[..writes.len()] {
             dst[at..at + len].copy_from_slice(v);
         }
@@ -779,7 +780,7 @@ impl Plan<'_> {
             unsafe { page::set_version(buf, stamp, old) };
             slot.publish(buf);
             if !old.is_null() {
-                garbage.push(Garbage::Version(old));
+                garbage.push(Garbage::Version(id, old));
             }
         }
         garbage.extend(self.old_chains.drain(..).map(Garbage::Overflow));

@@ -16,6 +16,7 @@ mod arena;
 mod build;
 mod clock;
 mod cursor;
+mod interval;
 mod overflow;
 mod page;
 mod reclaim;
@@ -34,14 +35,17 @@ pub(crate) use table::PageSlot;
 
 use crate::error::Result;
 use crate::options::Options;
-use crate::sync::{thread_local, Mutex};
+use crate::sync::{fence, thread_local, AtomicU64, CachePadded, Mutex, Ordering};
 use arena::Arenas;
 pub(crate) use arena::MemoryHome;
+use interval::Reclaimer;
 use page::Page;
+pub(crate) use reclaim::Reading;
 use reclaim::{Garbage, GarbageLists, Pins};
 use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
+use std::time::{Duration, Instant};
 use table::PageTable;
 
 /// Identifies a page of the store (a newtype: it never mixes with commit ids).
@@ -131,6 +135,23 @@ pub struct StoreStats {
     pub pinned_snapshots: usize,
     /// Commit id of the oldest pinned snapshot, if any.
     pub oldest_pinned_snapshot: Option<u64>,
+    /// Commit id of the oldest live [`Snapshot`] handle (transactions not counted).
+    pub oldest_snapshot: Option<u64>,
+    /// How long the oldest live [`Snapshot`] handle has been held.
+    pub oldest_snapshot_age: Option<Duration>,
+    /// Bytes of superseded page versions that are still allocated because a
+    /// snapshot older than the newest commit may read them, as of the last full
+    /// reclamation pass (`Engine::stats` runs one). Approximate: counted in whole
+    /// pages, and an old overflow chain counts as one page whatever its length.
+    pub snapshot_pinned_bytes: u64,
+    /// Page versions freed between snapshots by interval reclamation (a version no
+    /// live snapshot can read, though an older snapshot is still held), since open.
+    pub versions_unlinked: u64,
+    /// Snapshots reported as held longer than `Options::snapshot_warn_age`: each
+    /// snapshot counts once, when a reclamation pass or `Engine::stats` notices it.
+    /// The library does no logging of its own; watch this counter (and
+    /// `oldest_snapshot_age`) instead.
+    pub old_snapshot_warnings: u64,
 }
 
 pub(crate) struct Store {
@@ -141,6 +162,20 @@ pub(crate) struct Store {
     pub(crate) clock: Clock,
     pins: Pins,
     garbage: GarbageLists,
+    /// The reclamation lock: one full pass at a time, and the versions it unlinked.
+    reclaimer: Mutex<Reclaimer>,
+    /// While a full pass walks version chains: its horizon, above which the
+    /// own-shard collectors free nothing (`u64::MAX` when no pass walks).
+    walk_floor: CachePadded<AtomicU64>,
+    /// Pin times of snapshots are measured from here.
+    epoch: Instant,
+    /// `Options::snapshot_warn_age`, in nanoseconds.
+    warn_age_ns: Option<u64>,
+    old_snapshot_warnings: AtomicU64,
+    /// Versions unlinked by interval reclamation (`StoreStats::versions_unlinked`).
+    unlinked: AtomicU64,
+    /// `StoreStats::snapshot_pinned_bytes` as of the last full pass.
+    pinned_bytes: AtomicU64,
     /// Serializes structure changes (splits, merges) among the commits that make them;
     /// commits that only rewrite leaves never take it.
     structure: Mutex<()>,
@@ -163,6 +198,15 @@ impl Store {
             clock: Clock::new(),
             pins: Pins::new(pin_slots),
             garbage: GarbageLists::new(),
+            reclaimer: Mutex::new(Reclaimer::default()),
+            walk_floor: CachePadded::new(AtomicU64::new(u64::MAX)),
+            epoch: Instant::now(),
+            warn_age_ns: opts
+                .snapshot_warn_age
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            old_snapshot_warnings: AtomicU64::new(0),
+            unlinked: AtomicU64::new(0),
+            pinned_bytes: AtomicU64::new(0),
             structure: Mutex::new(()),
         };
         let root = store.table.allocate().expect("a new page table has room");
@@ -226,6 +270,10 @@ impl Store {
             }
             newer = p.stamp();
             v = p.next_version();
+            // Lets a loom model run interval reclamation between reading a link and
+            // following it (plain memory is no scheduling point of its own).
+            #[cfg(loom)]
+            crate::sync::yield_now();
         }
     }
 
@@ -300,9 +348,25 @@ impl Store {
         overflow::free_chain(&self.arena, head);
     }
 
-    /// Pins a snapshot at the newest visible commit.
+    /// Pins a transaction's snapshot at the newest visible commit (an unguarded
+    /// pin: it may walk version chains at any time while held).
     pub(crate) fn pin(&self) -> (PinSlot, u64) {
-        self.pins.pin(&self.clock)
+        self.pins.pin(&self.clock, None)
+    }
+
+    /// Pins a snapshot handle at the newest visible commit (a guarded pin: it walks
+    /// version chains only inside [`Store::reading`]).
+    pub(crate) fn pin_snapshot(&self) -> (PinSlot, u64) {
+        self.pins.pin(&self.clock, Some(self.now_ns()))
+    }
+
+    /// A reading section of the guarded pin `slot` (see `interval`).
+    pub(crate) fn reading(&self, slot: &PinSlot) -> Reading<'_> {
+        self.pins.enter(slot)
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn unpin(&self, slot: &PinSlot) {
@@ -312,7 +376,9 @@ impl Store {
     fn free(&self, g: Garbage) {
         match g {
             // SAFETY: the horizon passed the garbage's stamp: no snapshot reaches it.
-            Garbage::Version(v) => unsafe { self.arena.free(v) },
+            // or interval reclamation unlinked it and every reader that could be on
+            // it has left.
+            Garbage::Version(_, v) => unsafe { self.arena.free(v) },
             Garbage::Overflow(head) => overflow::free_chain(&self.arena, head),
             Garbage::Page(id, dead) => {
                 self.table.release(id);
@@ -343,27 +409,87 @@ impl Store {
         }
     }
 
-    /// Frees every piece of garbage below the horizon; returns how many.
+    /// Frees every piece of garbage no snapshot can reach (below the horizon, and
+    /// between pinned snapshots); returns how many. Waits for a pass in progress.
     pub(crate) fn collect(&self) -> u64 {
-        self.collect_from(false)
+        let mut reclaimer = self.reclaimer.lock();
+        self.full_pass(&mut reclaimer)
     }
 
     fn collect_from(&self, only_own: bool) -> u64 {
+        if !only_own {
+            // A pass already running does this work.
+            return match self.reclaimer.try_lock() {
+                Some(mut reclaimer) => self.full_pass(&mut reclaimer),
+                None => 0,
+            };
+        }
         match self.pins.horizon(&self.clock) {
-            Some(h) => self.garbage.collect(h, only_own, |g| self.free(g)),
+            // A full pass may be walking chains above its own horizon (see `interval`).
+            Some(h) => {
+                let h = h.min(self.walk_floor.load(Ordering::SeqCst));
+                self.garbage.collect(h, true, |g| self.free(g))
+            }
             None => 0,
         }
     }
 
+    /// One full reclamation pass: the horizon rule over every shard, then interval
+    /// reclamation between pinned snapshots, then the old-snapshot report.
+    fn full_pass(&self, reclaimer: &mut Reclaimer) -> u64 {
+        // Raised before the pins are scanned: an own-shard collector that misses it
+        // scanned before us, so its horizon is at most ours.
+        self.walk_floor.store(0, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let mut freed = self.free_retired(reclaimer);
+        if let Some(view) = self.pins.scan(&self.clock) {
+            let h = view.horizon();
+            self.walk_floor.store(h, Ordering::SeqCst);
+            freed += self.garbage.collect(h, false, |g| self.free(g));
+            freed += self.unlink_invisible(&view, reclaimer);
+            self.walk_floor.store(u64::MAX, Ordering::SeqCst);
+            let mut held = reclaimer.waiting();
+            self.garbage.edit_each(|list| {
+                held += list.iter().filter(|(c, _)| *c <= view.watermark).count() as u64;
+            });
+            self.pinned_bytes
+                .store(held * self.page_size as u64, Ordering::Relaxed);
+        } else {
+            self.walk_floor.store(u64::MAX, Ordering::SeqCst);
+        }
+        self.notice_old_snapshots();
+        freed
+    }
+
+    /// Counts every snapshot held past `Options::snapshot_warn_age` not yet
+    /// reported; returns the oldest snapshot handle (its id and age).
+    fn notice_old_snapshots(&self) -> Option<(u64, Duration)> {
+        let now = self.now_ns();
+        let warn_before = self.warn_age_ns.map(|age| now.saturating_sub(age));
+        let oldest = self.pins.snapshots(warn_before, |_| {
+            self.old_snapshot_warnings.fetch_add(1, Ordering::Relaxed);
+        })?;
+        Some((
+            oldest.at,
+            Duration::from_nanos(now.saturating_sub(oldest.since_ns)),
+        ))
+    }
+
     pub(crate) fn stats(&self) -> StoreStats {
         let (pinned_snapshots, oldest_pinned_snapshot) = self.pins.pinned();
+        let oldest = self.notice_old_snapshots();
         StoreStats {
             pages: self.table.live_ids(),
             page_buffers: self.arena.pages_in_use(),
             mapped_bytes: self.arena.mapped_bytes(),
-            pinned_versions: self.garbage.waiting(),
+            pinned_versions: self.garbage.waiting() + self.reclaimer.lock().waiting(),
             pinned_snapshots,
             oldest_pinned_snapshot,
+            oldest_snapshot: oldest.map(|(at, _)| at),
+            oldest_snapshot_age: oldest.map(|(_, age)| age),
+            snapshot_pinned_bytes: self.pinned_bytes.load(Ordering::Relaxed),
+            versions_unlinked: self.unlinked.load(Ordering::Relaxed),
+            old_snapshot_warnings: self.old_snapshot_warnings.load(Ordering::Relaxed),
         }
     }
 }

@@ -24,6 +24,8 @@
 //! cache lines) and touch one entry at the end, instead of one cache miss per probe.
 
 use super::PageId;
+// Plain std atomics over page memory: loom cannot model atomics at raw addresses.
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) const HEADER: usize = 32;
 const LEAF_ENTRY_HEADER: usize = 8;
@@ -85,10 +87,17 @@ pub(crate) fn inner_entry_size(klen: usize) -> usize {
     INNER_SLOT + INNER_ENTRY_HEADER + klen
 }
 
+/// Bytes 0..16 (stamp and link) are not covered by a [`Page`]'s shared slice: the
+/// link of a published version is rewritten when interval reclamation unlinks the
+/// version below it, so it is only ever accessed atomically.
+pub(crate) const LINK_END: usize = 16;
+
 /// A read-only view of one page version.
 #[derive(Clone, Copy)]
 pub(crate) struct Page<'a> {
-    bytes: &'a [u8],
+    ptr: *const u8,
+    /// The page from byte `LINK_END` on: immutable once published.
+    body: &'a [u8],
 }
 
 impl<'a> Page<'a> {
@@ -97,30 +106,47 @@ impl<'a> Page<'a> {
     /// for `'a` (the caller holds a snapshot pin that keeps it reachable, or the page
     /// lock, or the structure lock).
     pub(crate) unsafe fn from_ptr(ptr: *const u8, size: usize) -> Page<'a> {
-        // SAFETY: guaranteed by the caller.
+        debug_assert_eq!(ptr as usize % 8, 0, "page buffers are aligned");
         Page {
-            bytes: unsafe { std::slice::from_raw_parts(ptr, size) },
+            ptr,
+            // SAFETY: guaranteed by the caller; bytes from LINK_END on never change
+            // while the version is published.
+            body: unsafe { std::slice::from_raw_parts(ptr.add(LINK_END), size - LINK_END) },
         }
     }
 
+    /// Byte `at` of the page (`at >= LINK_END`).
+    fn byte(&self, at: usize) -> u8 {
+        self.body[at - LINK_END]
+    }
+    /// Bytes `from..to` of the page (`from >= LINK_END`).
+    fn span(&self, from: usize, to: usize) -> &'a [u8] {
+        &self.body[from - LINK_END..to - LINK_END]
+    }
     fn u16_at(&self, at: usize) -> usize {
-        u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]]) as usize
+        u16::from_le_bytes([self.byte(at), self.byte(at + 1)]) as usize
     }
     fn u32_at(&self, at: usize) -> usize {
-        u32::from_le_bytes(self.bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+        u32::from_le_bytes(self.span(at, at + 4).try_into().expect("4 bytes")) as usize
     }
     fn u64_at(&self, at: usize) -> u64 {
-        u64::from_le_bytes(self.bytes[at..at + 8].try_into().expect("8 bytes"))
+        u64::from_le_bytes(self.span(at, at + 8).try_into().expect("8 bytes"))
     }
 
     pub(crate) fn stamp(&self) -> u64 {
-        self.u64_at(0)
+        // SAFETY: the stamp is written before the version is published and never
+        // again; the buffer is 8-byte aligned and allocated (see `from_ptr`).
+        u64::from_le(unsafe { std::ptr::read(self.ptr as *const u64) })
     }
+    /// The next older version still linked (0: none).
     pub(crate) fn next_version(&self) -> *mut u8 {
-        self.u64_at(8) as usize as *mut u8
+        // SAFETY: the link is 8-byte aligned inside a live buffer (see `from_ptr`) and
+        // every concurrent access to it is atomic (`set_next`).
+        let link = unsafe { AtomicU64::from_ptr(self.ptr.add(8) as *mut u64) };
+        u64::from_le(link.load(Ordering::Acquire)) as usize as *mut u8
     }
     pub(crate) fn kind(&self) -> Kind {
-        match self.bytes[16] {
+        match self.byte(16) {
             1 => Kind::Leaf,
             2 => Kind::Inner,
             _ => Kind::Dead,
@@ -142,7 +168,7 @@ impl<'a> Page<'a> {
 
     fn leaf_hint(&self, i: usize) -> u32 {
         u32::from_le_bytes(
-            self.bytes[HEADER + i * LEAF_SLOT + 4..HEADER + i * LEAF_SLOT + 8]
+            self.span(HEADER + i * LEAF_SLOT + 4, HEADER + i * LEAF_SLOT + 8)
                 .try_into()
                 .expect("4 bytes"),
         )
@@ -151,7 +177,7 @@ impl<'a> Page<'a> {
     pub(crate) fn leaf_key(&self, i: usize) -> &'a [u8] {
         let o = self.entry_offset(i);
         let klen = self.u16_at(o);
-        &self.bytes[o + LEAF_ENTRY_HEADER..o + LEAF_ENTRY_HEADER + klen]
+        self.span(o + LEAF_ENTRY_HEADER, o + LEAF_ENTRY_HEADER + klen)
     }
 
     pub(crate) fn leaf_val(&self, i: usize) -> ValRef<'a> {
@@ -159,28 +185,28 @@ impl<'a> Page<'a> {
         let klen = self.u16_at(o);
         let vlen = self.u32_at(o + 4);
         let at = o + LEAF_ENTRY_HEADER + klen;
-        if self.bytes[o + 2] == TAG_OVERFLOW {
+        if self.byte(o + 2) == TAG_OVERFLOW {
             ValRef::Overflow {
                 head: self.u64_at(at) as usize,
                 len: vlen,
             }
         } else {
-            ValRef::Inline(&self.bytes[at..at + vlen])
+            ValRef::Inline(self.span(at, at + vlen))
         }
     }
 
     /// Byte offset and length of entry `i`'s inline value within the page, if inline.
     pub(crate) fn inline_value_span(&self, i: usize) -> Option<(usize, usize)> {
         let o = self.entry_offset(i);
-        if self.bytes[o + 2] != TAG_INLINE {
+        if self.byte(o + 2) != TAG_INLINE {
             return None;
         }
         Some((o + LEAF_ENTRY_HEADER + self.u16_at(o), self.u32_at(o + 4)))
     }
 
-    /// The page's bytes in use (header, slots and entries).
+    /// The page's bytes in use (header, slots and entries) from `LINK_END` on.
     pub(crate) fn used_bytes(&self) -> &'a [u8] {
-        &self.bytes[..self.used()]
+        self.span(LINK_END, self.used())
     }
 
     pub(crate) fn leaf_entry(&self, i: usize) -> LeafEntry<'a> {
@@ -234,7 +260,7 @@ impl<'a> Page<'a> {
     pub(crate) fn inner_key(&self, i: usize) -> &'a [u8] {
         let o = self.entry_offset(i);
         let klen = self.u16_at(o + 8);
-        &self.bytes[o + INNER_ENTRY_HEADER..o + INNER_ENTRY_HEADER + klen]
+        self.span(o + INNER_ENTRY_HEADER, o + INNER_ENTRY_HEADER + klen)
     }
 
     /// Index of the child whose range holds `key`.
@@ -263,6 +289,18 @@ pub(crate) unsafe fn set_version(ptr: *mut u8, stamp: u64, next: *mut u8) {
         std::ptr::copy_nonoverlapping(stamp.to_le_bytes().as_ptr(), ptr, 8);
         std::ptr::copy_nonoverlapping((next as usize as u64).to_le_bytes().as_ptr(), ptr.add(8), 8);
     }
+}
+
+/// Relinks the published version at `ptr` to `next`, skipping the versions between.
+///
+/// # Safety
+/// `ptr` is a live page version; the caller is the only one relinking (the
+/// reclamation lock) and `next` is an older version of the same page, still
+/// allocated, that every snapshot reading through `ptr` may be sent to.
+pub(crate) unsafe fn set_next(ptr: *mut u8, next: *mut u8) {
+    // SAFETY: aligned link field of a live buffer; concurrent readers load it atomically.
+    let link = unsafe { AtomicU64::from_ptr(ptr.add(8) as *mut u64) };
+    link.store((next as usize as u64).to_le(), Ordering::Release);
 }
 
 /// Four key bytes as an integer that orders like the bytes (shorter keys pad with 0).

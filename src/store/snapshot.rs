@@ -30,7 +30,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub(crate) fn new(store: Arc<Store>) -> Snapshot {
-        let (pin, at) = store.pin();
+        let (pin, at) = store.pin_snapshot();
         Snapshot { store, pin, at }
     }
 
@@ -42,6 +42,9 @@ impl Snapshot {
     /// The value of `key` in this snapshot.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
         check_key(key)?;
+        // Chains are walked only inside a reading section: a snapshot held but not
+        // read keeps no version it cannot see (see `store::interval`).
+        let _reading = self.store.reading(&self.pin);
         Ok(self.store.get(key, self.at, |_, _| {}))
     }
 
@@ -60,10 +63,12 @@ impl Snapshot {
     pub fn range<'k, R: RangeBounds<&'k [u8]>>(&self, range: R) -> SnapshotRange<'_> {
         match bounds_of(&range) {
             Ok((lo, hi)) => SnapshotRange {
+                snapshot: self,
                 inner: Some(TreeRange::new(&self.store, self.at, lo, hi, None)),
                 error: None,
             },
             Err(e) => SnapshotRange {
+                snapshot: self,
                 inner: None,
                 error: Some(e),
             },
@@ -87,6 +92,7 @@ impl std::fmt::Debug for Snapshot {
 
 /// Iterator over a range of a [`Snapshot`]; yields `Result<(key, value)>`.
 pub struct SnapshotRange<'s> {
+    snapshot: &'s Snapshot,
     inner: Option<TreeRange<'s>>,
     /// A bad bound (an oversized key) is reported as the first item.
     error: Option<crate::Error>,
@@ -98,6 +104,9 @@ impl Iterator for SnapshotRange<'_> {
         if let Some(e) = self.error.take() {
             return Some(Err(e));
         }
+        // Between steps the scan holds only versions its snapshot sees, which the
+        // pin keeps; each step walks chains inside a reading section.
+        let _reading = self.snapshot.store.reading(&self.snapshot.pin);
         self.inner.as_mut()?.next_entry().map(Ok)
     }
 }
@@ -107,6 +116,7 @@ impl DoubleEndedIterator for SnapshotRange<'_> {
         if let Some(e) = self.error.take() {
             return Some(Err(e));
         }
+        let _reading = self.snapshot.store.reading(&self.snapshot.pin);
         self.inner.as_mut()?.next_back_entry().map(Ok)
     }
 }
