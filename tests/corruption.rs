@@ -624,7 +624,7 @@ fn clean_db_is_usable(segs: &[Segment]) -> bool {
 /// outcome must be `Corrupt` naming the damage.
 #[test]
 fn damage_to_a_cleanly_closed_database_is_reported_or_harmless() {
-    let Some(cpus) = cpus_for_shards(SHARDS) else {
+    let Some(cpus) = cpus_for_shards(&opts()) else {
         eprintln!("skipped: needs a CPU for each of {SHARDS} journal shards");
         return;
     };
@@ -845,7 +845,7 @@ fn predict(all: &[Segment], seg: &Segment, damage: Damage) -> Result<usize, ()> 
 /// each recovered state is checked against the replay of the same prefix.
 #[test]
 fn a_torn_tail_after_a_crash_is_cut_and_acknowledged_damage_is_reported() {
-    let Some(cpus) = cpus_for_shards(SHARDS) else {
+    let Some(cpus) = cpus_for_shards(&opts()) else {
         eprintln!("skipped: needs a CPU for each of {SHARDS} journal shards");
         return;
     };
@@ -957,7 +957,7 @@ fn a_torn_tail_after_a_crash_is_cut_and_acknowledged_damage_is_reported() {
 /// torn tail like any other, and the database opens with every commit.
 #[test]
 fn a_segment_left_all_zeros_by_a_crash_during_a_roll_is_a_torn_tail() {
-    let Some(cpus) = cpus_for_shards(SHARDS) else {
+    let Some(cpus) = cpus_for_shards(&opts()) else {
         eprintln!("skipped: needs a CPU for each of {SHARDS} journal shards");
         return;
     };

@@ -88,7 +88,7 @@ struct Run {
 /// With more than one shard, on a thread of its own that moves to the CPU of
 /// each shard in turn, so that the operations are the same in every run.
 fn run_scenario(dir: &Path, durability: Durability, shards: usize, io: &Arc<PowerLossIo>) -> Run {
-    let cpus = cpus_for_shards(shards).filter(|_| shards > 1);
+    let cpus = cpus_for_shards(&opts(durability, shards)).filter(|_| shards > 1);
     std::thread::scope(|s| {
         s.spawn(|| scenario_here(dir, durability, shards, io, cpus.as_deref()))
             .join()

@@ -56,7 +56,7 @@ fn prefix_state(p: usize) -> Entries {
 /// `checkpoint_at` of them (if any). With more than one shard, commands go to
 /// the shards in turn (pinned to a CPU of each), where the machine allows.
 fn build(dir: &Path, shards: usize, checkpoint_at: Option<usize>) {
-    let cpus = cpus_for_shards(shards).filter(|_| shards > 1);
+    let cpus = cpus_for_shards(&opts(shards)).filter(|_| shards > 1);
     std::thread::scope(|s| {
         s.spawn(|| build_here(dir, shards, checkpoint_at, cpus.as_deref()))
             .join()

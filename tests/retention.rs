@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::TempDir;
+use common::{cpus_for_shards, pin, TempDir};
 use shardstone::{ChainHash, Durability, Engine, Io, Options};
 use std::fs::File;
 use std::path::Path;
@@ -20,36 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 const SHARDS: usize = 2;
-
-/// One CPU this process may run on per shard (`cpu % SHARDS == shard`), if
-/// there are enough.
-fn cpus_for_shards() -> Option<Vec<usize>> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, and its size is passed.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        return None;
-    }
-    (0..SHARDS)
-        .map(|s| {
-            // SAFETY: `cpu` is below CPU_SETSIZE, `set` is initialized.
-            (0..libc::CPU_SETSIZE as usize)
-                .find(|&cpu| cpu % SHARDS == s && unsafe { libc::CPU_ISSET(cpu, &set) })
-        })
-        .collect()
-}
-
-/// Moves the calling thread onto `cpu`, and so onto that CPU's journal shard.
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; `cpu` < CPU_SETSIZE.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
-    let r = unsafe { libc::sched_setaffinity(0, size, &set) };
-    assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}");
-}
 
 /// Holds the next segment allocation (a shard's roll) once armed, until
 /// released; segments are sparse (`set_len`), so a test can afford many of the
@@ -102,10 +72,6 @@ fn key(i: usize) -> Vec<u8> {
 /// consumer must still resume at P+1, in the same session and after a reopen.
 #[test]
 fn hold_resumes_after_ack_at_segment_end_with_anchor_behind() {
-    let Some(cpus) = cpus_for_shards() else {
-        eprintln!("skipped: needs a CPU for each of {SHARDS} shards");
-        return;
-    };
     let dir = TempDir::new("retention-anchor");
     let opts = Options {
         durability: Durability::Buffered,
@@ -114,6 +80,10 @@ fn hold_resumes_after_ack_at_segment_end_with_anchor_behind() {
         // Only the newest record stays in memory: resuming reads the files.
         feed_window_bytes: 1,
         ..Default::default()
+    };
+    let Some(cpus) = cpus_for_shards(&opts) else {
+        eprintln!("skipped: needs a CPU for each of {SHARDS} shards");
+        return;
     };
     let gate = Arc::new(GateIo::default());
     let engine = Engine::open_with_io(dir.path(), opts.clone(), gate.clone()).unwrap();

@@ -358,9 +358,19 @@ pub fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic".to_owned())
 }
 
-/// For each journal shard, a CPU this thread may run on whose number selects it
-/// (commits append to shard `cpu % shards`); `None` with fewer than two CPUs.
-pub fn cpus_for_shards(shards: usize) -> Option<Vec<usize>> {
+/// For each journal shard of an engine opened with `opts` (its `journal_shards`
+/// and `numa`), a CPU this thread may run on whose commits append to that shard,
+/// read from the engine's own placement (a shard's CPU starts its block of
+/// CPUs); `None` when some shard's CPU is outside this thread's affinity mask.
+pub fn cpus_for_shards(opts: &Options) -> Option<Vec<usize>> {
+    let dir = TempDir::new("cpus-for-shards");
+    let probe = Options {
+        durability: shardstone::Durability::Durable,
+        ..opts.clone()
+    };
+    let engine = Engine::open_with(dir.path(), probe).ok()?;
+    let cpus: Vec<usize> = engine.placement().shards.iter().map(|s| s.cpu).collect();
+    drop(engine);
     // SAFETY: a zeroed cpu_set_t is a valid empty set, and its size is passed.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::cpu_set_t>();
@@ -368,13 +378,10 @@ pub fn cpus_for_shards(shards: usize) -> Option<Vec<usize>> {
     if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
         return None;
     }
-    (0..shards)
-        .map(|s| {
-            // SAFETY: `cpu` is below CPU_SETSIZE, `set` is initialized.
-            (0..libc::CPU_SETSIZE as usize)
-                .find(|&cpu| cpu % shards == s && unsafe { libc::CPU_ISSET(cpu, &set) })
-        })
-        .collect()
+    // SAFETY: each `cpu` is below CPU_SETSIZE (checked first), `set` is initialized.
+    let allowed =
+        |cpu: usize| cpu < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(cpu, &set) };
+    (cpus.len() == opts.journal_shards && cpus.iter().all(|&c| allowed(c))).then_some(cpus)
 }
 
 /// Moves the calling thread onto `cpu`, and so onto that CPU's journal shard.
