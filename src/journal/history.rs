@@ -26,7 +26,6 @@ use super::ReaderGuard;
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -179,16 +178,8 @@ impl History {
                 continue;
             }
             // A checkpoint may delete a segment between the listing and here.
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(Error::Io {
-                        op: "open",
-                        path,
-                        source,
-                    })
-                }
+            let Some(file) = super::io::open_regular_if_exists(&path)? else {
+                continue;
             };
             if file.metadata().map_err(io("stat", &path))?.len() <= SEGMENT_HEADER as u64 {
                 continue;
@@ -225,10 +216,15 @@ impl History {
                 self.heap.push(std::cmp::Reverse((f.id, i)));
             }
             let prev = match self.known {
-                Some((k, h)) if k + 1 == id => h,
+                Some((k, h)) if k.checked_add(1) == Some(id) => h,
                 Some((k, _)) if id <= k => continue,
-                _ if self.points.contains_key(&(id - 1)) => self.points[&(id - 1)],
-                _ if anchor.0 + 1 == id => anchor.1,
+                _ if id
+                    .checked_sub(1)
+                    .is_some_and(|p| self.points.contains_key(&p)) =>
+                {
+                    self.points[&(id - 1)]
+                }
+                _ if anchor.0.checked_add(1) == Some(id) => anchor.1,
                 // Its predecessor is gone: this one cannot be chained.
                 _ => {
                     self.known = None;
