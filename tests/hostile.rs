@@ -345,7 +345,10 @@ fn a_journal_commit_at_the_end_of_the_id_space_is_corrupt() {
 
 /// Records replay must refuse, as follower `apply` and `CommitRecord::decode`
 /// do: (what, the record's ops).
-fn malformed_records() -> Vec<(&'static str, Vec<(Vec<u8>, Option<Vec<u8>>)>)> {
+/// Owned ops: (key, value or `None` for a delete).
+type OwnedOps = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+fn malformed_records() -> Vec<(&'static str, OwnedOps)> {
     let put = |k: &[u8], v: &[u8]| (k.to_vec(), Some(v.to_vec()));
     vec![
         ("no ops", vec![]),
