@@ -211,8 +211,9 @@ impl Checkpoint {
         let mut start = 0usize;
         let mut block = vec![0u8; BLOCK];
         let mut count = 0u64;
-        // The previous entry's key: entries ascend strictly.
-        let mut prev: Option<Vec<u8>> = None;
+        // The previous entry's key (entries ascend strictly), in one buffer
+        // reused for every entry.
+        let mut prev: Vec<u8> = Vec::new();
         for b in 1..=self.blocks {
             let offset = b
                 .checked_mul(BLOCK as u64)
@@ -276,10 +277,12 @@ impl Checkpoint {
                     break;
                 }
                 let (key, value) = (&rest[6..6 + klen], &rest[6 + klen..6 + klen + vlen]);
-                if let Err(why) = check_entry(prev.as_deref(), key, Some(value), max_value_len) {
+                let before = (count > 0).then_some(prev.as_slice());
+                if let Err(why) = check_entry(before, key, Some(value), max_value_len) {
                     return Err(bad(offset, format!("entry {count}: {why}")));
                 }
-                prev = Some(key.to_vec());
+                prev.clear();
+                prev.extend_from_slice(key);
                 f(key, value)?;
                 count += 1;
                 start += 6 + klen + vlen;
