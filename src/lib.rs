@@ -68,7 +68,7 @@ pub use error::{Error, Result};
 pub use feed::{ConsumerStats, Feed, FeedControl, StateDigest};
 pub use journal::{
     ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Io, JournalStats, Op, OsIo, PowerLossIo,
-    RecoveryReport, Salvage,
+    RecoveryReport, Salvage, MAX_COMMIT_ID,
 };
 pub use options::{Durability, Options, MAX_KEY_LEN};
 

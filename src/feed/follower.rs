@@ -43,11 +43,18 @@ pub(crate) fn apply_point(point: ApplyPoint) {
 /// Applies `rec` atomically if `rec.commit_id` is the next id and `rec.prev_hash`
 /// is our chain hash; the caller serializes applies.
 pub(crate) fn apply(store: &Store, journal: &Journal, rec: &CommitRecord) -> Result<()> {
+    // The one validation of everything read (ids, op count, key order and
+    // limits), before any arithmetic on the record's id.
+    rec.validate(store.max_value_len())?;
     let last = store.clock.visible();
     let id = rec.commit_id.get();
-    if id != last + 1 {
+    let expected = last.checked_add(1).ok_or_else(|| Error::InvalidRecord {
+        commit_id: Some(rec.commit_id),
+        reason: "this engine's commit ids are exhausted".to_owned(),
+    })?;
+    if id != expected {
         return Err(Error::Gap {
-            expected: CommitId(last + 1),
+            expected: CommitId(expected),
             got: rec.commit_id,
         });
     }
@@ -65,17 +72,6 @@ pub(crate) fn apply(store: &Store, journal: &Journal, rec: &CommitRecord) -> Res
         commit_id: Some(rec.commit_id),
         reason: reason.to_owned(),
     };
-    if rec.ops.is_empty() {
-        return Err(invalid("a commit record has at least one op"));
-    }
-    fn key(op: &Op) -> &[u8] {
-        match op {
-            Op::Put { key, .. } | Op::Delete { key } => key,
-        }
-    }
-    if rec.ops.windows(2).any(|w| key(&w[0]) >= key(&w[1])) {
-        return Err(invalid("ops are not in strictly ascending key order"));
-    }
     // The record must hash to what it claims, or applying it would fork us.
     let ops = rec.ops.iter().map(|op| match op {
         Op::Put { key, value } => (key.as_slice(), Some(value.as_slice())),

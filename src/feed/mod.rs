@@ -274,7 +274,7 @@ impl Feed {
         let mut reopened = false;
         let mut extended = false;
         loop {
-            let want = self.position + 1;
+            let want = self.position.saturating_add(1);
             let visible = self.store.clock.visible();
             // Deliberately wrong under `shardstone_broken = "watermark"`, for the loom
             // model to catch: records are delivered once hashed, before they are
@@ -380,12 +380,12 @@ impl Feed {
     /// after `first` (the first they can give). Segments are deleted shard by
     /// shard, so below it one shard's commits may be gone and another's kept.
     fn oldest_in_files(&self, first: u64, visible: u64) -> Result<u64> {
-        let Some(mut history) = self.journal.history(first - 1, visible)? else {
+        let Some(mut history) = self.journal.history(first.saturating_sub(1), visible)? else {
             return Ok(first);
         };
-        let (mut start, mut prev) = (first, first - 1);
+        let (mut start, mut prev) = (first, first.saturating_sub(1));
         while let Some(r) = history.next() {
-            if r.id != prev + 1 {
+            if Some(r.id) != prev.checked_add(1) {
                 start = r.id;
             }
             prev = r.id;
@@ -395,9 +395,10 @@ impl Feed {
 
     fn truncated(&self) -> Error {
         let tail = self.journal.chain().tail.lock();
-        let oldest = tail
-            .span()
-            .map_or(self.store.clock.visible() + 1, |(first, _)| first);
+        let oldest = tail.span().map_or(
+            self.store.clock.visible().saturating_add(1),
+            |(first, _)| first,
+        );
         Error::Truncated {
             oldest_available: CommitId(oldest),
         }

@@ -13,8 +13,8 @@
 //!                   key len u16 | value len u32 | key | value
 //! ```
 
-use super::io::Io;
-use super::record::ChainHash;
+use super::io::{open_regular, Io};
+use super::record::{check_commit_id, check_entry, ChainHash};
 use crate::error::{Error, Result};
 use crate::txn::CommitId;
 use std::fs::File;
@@ -151,9 +151,10 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens and verifies the header of the checkpoint at `path`.
+    /// Opens and verifies the header of the checkpoint at `path`: a regular
+    /// file, a valid checksum, and a commit id in range.
     pub(crate) fn open(path: &Path) -> Result<Checkpoint> {
-        let file = File::open(path).map_err(io_err("open", path))?;
+        let file = open_regular(path)?;
         let mut header = [0u8; HEADER_LEN];
         let bad = |reason: &str| Error::Corrupt {
             path: path.to_owned(),
@@ -176,9 +177,13 @@ impl Checkpoint {
         if version != VERSION || block as usize != BLOCK {
             return Err(bad("unsupported checkpoint version or block size"));
         }
+        let id = word(16);
+        if let Err(why) = check_commit_id(id) {
+            return Err(bad(&format!("the checkpoint's {why}")));
+        }
         Ok(Checkpoint {
             path: path.to_owned(),
-            id: word(16),
+            id,
             hash: ChainHash(header[24..56].try_into().expect("32 bytes")),
             entries: word(56),
             blocks: word(64),
@@ -186,8 +191,15 @@ impl Checkpoint {
         })
     }
 
-    /// Streams every entry, in key order, to `f`, verifying each block's checksum.
-    pub(crate) fn load(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<u64> {
+    /// Streams every entry, in key order, to `f`, verifying each block's
+    /// checksum and each entry as `record::check_entry` does (keys strictly
+    /// ascending, within `MAX_KEY_LEN`; values within `max_value_len`): a
+    /// checksum proves the bytes are the ones written, not that they are sane.
+    pub(crate) fn load(
+        &self,
+        max_value_len: usize,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<u64> {
         let commit = Some(CommitId(self.id));
         let bad = |offset: u64, reason: String| Error::Corrupt {
             path: self.path.clone(),
@@ -199,8 +211,13 @@ impl Checkpoint {
         let mut start = 0usize;
         let mut block = vec![0u8; BLOCK];
         let mut count = 0u64;
+        // The previous entry's key (entries ascend strictly), in one buffer
+        // reused for every entry.
+        let mut prev: Vec<u8> = Vec::new();
         for b in 1..=self.blocks {
-            let offset = b * BLOCK as u64;
+            let offset = b
+                .checked_mul(BLOCK as u64)
+                .ok_or_else(|| bad(0, format!("the header claims {} blocks", self.blocks)))?;
             let mut got = 0;
             while got < BLOCK {
                 match self.file.read_at(&mut block[got..], offset + got as u64) {
@@ -244,10 +261,29 @@ impl Checkpoint {
                 }
                 let klen = u16::from_le_bytes(rest[0..2].try_into().expect("2 bytes")) as usize;
                 let vlen = u32::from_le_bytes(rest[2..6].try_into().expect("4 bytes")) as usize;
+                // Checked before the value's bytes are gathered: a forged
+                // length must not make the stream grow without bound.
+                if vlen > max_value_len {
+                    return Err(bad(
+                        offset,
+                        format!(
+                            "entry {count}: a value of {vlen} bytes is over the limit of \
+                             {max_value_len} (Options::max_value_len: written with a larger \
+                             limit, or not by this engine)"
+                        ),
+                    ));
+                }
                 if rest.len() < 6 + klen + vlen {
                     break;
                 }
-                f(&rest[6..6 + klen], &rest[6 + klen..6 + klen + vlen])?;
+                let (key, value) = (&rest[6..6 + klen], &rest[6 + klen..6 + klen + vlen]);
+                let before = (count > 0).then_some(prev.as_slice());
+                if let Err(why) = check_entry(before, key, Some(value), max_value_len) {
+                    return Err(bad(offset, format!("entry {count}: {why}")));
+                }
+                prev.clear();
+                prev.extend_from_slice(key);
+                f(key, value)?;
                 count += 1;
                 start += 6 + klen + vlen;
             }

@@ -26,7 +26,6 @@ use super::ReaderGuard;
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -179,16 +178,8 @@ impl History {
                 continue;
             }
             // A checkpoint may delete a segment between the listing and here.
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(Error::Io {
-                        op: "open",
-                        path,
-                        source,
-                    })
-                }
+            let Some(file) = super::io::open_regular_if_exists(&path)? else {
+                continue;
             };
             if file.metadata().map_err(io("stat", &path))?.len() <= SEGMENT_HEADER as u64 {
                 continue;

@@ -202,3 +202,106 @@ impl Io for FaultyIo {
         OsIo.remove(path)
     }
 }
+
+/// Opens the file at `path` for reading if it is a regular file; `Ok(None)` if
+/// there is none. Anything else in its place — a FIFO, a device, a socket, a
+/// directory, a symbolic link (wherever it points) — is `Error::Corrupt` naming
+/// the path, "not a regular file": opening a FIFO would block forever, and a
+/// link may lead out of the database directory.
+///
+/// The type is checked before the open (no device is opened) and again on the
+/// open file (`O_NOFOLLOW | O_NONBLOCK`, then `fstat`), so a file swapped in
+/// between is caught too.
+pub(crate) fn open_regular_if_exists(path: &Path) -> crate::Result<Option<File>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let not_regular = |ft: Option<std::fs::FileType>| {
+        let what = match ft {
+            Some(t) if t.is_symlink() => "a symbolic link",
+            Some(t) if t.is_fifo() => "a FIFO",
+            Some(t) if t.is_dir() => "a directory",
+            Some(t) if t.is_block_device() || t.is_char_device() => "a device",
+            Some(t) if t.is_socket() => "a socket",
+            _ => "not a plain file",
+        };
+        crate::Error::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            commit_id: None,
+            reason: format!("not a regular file ({what})"),
+        }
+    };
+    let io_err = |op: &'static str| {
+        let path = path.to_owned();
+        move |source| crate::Error::Io { op, path, source }
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => {}
+        Ok(m) => return Err(not_regular(Some(m.file_type()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("stat")(e)),
+    }
+    let file = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_regular(None)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("open")(e)),
+    };
+    let ft = file.metadata().map_err(io_err("stat"))?.file_type();
+    if !ft.is_file() {
+        return Err(not_regular(Some(ft)));
+    }
+    Ok(Some(file))
+}
+
+/// [`open_regular_if_exists`] for a file that must exist.
+pub(crate) fn open_regular(path: &Path) -> crate::Result<File> {
+    open_regular_if_exists(path)?.ok_or_else(|| crate::Error::Io {
+        op: "open",
+        path: path.to_owned(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
+}
+
+/// Where the data of `file` ends: the end of its last data extent
+/// (`SEEK_DATA`/`SEEK_HOLE`), so that a sparse file is read as far as it was
+/// written, not as far as its apparent size. Past it the file reads as zeros.
+/// Where the file system cannot tell, the file's length.
+pub(crate) fn data_end(file: &File, len: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut end = 0u64;
+    let mut at = 0u64;
+    // Extents are visited in order; a file has few of them, but bound the walk
+    // anyway: past the bound, count the rest as data.
+    for _ in 0..4096 {
+        if at >= len {
+            return end;
+        }
+        let Ok(off) = libc::off_t::try_from(at) else {
+            return len;
+        };
+        // SAFETY: lseek on a descriptor we own; no memory is passed.
+        let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+        if data < 0 {
+            return match io::Error::last_os_error().raw_os_error() {
+                // No data at or after `at`.
+                Some(libc::ENXIO) => end,
+                // SEEK_DATA unsupported: all of it may be data.
+                _ => len,
+            };
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return len;
+        }
+        let hole = (hole as u64).min(len);
+        end = hole;
+        at = hole;
+    }
+    len
+}

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Holds the lock until dropped (closing the file releases it).
@@ -30,8 +31,29 @@ impl DirLock {
             .write(true)
             .create(true)
             .truncate(false)
+            // Never block on a FIFO, never follow a link out of the directory.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
-            .map_err(io("open lock file"))?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    Error::Corrupt {
+                        path: path.clone(),
+                        offset: 0,
+                        commit_id: None,
+                        reason: "not a regular file (a symbolic link)".to_owned(),
+                    }
+                } else {
+                    io("open lock file")(e)
+                }
+            })?;
+        if !file.metadata().map_err(io("stat"))?.file_type().is_file() {
+            return Err(Error::Corrupt {
+                path,
+                offset: 0,
+                commit_id: None,
+                reason: "not a regular file".to_owned(),
+            });
+        }
         let how = if exclusive {
             libc::LOCK_EX
         } else {

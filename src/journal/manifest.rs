@@ -27,9 +27,10 @@
 //! end  crc32c    u32   over everything before it
 //! ```
 
-use super::io::Io;
-use super::record::ChainHash;
+use super::io::{open_regular_if_exists, Io};
+use super::record::{ChainHash, MAX_COMMIT_ID};
 use crate::error::{Error, Result};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub(crate) const MANIFEST_FILE: &str = "manifest";
@@ -141,6 +142,11 @@ impl Manifest {
             promised: (u64_at(72), hash_at(80)),
             segments,
         };
+        if m.promised.0 > MAX_COMMIT_ID || m.segments.iter().any(|s| s.last > MAX_COMMIT_ID) {
+            return Err(bad(&format!(
+                "the manifest names a commit beyond the largest id accepted ({MAX_COMMIT_ID})"
+            )));
+        }
         if m.promised.0 < m.checkpoint.0 {
             return Err(bad("the manifest promises less than its checkpoint holds"));
         }
@@ -161,26 +167,12 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
 /// Reads the manifest of `dir`; `None` if there is none.
 pub(crate) fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = path(dir);
-    let meta = match std::fs::symlink_metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::Io {
-                op: "stat",
-                path,
-                source,
-            })
-        }
+    let Some(mut file) = open_regular_if_exists(&path)? else {
+        return Ok(None);
     };
-    if !meta.is_file() {
-        return Err(Error::Corrupt {
-            path,
-            offset: 0,
-            commit_id: None,
-            reason: "the manifest is not a regular file".to_owned(),
-        });
-    }
-    let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(io_err("read", &path))?;
     Manifest::decode(&bytes, &path).map(Some)
 }
 

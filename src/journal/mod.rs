@@ -39,7 +39,7 @@ pub(crate) use history::History;
 pub use io::{FaultKind, FaultyIo, Io, OsIo};
 pub use power::{Fate, PowerLossIo};
 pub(crate) use record::{BodyView, Frame, FRAME_HEADER};
-pub use record::{ChainHash, CommitRecord, Op};
+pub use record::{ChainHash, CommitRecord, Op, MAX_COMMIT_ID};
 pub use recovery::{RecoveryReport, Salvage};
 
 use crate::error::{Error, Result};
@@ -415,17 +415,11 @@ const HOLDS_FILE: &str = "consumers";
 /// Reads the retention holds recorded at the last checkpoint or close.
 fn load_holds(dir: &Path) -> Result<BTreeMap<String, Arc<Hold>>> {
     let path = dir.join(HOLDS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(source) => {
-            return Err(Error::Io {
-                op: "read",
-                path,
-                source,
-            })
-        }
+    let Some(mut file) = io::open_regular_if_exists(&path)? else {
+        return Ok(BTreeMap::new());
     };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(io_err("read", &path))?;
     let bad = |reason: &str| Error::Corrupt {
         path: path.clone(),
         offset: 0,
@@ -449,13 +443,17 @@ fn load_holds(dir: &Path) -> Result<BTreeMap<String, Arc<Hold>>> {
         };
         let needed: u64 = needed
             .parse()
-            .map_err(|_| bad("a consumers line has no commit id"))?;
+            .ok()
+            .filter(|&n| n <= MAX_COMMIT_ID.saturating_add(1))
+            .ok_or_else(|| bad("a consumers line has no commit id in range"))?;
         let point = match point {
             None => None,
             Some((id, hash)) => {
                 let id: u64 = id
                     .parse()
-                    .map_err(|_| bad("a consumers line has a bad point commit id"))?;
+                    .ok()
+                    .filter(|&id| id <= MAX_COMMIT_ID)
+                    .ok_or_else(|| bad("a consumers line has a bad point commit id"))?;
                 let hash =
                     parse_hash(hash).ok_or_else(|| bad("a consumers line has a bad hash"))?;
                 Some((id, hash))
@@ -715,6 +713,7 @@ impl Journal {
             same_boot,
             read_only,
             salvage: opts.salvage,
+            max_value_len: opts.max_value_len,
         };
         let recovered = if jdir.is_dir() {
             recovery::recover(&jdir, &*io, &rules, |_, body: &BodyView<'_>| {
@@ -727,7 +726,7 @@ impl Journal {
             let e = Error::Corrupt {
                 path: jdir.clone(),
                 offset: 0,
-                commit_id: Some(crate::CommitId(start.0 + 1)),
+                commit_id: Some(crate::CommitId(start.0.saturating_add(1))),
                 reason: format!(
                     "the journal directory is missing, but commits up to {} were promised durable",
                     m.promised.0
@@ -805,7 +804,7 @@ impl Journal {
         let ops = &replayed.ops;
         if let Some(c) = &ckpt {
             let path = c.path.clone();
-            c.load(|k, v| {
+            c.load(opts.max_value_len, |k, v| {
                 replayed.put_below(&mut next, Some(k), loader)?;
                 match ops.get(next) {
                     // The journal rewrote or deleted this key after the checkpoint.

@@ -138,8 +138,104 @@ impl CommitRecord {
         }
         let hash = |b: &[u8]| ChainHash(b.try_into().expect("32 bytes"));
         let body = BodyView::parse(&bytes[64..]).ok_or_else(bad)?;
+        // The value limit is the follower's (`apply` checks it); everything
+        // else a record must be is checked here.
+        body.validate(usize::MAX)
+            .map_err(|reason| Error::InvalidRecord {
+                commit_id: Some(CommitId(body.commit_id)),
+                reason,
+            })?;
         Ok(body.to_record(hash(&bytes[0..32]), hash(&bytes[32..64])))
     }
+
+    /// Checks what [`validate`] checks, for a record about to be applied:
+    /// `Error::InvalidRecord` naming it.
+    pub(crate) fn validate(&self, max_value_len: usize) -> Result<()> {
+        let ops = self.ops.iter().map(|op| match op {
+            Op::Put { key, value } => (key.as_slice(), Some(value.as_slice())),
+            Op::Delete { key } => (key.as_slice(), None),
+        });
+        validate(self.commit_id.get(), ops, max_value_len).map_err(|reason| Error::InvalidRecord {
+            commit_id: Some(self.commit_id),
+            reason,
+        })
+    }
+}
+
+/// The largest commit id a file or a peer may name. Ids above it are refused
+/// as damage wherever they are read (journal, checkpoint, manifest, consumers
+/// file, a follower's records): an engine must be able to count on from any
+/// id it accepts without wrapping, and no real history comes near it (at a
+/// billion commits a second, it is 292 years away).
+pub const MAX_COMMIT_ID: u64 = u64::MAX >> 1;
+
+/// Why `id` cannot be a commit id read from a file or a peer, if it cannot.
+pub(crate) fn check_commit_id(id: u64) -> std::result::Result<(), String> {
+    if id == 0 {
+        return Err("commit id 0 is not a commit (the first one is 1)".to_owned());
+    }
+    if id > MAX_COMMIT_ID {
+        return Err(format!(
+            "commit id {id} is beyond the largest one accepted ({MAX_COMMIT_ID})"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one entry of a stream of entries in strictly ascending key order
+/// (the ops of a record, the entries of a checkpoint): the key and value
+/// limits, and that `key` comes after `prev`. `None` values are deletes.
+pub(crate) fn check_entry(
+    prev: Option<&[u8]>,
+    key: &[u8],
+    value: Option<&[u8]>,
+    max_value_len: usize,
+) -> std::result::Result<(), String> {
+    if key.len() > crate::MAX_KEY_LEN {
+        return Err(format!(
+            "a key of {} bytes is over the limit of {} (MAX_KEY_LEN)",
+            key.len(),
+            crate::MAX_KEY_LEN
+        ));
+    }
+    if let Some(v) = value.filter(|v| v.len() > max_value_len) {
+        return Err(format!(
+            "a value of {} bytes is over the limit of {max_value_len} \
+             (Options::max_value_len: written with a larger limit, or not by this engine)",
+            v.len()
+        ));
+    }
+    match prev {
+        Some(p) if p == key => {
+            Err("a key appears twice (keys are not in strictly ascending order)".to_owned())
+        }
+        Some(p) if p > key => Err("keys are not in strictly ascending order".to_owned()),
+        _ => Ok(()),
+    }
+}
+
+/// The one check of a commit's content, made on everything read: journal
+/// replay, follower `apply`, [`CommitRecord::decode`]. A checksum proves the
+/// bytes are the ones written; this proves they are a commit this engine could
+/// have written: a commit id in range, at least one op, keys strictly
+/// ascending (so unique), within `MAX_KEY_LEN`, values within `max_value_len`.
+/// The op count is bounded by the record's length (every op takes at least 7
+/// bytes of it, and a record is at most 4 GiB). Returns why not, in words.
+pub(crate) fn validate<'a>(
+    commit_id: u64,
+    ops: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    max_value_len: usize,
+) -> std::result::Result<(), String> {
+    check_commit_id(commit_id)?;
+    let mut prev: Option<&[u8]> = None;
+    for (key, value) in ops {
+        check_entry(prev, key, value, max_value_len)?;
+        prev = Some(key);
+    }
+    if prev.is_none() {
+        return Err("a commit record has at least one op".to_owned());
+    }
+    Ok(())
 }
 
 /// A record's body decoded without copying.
@@ -179,6 +275,15 @@ impl<'a> BodyView<'a> {
             n += 1;
         }
         (n == op_count).then_some(view)
+    }
+
+    /// See [`validate`].
+    pub(crate) fn validate(&self, max_value_len: usize) -> std::result::Result<(), String> {
+        let ops = self.ops().map(|op| match op {
+            OpView::Put(k, v) => (k, Some(v)),
+            OpView::Delete(k) => (k, None),
+        });
+        validate(self.commit_id, ops, max_value_len)
     }
 
     pub(crate) fn ops(&self) -> impl Iterator<Item = OpView<'a>> + '_ {

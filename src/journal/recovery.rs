@@ -27,10 +27,11 @@
 //! the last commit before the first of them: the longest intact prefix of the
 //! commit order. The files it cuts are copied aside first.
 
-use super::io::Io;
+use super::io::{data_end, open_regular, Io};
 use super::manifest::{Listed, Manifest};
 use super::record::{
-    parse_frame, parse_verified_frame, BodyView, ChainHash, OpView, Parsed, KIND_MARK,
+    check_commit_id, parse_frame, parse_verified_frame, BodyView, ChainHash, OpView, Parsed,
+    KIND_MARK, MAX_COMMIT_ID,
 };
 use super::shard::{
     parse_segment_name, segment_name, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION,
@@ -90,6 +91,9 @@ pub(crate) struct SegmentFile {
     end: usize,
     /// End of the bytes written to it (past this: zeros).
     written: usize,
+    /// End of its data extents (past this: holes, which read as zeros): what
+    /// is scanned, so that a sparse file costs what was written to it.
+    data: usize,
     /// Its header is not valid and it holds no valid frame: created, never
     /// written (or written and never synced).
     unwritten: bool,
@@ -142,6 +146,8 @@ pub(crate) struct Rules<'a> {
     pub same_boot: bool,
     pub read_only: bool,
     pub salvage: bool,
+    /// `Options::max_value_len`: replayed records are held to it.
+    pub max_value_len: usize,
 }
 
 /// The result of reading the journal.
@@ -230,8 +236,9 @@ fn list(dir: &Path) -> Result<Vec<ShardLog>> {
         segs.sort_by_key(|(seq, _)| *seq);
         let mut segments = Vec::with_capacity(segs.len());
         for (seq, path) in segs {
-            let file = File::open(&path).map_err(io_err("open", &path))?;
+            let file = open_regular(&path)?;
             let len = file.metadata().map_err(io_err("stat", &path))?.len();
+            let data = usize::try_from(data_end(&file, len)).unwrap_or(usize::MAX);
             // SAFETY: the directory lock keeps writers out; the map is read-only.
             let map = if len == 0 {
                 None
@@ -246,6 +253,7 @@ fn list(dir: &Path) -> Result<Vec<ShardLog>> {
                 last_id: 0,
                 end: 0,
                 written: 0,
+                data,
                 unwritten: false,
             });
         }
@@ -312,10 +320,12 @@ fn scan(
     for si in 0..log.segments.len() {
         let seg = &log.segments[si];
         let b = seg.bytes();
-        // Past this, the segment holds only (preallocated) zeros.
-        let written = b.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
+        // Past this, the segment holds only (preallocated) zeros. Only its data
+        // extents are looked at: holes read as zeros.
+        let data = &b[..seg.data.min(b.len())];
+        let written = data.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
         if let Some(problem) = header_problem(seg) {
-            if !holds_a_frame(b) {
+            if !holds_a_frame(data) {
                 // Created, never written or never synced: it held nothing.
                 let seg = &mut log.segments[si];
                 seg.unwritten = true;
@@ -338,6 +348,33 @@ fn scan(
         while off < b.len() {
             match parse_frame(&b[off..]) {
                 Parsed::Frame(f) => {
+                    if log.stop.is_none() {
+                        // Ids a frame may name: a commit id in range, a
+                        // watermark that leaves room to count on.
+                        let bad = if f.kind != KIND_MARK {
+                            check_commit_id(frame_id(f.body)).err()
+                        } else {
+                            None
+                        }
+                        .or_else(|| {
+                            (f.durable > MAX_COMMIT_ID || f.anchor.0 > MAX_COMMIT_ID).then(|| {
+                                format!(
+                                    "the frame's watermark ({}) or anchor ({}) is beyond the largest commit id accepted ({MAX_COMMIT_ID})",
+                                    f.durable, f.anchor.0
+                                )
+                            })
+                        });
+                        if let Some(reason) = bad {
+                            findings.report(corrupt(&seg.path, off as u64, None, reason))?;
+                            log.stop = Some(Stop {
+                                segment: si,
+                                offset: off,
+                            });
+                            log.stop_reason = Some("a frame naming an impossible id".to_owned());
+                            off += f.stride;
+                            continue;
+                        }
+                    }
                     if f.kind == KIND_MARK || f.synced || same_boot {
                         acked = acked.max(f.durable);
                     }
@@ -488,7 +525,7 @@ fn check_listed(
                 findings.report(corrupt(
                     &s.path,
                     s.end as u64,
-                    Some(s.last_id + 1),
+                    Some(s.last_id.saturating_add(1)),
                     format!(
                         "{what}, but the manifest lists it as holding commits up to {}",
                         l.last
@@ -662,8 +699,8 @@ pub(crate) fn recover(
                 Some(id),
                 format!("commit {id} appears twice in the journal"),
             ));
-        } else if id > last_id + 1 {
-            let missing = last_id + 1;
+        } else if id > last_id.saturating_add(1) {
+            let missing = last_id.saturating_add(1);
             if missing <= promised {
                 finding = Some(blame(dir, &logs, missing, promised));
             } else {
@@ -706,6 +743,13 @@ pub(crate) fn recover(
                     Some(id),
                     "the record body is malformed",
                 ));
+            } else if let Some(Err(why)) = body.as_ref().map(|b| b.validate(rules.max_value_len)) {
+                finding = Some(corrupt(
+                    path,
+                    at as u64,
+                    Some(id),
+                    format!("the record is not a well-formed commit: {why}"),
+                ));
             } else if let Some(m) = rules.manifest.filter(|m| m.promised.0 == id) {
                 if m.promised.1 != next {
                     finding = Some(corrupt(
@@ -745,12 +789,12 @@ pub(crate) fn recover(
         }
     }
     if promised > last_id {
-        findings.report(blame(dir, &logs, last_id + 1, promised))?;
+        findings.report(blame(dir, &logs, last_id.saturating_add(1), promised))?;
     }
 
     let next_seq = logs
         .iter()
-        .flat_map(|l| l.segments.iter().map(|s| s.seq + 1))
+        .flat_map(|l| l.segments.iter().map(|s| s.seq.saturating_add(1)))
         .max()
         .unwrap_or(0);
     let salvaging = !findings.found.is_empty();
