@@ -443,8 +443,8 @@ fn all_reported(results: &[CaseResult]) -> BTreeSet<&'static str> {
 }
 
 /// The file operations a clean run of the scenario does, in order, by `Io`
-/// method name (`create`, `allocate`, `write_at`, `sync`, `sync_dir`, `rename`,
-/// `truncate`, `remove`).
+/// method name (`create`, `create_dir`, `allocate`, `write_at`, `sync`,
+/// `sync_dir`, `rename`, `truncate`, `remove`).
 fn clean_run_ops(shards: usize, cpus: &[usize]) -> Vec<&'static str> {
     /// The OS's I/O, logging each operation's name.
     #[derive(Default)]
@@ -458,6 +458,10 @@ fn clean_run_ops(shards: usize, cpus: &[usize]) -> Vec<&'static str> {
         fn create(&self, path: &Path) -> std::io::Result<std::fs::File> {
             self.log("create");
             OsIo.create(path)
+        }
+        fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+            self.log("create_dir");
+            OsIo.create_dir(path)
         }
         fn allocate(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
             self.log("allocate");
@@ -675,12 +679,17 @@ fn any_failed_file_operation_is_reported_and_loses_no_acknowledged_commit() {
         ops,
         "FaultKind::Any counts every logged operation, so case N fails the Nth of the log"
     );
-    for op in ["create", "truncate", "remove"] {
+    for op in ["create", "create_dir", "truncate", "remove"] {
         assert!(log.contains(&op), "the scenario does no {op:?}: {log:?}");
     }
     let stride = (ops / 60).max(1);
     let mut at: BTreeSet<u64> = (0..ops).step_by(stride as usize).collect();
-    at.extend((0..ops).filter(|&i| matches!(log[i as usize], "create" | "truncate" | "remove")));
+    at.extend((0..ops).filter(|&i| {
+        matches!(
+            log[i as usize],
+            "create" | "create_dir" | "truncate" | "remove"
+        )
+    }));
     let cases: Vec<Case> = at
         .iter()
         .map(|&fail_at| Case {
@@ -695,6 +704,7 @@ fn any_failed_file_operation_is_reported_and_loses_no_acknowledged_commit() {
     for (case, (_, reported)) in cases.iter().zip(&results) {
         let names: &[&str] = match log[case.fail_at as usize] {
             "create" => &["create"],
+            "create_dir" => &["create directory"],
             "remove" => &["remove"],
             "truncate" => &["truncate", "trim segment"],
             _ => continue,
