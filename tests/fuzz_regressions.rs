@@ -7,7 +7,7 @@
 //! needs nightly and libFuzzer).
 
 use shardstone::numa::Numa;
-use shardstone::{ChainHash, Engine, Error, Options};
+use shardstone::{Engine, Error, Options};
 use std::path::{Path, PathBuf};
 
 fn options() -> Options {
@@ -55,11 +55,6 @@ fn manifest_bytes(checkpoint: (u64, [u8; 32]), promised: (u64, [u8; 32])) -> Vec
     b
 }
 
-fn empty_manifest() -> Vec<u8> {
-    let g = ChainHash::genesis().0;
-    manifest_bytes((0, g), (0, g))
-}
-
 /// Opens `dir` as the targets do and reads every key; the error, if any.
 fn open_and_read(dir: &Path, read_only: bool, salvage: bool) -> Result<(), Error> {
     let opts = Options {
@@ -77,20 +72,6 @@ fn open_and_read(dir: &Path, read_only: bool, salvage: bool) -> Result<(), Error
     }
     drop(snap);
     engine.close()
-}
-
-/// `segment_file`: the input as the first segment beside an empty database's
-/// manifest, opened read-only, then with salvage.
-fn segment_file(name: &str) -> [Result<(), Error>; 2] {
-    let bytes = input(name);
-    [(true, false), (false, true)].map(|(read_only, salvage)| {
-        let dir = fresh_dir(name);
-        std::fs::write(dir.join("manifest"), empty_manifest()).unwrap();
-        std::fs::write(dir.join("journal/s0000-0000000000.log"), &bytes).unwrap();
-        let got = open_and_read(&dir, read_only, salvage);
-        let _ = std::fs::remove_dir_all(&dir);
-        got
-    })
 }
 
 const CKPT_BLOCK: usize = 64 * 1024;

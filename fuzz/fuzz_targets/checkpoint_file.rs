@@ -16,7 +16,7 @@ static SCRATCH: OnceLock<Scratch> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let scratch = SCRATCH.get_or_init(|| Scratch::new("checkpoint_file"));
-    for file in variants(&expand_checkpoint(data), fix_checkpoint) {
+    for file in variants(&expand_checkpoint(data), |b| fix_checkpoint(b)) {
         let (id, hash) = checkpoint_header(&file).unwrap_or((1, [0; 32]));
         let dir = scratch.reset("db");
         std::fs::write(

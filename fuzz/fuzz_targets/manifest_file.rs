@@ -11,7 +11,7 @@ static TEMPLATE: OnceLock<Template> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let template = TEMPLATE.get_or_init(|| Template::new("manifest_file"));
-    for file in variants(data, fix_manifest) {
+    for file in variants(data, |b| fix_manifest(b)) {
         let dir = template.copy_with(MANIFEST, &file);
         let _ = open_and_read(&dir, true, false);
     }

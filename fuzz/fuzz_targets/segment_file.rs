@@ -12,7 +12,7 @@ static SCRATCH: OnceLock<Scratch> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let scratch = SCRATCH.get_or_init(|| Scratch::new("segment_file"));
-    for file in variants(data, fix_segment) {
+    for file in variants(data, |b| fix_segment(b)) {
         for (read_only, salvage) in [(true, false), (false, true)] {
             let dir = scratch.reset("db");
             std::fs::write(dir.join("manifest"), empty_manifest()).unwrap();

@@ -222,7 +222,7 @@ pub fn variants(data: &[u8], fix: impl Fn(&mut Vec<u8>)) -> Vec<Vec<u8>> {
 /// Recomputes the crc32c of every frame of a segment file that has a plausible
 /// length (`src/journal/record.rs`: over bytes 0..4, then 8..len; frames are
 /// 8-byte aligned).
-pub fn fix_segment(b: &mut Vec<u8>) {
+pub fn fix_segment(b: &mut [u8]) {
     let mut at = 0;
     while at + 64 <= b.len() {
         let len = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
@@ -237,7 +237,7 @@ pub fn fix_segment(b: &mut Vec<u8>) {
 }
 
 /// Recomputes the manifest's trailing crc32c.
-pub fn fix_manifest(b: &mut Vec<u8>) {
+pub fn fix_manifest(b: &mut [u8]) {
     if b.len() >= 4 {
         let n = b.len() - 4;
         let crc = crc32c::crc32c(&b[..n]);
@@ -260,7 +260,7 @@ pub fn fix_consumers(b: &mut Vec<u8>) {
 
 /// Recomputes a checkpoint file's header crc and the crc of every data block
 /// whose `used` length fits (`src/journal/checkpoint.rs`).
-pub fn fix_checkpoint(b: &mut Vec<u8>) {
+pub fn fix_checkpoint(b: &mut [u8]) {
     if b.len() >= CKPT_HEADER {
         let crc = crc32c::crc32c(&b[..CKPT_HEADER - 4]);
         b[CKPT_HEADER - 4..CKPT_HEADER].copy_from_slice(&crc.to_le_bytes());
