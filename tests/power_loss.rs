@@ -276,7 +276,12 @@ fn every_crash_point(durability: Durability, shards: usize) {
         failures.join("\n  ")
     );
     // Some images had a torn or unacknowledged tail, and recovery said so.
-    assert!(cuts.into_inner() > 0, "no crash image needed a cut");
+    let cuts = cuts.into_inner();
+    eprintln!(
+        "{durability:?}, {shards} shard(s): {ops} crash points, {} images each, {cuts} needed a cut",
+        2 + seeds()
+    );
+    assert!(cuts > 0, "no crash image needed a cut");
 }
 
 #[test]
