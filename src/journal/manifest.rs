@@ -176,19 +176,26 @@ pub(crate) fn read(dir: &Path) -> Result<Option<Manifest>> {
     Manifest::decode(&bytes, &path).map(Some)
 }
 
-/// Writes `m` as the manifest of `dir`, durably (temporary file, fsync, rename,
-/// directory fsync): a crash leaves the old one or the new one, whole.
+/// Writes `m` as the manifest of `dir`, durably: a crash leaves the old one or
+/// the new one, whole.
 pub(crate) fn write(dir: &Path, io: &dyn Io, m: &Manifest) -> Result<()> {
-    let path = path(dir);
-    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
+    replace_file(dir, io, MANIFEST_FILE, &m.encode())
+}
+
+/// Replaces the file `name` in `dir` with `bytes`, durably (temporary file,
+/// fsync, rename, directory fsync): a crash leaves the old file or the new one,
+/// whole. For the small files rewritten in place: the manifest, the consumers.
+pub(crate) fn replace_file(dir: &Path, io: &dyn Io, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let file = io.create(&tmp).map_err(io_err("create", &tmp))?;
     let written = io
-        .write_at(&file, &m.encode(), 0)
+        .write_at(&file, bytes, 0)
         .map_err(io_err("write", &tmp))
         .and_then(|()| io.sync(&file).map_err(io_err("fsync", &tmp)))
         .and_then(|()| io.rename(&tmp, &path).map_err(io_err("rename", &tmp)));
     if written.is_err() {
-        // Best effort: the old manifest stays in force either way.
+        // Best effort: the old file stays in force either way.
         let _ = std::fs::remove_file(&tmp);
     }
     written?;

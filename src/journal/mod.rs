@@ -495,13 +495,7 @@ fn save_holds(dir: &Path, io: &dyn Io, holds: &BTreeMap<String, SavedHold>) -> R
         }
     }
     let text = format!("{body}crc32c {}\n", crc32c::crc32c(body.as_bytes()));
-    let tmp = dir.join(format!("{HOLDS_FILE}.tmp"));
-    let file = io.create(&tmp).map_err(io_err("create", &tmp))?;
-    io.write_at(&file, text.as_bytes(), 0)
-        .map_err(io_err("write", &tmp))?;
-    io.sync(&file).map_err(io_err("fsync", &tmp))?;
-    io.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-    io.sync_dir(dir).map_err(io_err("fsync directory", dir))
+    manifest::replace_file(dir, io, HOLDS_FILE, text.as_bytes())
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
