@@ -38,6 +38,20 @@ pub enum Error {
     },
     /// The command returned an application-level abort (see [`Error::abort`]).
     Abort(String),
+    /// `Tx::add` or `Tx::next_in_sequence` found a value under the key that is not
+    /// an 8-byte counter. Nothing was written.
+    NotACounter {
+        /// The key.
+        key: Vec<u8>,
+        /// Length of the value found there.
+        len: usize,
+    },
+    /// `Tx::add` would take a counter past `i64::MAX` or below `i64::MIN` (or a
+    /// sequence past `u64::MAX`). Nothing was written.
+    CounterOverflow {
+        /// The key.
+        key: Vec<u8>,
+    },
     /// `Engine::run` was called from inside a command on the same engine. Commands do
     /// not nest: the inner one would wait for commit rights the outer one may hold.
     NestedRun {
@@ -200,6 +214,16 @@ impl fmt::Display for Error {
                 write!(f, "value of {len} bytes exceeds the limit of {max} bytes (Options::max_value_len)")
             }
             Error::Abort(reason) => write!(f, "command aborted: {reason}"),
+            Error::NotACounter { key, len } => write!(
+                f,
+                "the value under key {} is {len} bytes, not an 8-byte counter",
+                crate::error::show_key(key)
+            ),
+            Error::CounterOverflow { key } => write!(
+                f,
+                "the counter under key {} would overflow",
+                crate::error::show_key(key)
+            ),
             Error::NestedRun { outer, inner } => write!(
                 f,
                 "command {inner:?} was started inside command {outer:?} on the same engine; commands do not nest"
@@ -290,6 +314,19 @@ impl std::error::Error for Error {
         match self {
             Error::OutOfMemory { source, .. } | Error::Io { source, .. } => Some(source),
             _ => None,
+        }
+    }
+}
+
+/// A key for an error message: text when it is printable, else hex; long keys cut.
+pub(crate) fn show_key(key: &[u8]) -> String {
+    let cut = &key[..key.len().min(64)];
+    let more = if key.len() > 64 { "…" } else { "" };
+    match std::str::from_utf8(cut) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}{more}"),
+        _ => {
+            let hex: String = cut.iter().map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}{more}")
         }
     }
 }

@@ -61,7 +61,7 @@ mod sync;
 mod txn;
 
 pub use command::{
-    Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotPage, Stats, OTHER_COMMANDS,
+    Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotKey, HotPage, Stats, OTHER_COMMANDS,
 };
 pub use engine::Engine;
 pub use error::{Error, Result};

@@ -12,7 +12,7 @@ mod gate;
 mod stats;
 mod workers;
 
-pub use stats::{BlockingQueueStats, CommandStats, HotPage, Stats, OTHER_COMMANDS};
+pub use stats::{BlockingQueueStats, CommandStats, HotKey, HotPage, Stats, OTHER_COMMANDS};
 pub(crate) use workers::{handle, panic_message, Workers};
 pub use workers::{Affinity, CommandHandle};
 
@@ -180,9 +180,16 @@ impl Executor {
             );
             drop(pass);
             match outcome {
-                Ok(Outcome::Committed { restructured }) => {
+                Ok(Outcome::Committed {
+                    restructured,
+                    resolved,
+                }) => {
                     if restructured {
                         self.telemetry.restructured();
+                    }
+                    if resolved {
+                        counters.resolved();
+                        self.telemetry.all.resolved();
                     }
                     record.finish(Ending::Committed);
                     return Ok(value);
@@ -200,6 +207,9 @@ impl Executor {
                     for p in &c.pages {
                         self.telemetry
                             .conflict_on(p.page, &p.first_key, &p.last_key, loser);
+                    }
+                    for (first, last) in &c.keys {
+                        self.telemetry.conflict_on_keys(first, last, loser);
                     }
                     // Retry on a snapshot that includes the commit that beat us.
                     if !store.clock.wait_visible(c.newer) {
@@ -256,7 +266,10 @@ impl Executor {
                 apply: false,
             };
             match commit(tx, log)? {
-                Outcome::Committed { restructured } => {
+                Outcome::Committed {
+                    restructured,
+                    resolved: _,
+                } => {
                     if restructured {
                         self.telemetry.restructured();
                     }

@@ -35,6 +35,7 @@ struct Shard {
     commits: AtomicU64,
     read_only: AtomicU64,
     conflicts: AtomicU64,
+    resolved: AtomicU64,
     retries: AtomicU64,
     escalations: AtomicU64,
     errors: AtomicU64,
@@ -78,6 +79,11 @@ impl Counters {
         }
     }
 
+    /// A commit that found a leaf changed and was let through by the key check.
+    pub(crate) fn resolved(&self) {
+        self.shard().resolved.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn escalation(&self) {
         self.shard().escalations.fetch_add(1, Ordering::Relaxed);
     }
@@ -103,6 +109,7 @@ impl Counters {
             out.commits += s.commits.load(Ordering::Relaxed);
             out.read_only += s.read_only.load(Ordering::Relaxed);
             out.conflicts += s.conflicts.load(Ordering::Relaxed);
+            out.page_changes_resolved += s.resolved.load(Ordering::Relaxed);
             out.retries += s.retries.load(Ordering::Relaxed);
             out.escalations += s.escalations.load(Ordering::Relaxed);
             out.errors += s.errors.load(Ordering::Relaxed);
@@ -129,8 +136,12 @@ pub struct CommandStats {
     pub commits: u64,
     /// Runs that wrote nothing (no commit id taken).
     pub read_only: u64,
-    /// Conflicts lost.
+    /// Conflicts lost: a key it read or a range it scanned had changed.
     pub conflicts: u64,
+    /// Commits that found a leaf they used changed since their snapshot, but no
+    /// key they read changed: each is a re-run that page-level validation would
+    /// have caused and the key check saved.
+    pub page_changes_resolved: u64,
     /// Optimistic re-runs after a conflict (the conflicts that did not escalate).
     pub retries: u64,
     /// Runs that went to the blocking queue.
@@ -158,6 +169,20 @@ pub struct HotPage {
     pub losers: Vec<(String, u64)>,
 }
 
+/// A key, or a key range a scan read, that real conflicts were lost on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HotKey {
+    /// The key (then `last_key` is the same), or the first key of the range
+    /// (empty when the range is unbounded below).
+    pub first_key: Vec<u8>,
+    /// The key, or the last key of the range (empty when unbounded above).
+    pub last_key: Vec<u8>,
+    /// Conflicts lost because it changed.
+    pub conflicts: u64,
+    /// Command names that lost a conflict on it, most frequent first.
+    pub losers: Vec<(String, u64)>,
+}
+
 /// The blocking queue's load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BlockingQueueStats {
@@ -181,8 +206,13 @@ pub struct Stats {
     pub commits: u64,
     /// Command runs that wrote nothing.
     pub read_only: u64,
-    /// Conflicts lost by commands.
+    /// Conflicts lost by commands: each is a key read or a range scanned that
+    /// another commit changed after the loser's snapshot (a real conflict).
     pub conflicts: u64,
+    /// Commits that found a leaf they used changed since their snapshot, and
+    /// committed anyway because no key they read had changed: the re-runs that
+    /// deciding conflicts per key instead of per page saved.
+    pub page_changes_resolved: u64,
     /// Optimistic re-runs after a conflict. A conflict either causes a retry or is
     /// the last one before escalation; with `max_conflicts: 0` commands escalate
     /// without any conflict.
@@ -202,6 +232,9 @@ pub struct Stats {
     pub commands: Vec<CommandStats>,
     /// The pages that conflicted most, most conflicts first.
     pub hot_pages: Vec<HotPage>,
+    /// The keys and scanned ranges whose changes caused the most conflicts, most
+    /// conflicts first: where the application's own data collides.
+    pub hot_keys: Vec<HotKey>,
     /// Memory and snapshot pins of the page store.
     pub store: StoreStats,
     /// Journal shards, group-commit fsyncs, checkpoint and recovery.
@@ -231,6 +264,7 @@ pub(crate) struct Telemetry {
     /// Whether some name was given `other` (it is reported from then on).
     other_used: AtomicBool,
     hot: Mutex<HashMap<PageId, HotEntry>>,
+    hot_keys: Mutex<HashMap<(Vec<u8>, Vec<u8>), HotEntry>>,
     hot_tracked: usize,
     restructures: AtomicU64,
     queue_depth: AtomicU64,
@@ -248,6 +282,7 @@ impl Telemetry {
             other: Arc::new(Counters::new()),
             other_used: AtomicBool::new(false),
             hot: Mutex::new(HashMap::new()),
+            hot_keys: Mutex::new(HashMap::new()),
             hot_tracked: hot_tracked.max(1),
             restructures: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
@@ -306,6 +341,21 @@ impl Telemetry {
         *e.losers.entry(loser.to_owned()).or_insert(0) += 1;
     }
 
+    /// A conflict lost because the key (or scanned range) `first..=last` changed.
+    pub(crate) fn conflict_on_keys(&self, first: &[u8], last: &[u8], loser: &str) {
+        let mut hot = self.hot_keys.lock();
+        let id = (first.to_vec(), last.to_vec());
+        if hot.len() >= self.hot_tracked * 4 && !hot.contains_key(&id) {
+            let mut counts: Vec<u64> = hot.values().map(|e| e.conflicts).collect();
+            counts.sort_unstable();
+            let cut = counts[counts.len() / 2];
+            hot.retain(|_, e| e.conflicts > cut);
+        }
+        let e = hot.entry(id).or_default();
+        e.conflicts += 1;
+        *e.losers.entry(loser.to_owned()).or_insert(0) += 1;
+    }
+
     pub(crate) fn queue_enter(&self) {
         self.queue_depth.fetch_add(1, Ordering::Relaxed);
     }
@@ -347,9 +397,7 @@ impl Telemetry {
             .lock()
             .iter()
             .map(|(page, e)| {
-                let mut losers: Vec<(String, u64)> =
-                    e.losers.iter().map(|(n, c)| (n.clone(), *c)).collect();
-                losers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let losers = sorted_losers(&e.losers);
                 HotPage {
                     page: *page,
                     conflicts: e.conflicts,
@@ -365,11 +413,29 @@ impl Telemetry {
                 .then_with(|| a.page.cmp(&b.page))
         });
         hot_pages.truncate(self.hot_tracked);
+        let mut hot_keys: Vec<HotKey> = self
+            .hot_keys
+            .lock()
+            .iter()
+            .map(|((first, last), e)| HotKey {
+                first_key: first.clone(),
+                last_key: last.clone(),
+                conflicts: e.conflicts,
+                losers: sorted_losers(&e.losers),
+            })
+            .collect();
+        hot_keys.sort_by(|a, b| {
+            b.conflicts
+                .cmp(&a.conflicts)
+                .then_with(|| a.first_key.cmp(&b.first_key))
+        });
+        hot_keys.truncate(self.hot_tracked);
         Stats {
             commit_id,
             commits: all.commits,
             read_only: all.read_only,
             conflicts: all.conflicts,
+            page_changes_resolved: all.page_changes_resolved,
             retries: all.retries,
             escalations: all.escalations,
             errors: all.errors,
@@ -382,9 +448,17 @@ impl Telemetry {
             },
             commands,
             hot_pages,
+            hot_keys,
             store,
             journal,
             feed,
         }
     }
+}
+
+/// Loser names, most frequent first.
+fn sorted_losers(losers: &HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = losers.iter().map(|(n, c)| (n.clone(), *c)).collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
 }

@@ -7,7 +7,7 @@
 //! a conflict (no phantoms).
 
 use super::page::{Kind, Page};
-use super::{PageId, PagePtr, Store, Value, ROOT};
+use super::{PageId, PagePtr, PageRead, Store, Value, ROOT};
 use std::ops::Bound;
 
 #[derive(Default)]
@@ -34,7 +34,7 @@ pub(crate) struct TreeRange<'s> {
     /// Where each leaf read goes, with the stamp of the version seen: a
     /// transaction's read set, written at once so that leaking the iterator
     /// (`mem::forget`) cannot hide a read from validation.
-    reads: Option<&'s mut Vec<(PageId, u64)>>,
+    reads: Option<&'s mut Vec<PageRead>>,
 }
 
 fn after_hi(key: &[u8], hi: &Bound<Vec<u8>>) -> bool {
@@ -60,7 +60,7 @@ impl<'s> TreeRange<'s> {
         at: u64,
         lo: Bound<Vec<u8>>,
         hi: Bound<Vec<u8>>,
-        reads: Option<&'s mut Vec<(PageId, u64)>>,
+        reads: Option<&'s mut Vec<PageRead>>,
     ) -> Self {
         TreeRange {
             store,
@@ -82,7 +82,11 @@ impl<'s> TreeRange<'s> {
     fn visit(&mut self, id: PageId, v: PagePtr) {
         let stamp = self.page(v).stamp();
         if let Some(reads) = &mut self.reads {
-            reads.push((id, stamp));
+            reads.push(PageRead {
+                id,
+                stamp,
+                version: v,
+            });
         }
     }
 
@@ -196,6 +200,28 @@ impl<'s> TreeRange<'s> {
             }
             self.back.stack.pop();
         }
+    }
+
+    /// How many leaves the read set holds so far (this scan's included).
+    pub(crate) fn reads_len(&self) -> usize {
+        self.reads.as_ref().map_or(0, |r| r.len())
+    }
+
+    /// The parts of `[lo, hi]` this scan has looked at: all of it once it ran to
+    /// its end, else from `lo` to the last key taken from the front and from the
+    /// last key taken from the back to `hi` (each end inclusive).
+    pub(crate) fn observed(&self) -> Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+        if self.done {
+            return vec![(self.lo.clone(), self.hi.clone())];
+        }
+        let mut out = Vec::new();
+        if let Some(f) = &self.front.last {
+            out.push((self.lo.clone(), Bound::Included(f.clone())));
+        }
+        if let Some(b) = &self.back.last {
+            out.push((Bound::Included(b.clone()), self.hi.clone()));
+        }
+        out
     }
 
     /// The next entry from the front, as borrowed key and value reference.

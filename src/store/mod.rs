@@ -17,9 +17,11 @@ mod build;
 mod clock;
 mod cursor;
 mod interval;
+mod newest;
 mod overflow;
 mod page;
 mod reclaim;
+mod sequence;
 mod snapshot;
 mod table;
 
@@ -28,6 +30,7 @@ pub(crate) use arena::PagePtr;
 pub(crate) use build::Builder;
 pub(crate) use clock::Clock;
 pub(crate) use cursor::TreeRange;
+pub(crate) use newest::PageRead;
 pub(crate) use page::{Kind, ValRef};
 pub(crate) use reclaim::PinSlot;
 pub use snapshot::{Snapshot, SnapshotRange};
@@ -42,6 +45,7 @@ use interval::Reclaimer;
 use page::Page;
 pub(crate) use reclaim::Reading;
 use reclaim::{Garbage, GarbageLists, Pins};
+use sequence::Sequences;
 use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
@@ -179,6 +183,8 @@ pub(crate) struct Store {
     /// Serializes structure changes (splits, merges) among the commits that make them;
     /// commits that only rewrite leaves never take it.
     structure: Mutex<()>,
+    /// In-memory counters of the sequences (`Tx::next_in_sequence`).
+    pub(crate) sequences: Sequences,
 }
 
 impl Store {
@@ -208,6 +214,7 @@ impl Store {
             unlinked: AtomicU64::new(0),
             pinned_bytes: AtomicU64::new(0),
             structure: Mutex::new(()),
+            sequences: Sequences::default(),
         };
         let root = store.table.allocate().expect("a new page table has room");
         debug_assert_eq!(root, ROOT);

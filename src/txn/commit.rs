@@ -1,11 +1,19 @@
 //! Commit: lock, validate, take a commit id, install.
 //!
 //! The protocol, for a transaction with snapshot `s`:
-//! 1. lock every page of the read set, in page-id order: shared for pages only
-//!    read, exclusive for the leaves its writes land on (ordered locking: no
-//!    deadlock between committers);
-//! 2. validate: each page's newest version is still the one seen at `s`; if not,
-//!    the commit is a conflict and nothing was taken (no commit id, no memory);
+//! 1. lock, in page-id order, every leaf it read (shared) and every leaf its
+//!    writes land on (exclusive). Ordered locking: no deadlock between committers;
+//! 2. validate. The page check is the fast path: a leaf whose newest version is
+//!    the one seen at `s` needs nothing more. For a leaf that changed, the key
+//!    check decides: each key read from it (present or absent) must have the same
+//!    value now as at `s`, and each range scanned over it the same entries (so no
+//!    key entered a gap). "Now" is read in the leaf that holds the key in the
+//!    newest tree; when that is a leaf the commit does not hold (a split or merge
+//!    moved the key), the commit adds it to its locks, releases everything and
+//!    locks again in order (a few rounds at most, then it gives up as a conflict).
+//!    A write needs no check at all: it lands on whatever leaf holds its key now,
+//!    found the same way when its leaf changed since `s`. A merge (`add`,
+//!    `next_in_sequence`) is computed here against that leaf's newest value;
 //! 3. plan the new versions (allocation happens here, so it may fail cleanly);
 //! 4. take the commit id `c` — while every lock is still held — and append the
 //!    commit's journal record to the shard of this CPU;
@@ -14,38 +22,51 @@
 //!    publish `c`: a commit becomes visible only once it is durable, so nothing
 //!    can read (and build on) a commit a crash would take back.
 //!
-//! Why this is serializable in commit-id order: from step 1 to step 5 no other
-//! commit can change a page this one read or wrote, so at the instant `c` is taken
-//! everything it read is current, as if it ran alone at that instant; two commits
-//! that touch a common page take their ids in the order they held its lock. The
-//! leaves of the read set cover every key the command looked at, including the
-//! gaps a scan saw empty, so the page check also excludes phantoms.
+//! Why this is serializable in commit-id order. At the instant `c` is taken, the
+//! commit holds the lock of every leaf that holds a key it read or a range it
+//! scanned (trusted because the leaf was locked before the newest tree was asked:
+//! a leaf loses keys only through a new version made under its lock, see
+//! `store::newest`). Every commit with a smaller id that wrote those keys took its
+//! id under the same locks, so it installed before this commit locked them, and
+//! the key check compared against its result; every commit with a larger id that
+//! writes them locks them after this one releases. So the values this command
+//! read at `s` are exactly the values after commit `c - 1`: it computed what it
+//! would have computed running alone at `c`. Its writes do not depend on the rest
+//! of the leaf (blind writes and merges are applied to the newest version, under
+//! the exclusive lock), so commits that only share a leaf order freely. Equal
+//! values are enough: a key changed and changed back reads the same, and
+//! serializability is about what was read, not how often it changed. A scan's
+//! gaps are checked as part of its entries, which excludes phantoms.
 //!
 //! Commits on disjoint pages share no lock and no cache line except the commit-id
 //! counter, so they validate and install in parallel.
 
-use super::Tx;
+use super::{add_to, raise_to, Pending, Tx};
 use crate::error::Result;
 use crate::journal::{Frame, Journal, Ticket};
-use crate::store::{Kind, LeafWrites, PageId, Store, ValRef};
+use crate::store::{Kind, LeafWrites, PageId, PageRead, Store, TreeRange, ValRef};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 /// What happened to a commit attempt.
 pub(crate) enum Outcome {
-    /// Installed; `restructured` when it split, merged or removed pages.
-    Committed { restructured: bool },
+    /// Installed; `restructured` when it split, merged or removed pages;
+    /// `resolved` when a leaf it used had changed since its snapshot and the key
+    /// check let it commit anyway (a re-run saved).
+    Committed { restructured: bool, resolved: bool },
     /// Nothing to write: the snapshot was its serialization point.
     ReadOnly,
-    /// A page read at the snapshot had changed; nothing was installed.
+    /// A key or range read at the snapshot had changed; nothing was installed.
     Conflict(Conflict),
 }
 
-/// The pages that failed validation, for telemetry and for waiting before a retry.
+/// What failed validation, for telemetry and for waiting before a retry.
 pub(crate) struct Conflict {
-    /// Every page of the read set that changed (up to `MAX_REPORTED`), so that the
-    /// hot-page table does not blame only the lowest page id.
+    /// The changed leaves where keys it read had changed (up to `MAX_REPORTED`).
     pub pages: Vec<ChangedPage>,
-    /// Newest stamp among them: a retry must see at least this commit.
+    /// The keys (first = last) and scanned ranges that had changed (up to `MAX_REPORTED`).
+    pub keys: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Newest stamp among the changed leaves: a retry must see at least this commit.
     pub newer: u64,
 }
 
@@ -59,10 +80,10 @@ pub(crate) struct ChangedPage {
 
 const MAX_REPORTED: usize = 8;
 
-/// A key and its new value (`None` deletes).
-type KeyWrite<'a> = (&'a [u8], Option<ValRef<'a>>);
+/// Lock rounds before a commit whose keys keep moving gives up as a conflict.
+const MAX_ROUNDS: usize = 8;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Mode {
     Shared,
     Exclusive,
@@ -71,6 +92,33 @@ enum Mode {
 struct Locks<'s> {
     store: &'s Store,
     held: Vec<(PageId, Mode)>,
+}
+
+impl Locks<'_> {
+    /// Locks `want` (sorted by page id, one entry per page) in order.
+    fn take<'s>(store: &'s Store, want: &[(PageId, Mode)]) -> Locks<'s> {
+        let mut locks = Locks {
+            store,
+            held: Vec::with_capacity(want.len()),
+        };
+        for &(id, mode) in want {
+            let slot = store.slot(id);
+            match mode {
+                Mode::Shared => slot.lock_shared(),
+                Mode::Exclusive => slot.lock_exclusive(),
+            }
+            locks.held.push((id, mode));
+        }
+        locks
+    }
+
+    fn holds(&self, id: PageId) -> bool {
+        self.held.binary_search_by_key(&id, |h| h.0).is_ok()
+    }
+
+    fn holds_exclusive(&self, id: PageId) -> bool {
+        matches!(self.held.binary_search_by_key(&id, |h| h.0), Ok(i) if self.held[i].1 == Mode::Exclusive)
+    }
 }
 
 impl Drop for Locks<'_> {
@@ -83,6 +131,15 @@ impl Drop for Locks<'_> {
             }
         }
     }
+}
+
+/// Sorts `want` by page id, keeping the stronger mode of a page named twice.
+fn normalize(want: &mut Vec<(PageId, Mode)>) {
+    want.sort_unstable();
+    // After sorting, the strongest mode of a page is its last entry.
+    want.reverse();
+    want.dedup_by_key(|w| w.0);
+    want.reverse();
 }
 
 /// Where a commit's record goes: into `journal`, as a commit of `command`.
@@ -144,6 +201,16 @@ struct Chains<'s> {
     installed: bool,
 }
 
+impl Chains<'_> {
+    fn stored<'v>(&mut self, key: &[u8], value: &'v [u8]) -> Result<ValRef<'v>> {
+        let stored = self.store.stored_value(key, value)?;
+        if let ValRef::Overflow { head, .. } = stored {
+            self.heads.push(head);
+        }
+        Ok(stored)
+    }
+}
+
 impl Drop for Chains<'_> {
     fn drop(&mut self) {
         if !self.installed {
@@ -154,23 +221,179 @@ impl Drop for Chains<'_> {
     }
 }
 
+/// Whether two stored values are the same bytes.
+fn same_value(store: &Store, a: Option<ValRef<'_>>, b: Option<ValRef<'_>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(ValRef::Inline(x)), Some(ValRef::Inline(y))) => x == y,
+        (Some(x @ ValRef::Overflow { head: hx, len: lx }), Some(y @ ValRef::Overflow { head: hy, len: ly })) => {
+            lx == ly && (hx == hy || store.value(x) == store.value(y))
+        }
+        _ => false,
+    }
+}
+
+/// The value of `key` in the newest version of the leaf `id` (held locked).
+fn newest_value<'a>(store: &Store, id: PageId, key: &[u8]) -> Option<ValRef<'a>> {
+    // SAFETY: the caller holds `id`'s lock; its newest version stays.
+    let page = unsafe { store.head_page(id) }?;
+    page.leaf_search(key).ok().map(|i| page.leaf_val(i))
+}
+
+/// What the key check found.
+enum Check {
+    /// Every key and range read from the changed leaves is as it was.
+    Same,
+    /// These keys or ranges changed.
+    Changed(Vec<(Vec<u8>, Vec<u8>)>, Vec<PageId>),
+    /// Some of them live now in leaves not locked: lock these too and look again.
+    Relock(Vec<(PageId, Mode)>),
+}
+
+fn first_last(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> (Vec<u8>, Vec<u8>) {
+    let end = |b: &Bound<Vec<u8>>| match b {
+        Bound::Included(k) | Bound::Excluded(k) => k.clone(),
+        Bound::Unbounded => Vec::new(),
+    };
+    (end(lo), end(hi))
+}
+
+/// The key check of every key and range `tx` read from the leaves in `changed`
+/// (sorted), against the newest tree, under `locks`.
+fn check_keys(tx: &Tx<'_>, changed: &[PageId], locks: &Locks<'_>) -> Check {
+    let store = tx.store;
+    let is_changed = |id: PageId| changed.binary_search(&id).is_ok();
+    let mut relock = Vec::new();
+    let mut keys = Vec::new();
+    let mut pages = Vec::new();
+    for p in &tx.reads.points {
+        if !is_changed(p.page) {
+            continue;
+        }
+        let key = tx.reads.key(p);
+        let Some(now) = store.newest_leaf(key) else {
+            // Cannot happen under the structure lock; be safe: a conflict.
+            debug_assert!(false, "no leaf routes a key in the newest tree");
+            keys.push((key.to_vec(), key.to_vec()));
+            pages.push(p.page);
+            continue;
+        };
+        if !locks.holds(now) {
+            relock.push((now, Mode::Shared));
+            continue;
+        }
+        // SAFETY: the version seen at the snapshot stays while the snapshot is pinned.
+        let seen = unsafe { store.page(p.version) };
+        let then = seen.leaf_search(key).ok().map(|i| seen.leaf_val(i));
+        let same = same_value(store, then, newest_value(store, now, key))
+            || cfg!(shardstone_broken = "keys");
+        if !same {
+            if keys.len() < MAX_REPORTED {
+                keys.push((key.to_vec(), key.to_vec()));
+            }
+            pages.push(p.page);
+        }
+    }
+    for r in &tx.reads.ranges {
+        let to = r.to.min(tx.reads.pages.len());
+        let Some(suspect) = tx.reads.pages[r.from.min(to)..to]
+            .iter()
+            .find(|p| is_changed(p.id))
+        else {
+            continue;
+        };
+        let Some(leaves) = store.newest_leaves(&r.lo, &r.hi) else {
+            debug_assert!(false, "no leaves route a range in the newest tree");
+            keys.push(first_last(&r.lo, &r.hi));
+            pages.push(suspect.id);
+            continue;
+        };
+        let missing: Vec<_> = leaves.iter().filter(|id| !locks.holds(**id)).collect();
+        if !missing.is_empty() {
+            relock.extend(missing.into_iter().map(|id| (*id, Mode::Shared)));
+            continue;
+        }
+        let same = same_range(tx, &r.lo, &r.hi, &leaves) || cfg!(shardstone_broken = "keys");
+        if !same {
+            if keys.len() < MAX_REPORTED {
+                keys.push(first_last(&r.lo, &r.hi));
+            }
+            pages.push(suspect.id);
+        }
+    }
+    if !keys.is_empty() {
+        return Check::Changed(keys, pages);
+    }
+    if !relock.is_empty() {
+        return Check::Relock(relock);
+    }
+    Check::Same
+}
+
+/// Whether `[lo, hi]` holds the same entries at the snapshot and in the newest
+/// versions of `leaves` (every leaf that holds a key of it now, in key order, locked).
+fn same_range(tx: &Tx<'_>, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, leaves: &[PageId]) -> bool {
+    let store = tx.store;
+    let mut then = TreeRange::new(store, tx.at, lo.clone(), hi.clone(), None);
+    let in_range = |k: &[u8]| {
+        let above = match lo {
+            Bound::Included(l) => k >= l.as_slice(),
+            Bound::Excluded(l) => k > l.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let below = match hi {
+            Bound::Included(h) => k <= h.as_slice(),
+            Bound::Excluded(h) => k < h.as_slice(),
+            Bound::Unbounded => true,
+        };
+        above && below
+    };
+    for &id in leaves {
+        // SAFETY: held locked by the caller.
+        let Some(page) = (unsafe { store.head_page(id) }) else {
+            return false;
+        };
+        if page.kind() != Kind::Leaf {
+            return false;
+        }
+        for i in 0..page.count() {
+            let key = page.leaf_key(i);
+            if !in_range(key) {
+                continue;
+            }
+            match then.next_entry() {
+                Some((k, v)) if k == key && store.value(page.leaf_val(i)) == v => {}
+                _ => return false,
+            }
+        }
+    }
+    then.next_entry().is_none()
+}
+
 /// Validates and installs `tx`, and logs it to `log`. Read-only transactions
 /// return at once.
-pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
+pub(crate) fn commit(tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     if tx.is_read_only() {
         return Ok(Outcome::ReadOnly);
     }
     let store = tx.store;
-    // The record is encoded before any lock is taken; the commit id is filled in
-    // when it is taken.
     let journal = log.journal;
     journal.check_writable(log.apply)?;
-    let ops = tx
-        .writes
-        .iter()
-        .map(|(k, w)| (k.as_slice(), w.value.as_deref()));
-    let mut frame = Frame::commit(log.command, ops)?;
-    // Writes grouped by the leaf they land on; each group stays in key order.
+    let merges = tx.writes.values().any(|w| w.op.is_merge());
+    // The record is encoded before any lock is taken (the commit id is filled in
+    // when it is taken), unless a merge's value is only known under the locks.
+    fn plain(op: &Pending) -> Option<&[u8]> {
+        match op {
+            Pending::Put(v) => Some(v.as_slice()),
+            _ => None,
+        }
+    }
+    let mut frame = if merges {
+        None
+    } else {
+        let ops = tx.writes.iter().map(|(k, w)| (k.as_slice(), plain(&w.op)));
+        Some(Frame::commit(log.command, ops)?)
+    };
     // Overflow chains for large values are written here, before any lock is taken,
     // so a big value does not hold pages locked while it is copied.
     let mut chains = Chains {
@@ -178,92 +401,157 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         heads: Vec::new(),
         installed: false,
     };
-    let mut by_leaf: BTreeMap<PageId, Vec<KeyWrite<'_>>> = BTreeMap::new();
+    let mut stored: Vec<Option<ValRef<'_>>> = Vec::with_capacity(tx.writes.len());
     for (key, w) in &tx.writes {
-        let value = match &w.value {
-            Some(v) => {
-                let stored = store.stored_value(key, v)?;
-                if let ValRef::Overflow { head, .. } = stored {
-                    chains.heads.push(head);
+        stored.push(match &w.op {
+            Pending::Put(v) => Some(chains.stored(key, v)?),
+            _ => None,
+        });
+    }
+
+    // The leaves to lock, and where each write lands (a hint until checked).
+    let mut want: Vec<(PageId, Mode)> = tx
+        .reads
+        .pages
+        .iter()
+        .map(|p| (p.id, Mode::Shared))
+        .chain(tx.writes.values().map(|w| (w.leaf, Mode::Exclusive)))
+        .collect();
+    normalize(&mut want);
+    let mut landing: Vec<PageId> = tx.writes.values().map(|w| w.leaf).collect();
+    let mut seen: Vec<PageRead> = tx.reads.pages.clone();
+    seen.sort_unstable_by_key(|p| p.id);
+    seen.dedup_by_key(|p| p.id);
+
+    let mut resolved = false;
+    let mut round = 0;
+    let locks = loop {
+        round += 1;
+        let locks = Locks::take(store, &want);
+        let mut more: Vec<(PageId, Mode)> = Vec::new();
+        // Writes: a leaf unchanged since the snapshot still holds the key; else
+        // ask the newest tree (trusted only for a leaf already held exclusively).
+        let mut unchanged: Option<PageId> = None;
+        for (i, (key, w)) in tx.writes.iter().enumerate() {
+            let leaf = landing[i];
+            if unchanged == Some(leaf) {
+                continue;
+            }
+            if leaf == w.leaf {
+                // SAFETY: held exclusively.
+                let head = unsafe { store.head_page(leaf) };
+                if head.is_some_and(|p| p.stamp() == w.stamp && p.kind() == Kind::Leaf) {
+                    unchanged = Some(leaf);
+                    continue;
                 }
-                Some(stored)
             }
-            None => None,
-        };
-        by_leaf
-            .entry(w.leaf)
-            .or_default()
-            .push((key.as_slice(), value));
-    }
-    tx.reads.sort_unstable();
-    tx.reads.dedup();
-    debug_assert!(
-        tx.reads.windows(2).all(|w| w[0].0 != w[1].0),
-        "one version per page in a snapshot"
-    );
-
-    let mut locks = Locks {
-        store,
-        held: Vec::with_capacity(tx.reads.len()),
+            resolved = true;
+            match store.newest_leaf(key) {
+                Some(now) if locks.holds_exclusive(now) => landing[i] = now,
+                Some(now) => {
+                    landing[i] = now;
+                    more.push((now, Mode::Exclusive));
+                }
+                None => {
+                    debug_assert!(false, "no leaf routes a key in the newest tree");
+                    more.push((leaf, Mode::Exclusive));
+                }
+            }
+        }
+        // Reads: the page check, then the key check of the leaves that changed.
+        let mut changed: Vec<PageId> = Vec::new();
+        let mut newer = 0;
+        for p in &seen {
+            // SAFETY: held (shared or exclusive); its newest version stays.
+            let stamp = unsafe { store.head_page(p.id) }.map_or(u64::MAX, |h| h.stamp());
+            // Deliberately wrong under `shardstone_broken = "validation"`, for the
+            // loom model to catch: nothing is ever found changed.
+            if stamp != p.stamp && !cfg!(shardstone_broken = "validation") {
+                changed.push(p.id);
+                newer = newer.max(stamp);
+            }
+        }
+        if !changed.is_empty() {
+            resolved = true;
+            match check_keys(&tx, &changed, &locks) {
+                Check::Same => {}
+                Check::Changed(keys, pages) => {
+                    return Ok(Outcome::Conflict(conflict(store, pages, keys, newer)));
+                }
+                Check::Relock(extra) => more.extend(extra),
+            }
+        }
+        if more.is_empty() {
+            break locks;
+        }
+        if round == MAX_ROUNDS {
+            // The keys kept moving between rounds: give up as a conflict on the
+            // leaves that changed; the re-run reads the newest tree.
+            let pages = if changed.is_empty() { landing.clone() } else { changed };
+            let keys = tx.writes.keys().take(MAX_REPORTED).map(|k| (k.clone(), k.clone())).collect();
+            return Ok(Outcome::Conflict(conflict(store, pages, keys, newer)));
+        }
+        drop(locks);
+        want.extend(more);
+        normalize(&mut want);
     };
-    for &(id, _) in &tx.reads {
-        let mode = if by_leaf.contains_key(&id) {
-            Mode::Exclusive
-        } else {
-            Mode::Shared
-        };
-        let slot = store.slot(id);
-        match mode {
-            Mode::Shared => slot.lock_shared(),
-            Mode::Exclusive => slot.lock_exclusive(),
-        }
-        locks.held.push((id, mode));
-    }
 
-    let mut edits = Vec::with_capacity(by_leaf.len());
-    let mut conflict: Option<Conflict> = None;
-    for &(id, seen) in &tx.reads {
-        let head = store.slot(id).head();
-        // SAFETY: we hold this page's lock; its newest version stays allocated.
-        let page = unsafe { store.page(head) };
-        // Deliberately wrong under `shardstone_broken = "validation"`, for the loom
-        // model to catch: nothing is ever found changed.
-        let changed = page.stamp() != seen && !cfg!(shardstone_broken = "validation");
-        if changed {
-            let c = conflict.get_or_insert_with(|| Conflict {
-                pages: Vec::new(),
-                newer: 0,
-            });
-            c.newer = c.newer.max(page.stamp());
-            if c.pages.len() < MAX_REPORTED {
-                let (first_key, last_key) = if page.kind() == Kind::Leaf && page.count() > 0 {
-                    (
-                        page.leaf_key(0).to_vec(),
-                        page.leaf_key(page.count() - 1).to_vec(),
-                    )
-                } else {
-                    (Vec::new(), Vec::new())
+    // Merges, computed against the newest value of the leaf each lands on.
+    let mut merged: Vec<(usize, [u8; 8])> = Vec::new();
+    for (i, (key, w)) in tx.writes.iter().enumerate() {
+        let base = |store| {
+            newest_value(store, landing[i], key).map(|v| match v {
+                ValRef::Inline(b) => b.to_vec(),
+                v @ ValRef::Overflow { .. } => store.value(v).into_vec(),
+            })
+        };
+        match w.op {
+            Pending::Add(d) => merged.push((i, add_to(key, base(store).as_deref(), d)?)),
+            Pending::AtLeast(n) => merged.push((i, raise_to(key, base(store).as_deref(), n)?)),
+            _ => {}
+        }
+    }
+    for (i, bytes) in &merged {
+        let key = tx.writes.keys().nth(*i).expect("merge index is a write");
+        stored[*i] = Some(chains.stored(key, bytes)?);
+    }
+    if frame.is_none() {
+        let mut m = merged.iter().peekable();
+        let ops: Vec<(&[u8], Option<&[u8]>)> = tx
+            .writes
+            .iter()
+            .enumerate()
+            .map(|(i, (k, w))| {
+                let v = match &w.op {
+                    Pending::Put(v) => Some(v.as_slice()),
+                    Pending::Delete => None,
+                    Pending::Add(_) | Pending::AtLeast(_) => {
+                        let (j, bytes) = m.next().expect("one merged value per merge");
+                        debug_assert_eq!(*j, i);
+                        Some(&bytes[..])
+                    }
                 };
-                c.pages.push(ChangedPage {
-                    page: id,
-                    first_key,
-                    last_key,
-                });
-            }
-            continue;
-        }
-        if let Some(writes) = by_leaf.remove(&id) {
-            edits.push(LeafWrites {
-                page: id,
-                head,
-                writes,
-            });
-        }
+                (k.as_slice(), v)
+            })
+            .collect();
+        frame = Some(Frame::commit(log.command, ops.into_iter())?);
     }
-    if let Some(c) = conflict {
-        return Ok(Outcome::Conflict(c));
+    let mut frame = frame.expect("encoded above");
+
+    // Writes grouped by the leaf they land on; each group stays in key order.
+    let mut by_leaf: BTreeMap<PageId, Vec<(&[u8], Option<ValRef<'_>>)>> = BTreeMap::new();
+    for (i, key) in tx.writes.keys().enumerate() {
+        by_leaf.entry(landing[i]).or_default().push((key.as_slice(), stored[i]));
     }
-    debug_assert!(by_leaf.is_empty(), "every written leaf is in the read set");
+    let mut edits = Vec::with_capacity(by_leaf.len());
+    for (page, writes) in by_leaf {
+        debug_assert!(locks.holds_exclusive(page), "{page} written without its lock");
+        edits.push(LeafWrites {
+            page,
+            head: store.slot(page).head(),
+            writes,
+        });
+    }
 
     let held: Vec<PageId> = locks.held.iter().map(|(id, _)| *id).collect();
     let plan = store.plan(&edits, &|id| held.binary_search(&id).is_ok())?;
@@ -296,5 +584,34 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         return Err(journal.halted_error());
     }
     store.maybe_collect();
-    Ok(Outcome::Committed { restructured })
+    Ok(Outcome::Committed {
+        restructured,
+        resolved,
+    })
+}
+
+/// A conflict report on `pages` (the changed leaves, deduplicated here) for `keys`.
+fn conflict(store: &Store, mut pages: Vec<PageId>, keys: Vec<(Vec<u8>, Vec<u8>)>, newer: u64) -> Conflict {
+    pages.sort_unstable();
+    pages.dedup();
+    let pages = pages
+        .into_iter()
+        .take(MAX_REPORTED)
+        .map(|page| {
+            // SAFETY: the committer still holds its pin (and the page's lock).
+            let head = unsafe { store.head_page(page) };
+            let (first_key, last_key) = match head {
+                Some(p) if p.kind() == Kind::Leaf && p.count() > 0 => {
+                    (p.leaf_key(0).to_vec(), p.leaf_key(p.count() - 1).to_vec())
+                }
+                _ => (Vec::new(), Vec::new()),
+            };
+            ChangedPage {
+                page,
+                first_key,
+                last_key,
+            }
+        })
+        .collect();
+    Conflict { pages, keys, newer }
 }

@@ -1,9 +1,9 @@
 //! Range scans inside a transaction: the snapshot's entries merged with the
 //! transaction's own buffered writes, in either direction.
 
-use super::Write;
+use super::{Pending, RangeRead, Write};
 use crate::error::{Error, Result};
-use crate::store::{PageId, Store, TreeRange, Value};
+use crate::store::{PageRead, Store, TreeRange, Value};
 use std::collections::btree_map;
 use std::ops::Bound;
 
@@ -19,6 +19,8 @@ pub struct TxRange<'t> {
     front_write: Option<Buffered<'t>>,
     back_write: Option<Buffered<'t>>,
     error: Option<Error>,
+    /// Where this scan's range was recorded, to narrow it to what was looked at.
+    recorded: Option<(&'t mut Vec<RangeRead>, usize)>,
 }
 
 impl<'t> TxRange<'t> {
@@ -28,7 +30,8 @@ impl<'t> TxRange<'t> {
         lo: Bound<Vec<u8>>,
         hi: Bound<Vec<u8>>,
         writes: &'t std::collections::BTreeMap<Vec<u8>, Write>,
-        reads: &'t mut Vec<(PageId, u64)>,
+        pages: &'t mut Vec<PageRead>,
+        ranges: &'t mut Vec<RangeRead>,
     ) -> Self {
         let empty = matches!((&lo, &hi), (Bound::Included(l) | Bound::Excluded(l), Bound::Included(h) | Bound::Excluded(h)) if l > h)
             || matches!((&lo, &hi), (Bound::Excluded(l), Bound::Excluded(h)) if l == h);
@@ -37,14 +40,24 @@ impl<'t> TxRange<'t> {
         } else {
             Some(writes.range::<Vec<u8>, _>((lo.clone(), hi.clone())))
         };
+        // The whole range is recorded now, and narrowed when the scan is dropped:
+        // a scan leaked with `mem::forget` is validated over all of it.
+        let slot = ranges.len();
+        ranges.push(RangeRead {
+            lo: lo.clone(),
+            hi: hi.clone(),
+            from: pages.len(),
+            to: usize::MAX,
+        });
         TxRange {
-            tree: Some(TreeRange::new(store, at, lo, hi, Some(reads))),
+            tree: Some(TreeRange::new(store, at, lo, hi, Some(pages))),
             writes: wrange,
             front_tree: None,
             back_tree: None,
             front_write: None,
             back_write: None,
             error: None,
+            recorded: Some((ranges, slot)),
         }
     }
 
@@ -57,6 +70,7 @@ impl<'t> TxRange<'t> {
             front_write: None,
             back_write: None,
             error: Some(e),
+            recorded: None,
         }
     }
 
@@ -96,9 +110,37 @@ impl<'t> TxRange<'t> {
 }
 
 fn buffered(w: Buffered<'_>) -> Option<Entry> {
-    w.1.value
-        .as_ref()
-        .map(|v| (w.0.clone(), Value::from(v.clone())))
+    match &w.1.op {
+        Pending::Put(v) => Some((w.0.clone(), Value::from(v.clone()))),
+        Pending::Delete => None,
+        Pending::Add(_) | Pending::AtLeast(_) => {
+            unreachable!("`Tx::range` reads the merges in its range before scanning")
+        }
+    }
+}
+
+impl Drop for TxRange<'_> {
+    fn drop(&mut self) {
+        let (Some((ranges, slot)), Some(tree)) = (self.recorded.take(), &self.tree) else {
+            return;
+        };
+        let to = tree.reads_len();
+        let mut parts = tree.observed().into_iter();
+        let r = &mut ranges[slot];
+        r.to = to;
+        match parts.next() {
+            Some((lo, hi)) => (r.lo, r.hi) = (lo, hi),
+            None => {
+                // Nothing looked at: an empty range checks nothing.
+                r.from = to;
+                (r.lo, r.hi) = (Bound::Excluded(Vec::new()), Bound::Excluded(Vec::new()));
+            }
+        }
+        let from = r.from;
+        for (lo, hi) in parts {
+            ranges.push(RangeRead { lo, hi, from, to });
+        }
+    }
 }
 
 impl Iterator for TxRange<'_> {
