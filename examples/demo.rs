@@ -400,6 +400,10 @@ fn print_summary(cfg: &Config, base: &Stats, end: &Stats, secs: f64, shared: &Sh
         num(conflicts),
         per_k(conflicts)
     );
+    println!(
+        "  resolved         {:>12}   (page changed, no key read changed: re-runs saved)",
+        num(end.page_changes_resolved - base.page_changes_resolved)
+    );
     println!("  retries          {:>12}", num(end.retries - base.retries));
     println!(
         "  escalations      {:>12}   ({:.3} per 1000 commits)",
@@ -466,6 +470,39 @@ fn print_summary(cfg: &Config, base: &Stats, end: &Stats, secs: f64, shared: &Sh
             dur(c.mean_duration),
             dur(c.max_duration)
         );
+    }
+
+    println!();
+    println!("== top 5 hot keys (most real conflicts) ==");
+    if end.hot_keys.is_empty() {
+        println!("  (no conflicts)");
+    } else {
+        println!(
+            "  {:>10}  {:<42}  losers",
+            "conflicts", "key or scanned range"
+        );
+        for k in end.hot_keys.iter().take(5) {
+            let losers: Vec<String> = k
+                .losers
+                .iter()
+                .map(|(name, n)| format!("{name} x{}", num(*n)))
+                .collect();
+            let what = if k.first_key == k.last_key {
+                String::from_utf8_lossy(&k.first_key).into_owned()
+            } else {
+                format!(
+                    "{} .. {}",
+                    String::from_utf8_lossy(&k.first_key),
+                    String::from_utf8_lossy(&k.last_key)
+                )
+            };
+            println!(
+                "  {:>10}  {:<42}  {}",
+                num(k.conflicts),
+                what,
+                losers.join(", ")
+            );
+        }
     }
 
     println!();

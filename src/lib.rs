@@ -2,9 +2,10 @@
 //!
 //! Application code runs inside the engine as **commands**: closures executed
 //! atomically and serializably over a page-based MVCC store. Commands that touch
-//! disjoint pages commit in parallel; a command that loses a conflict re-runs on a
-//! fresh snapshot, and one that keeps losing is escalated to a blocking queue where
-//! it is guaranteed to finish.
+//! disjoint pages commit in parallel; commands that share a page conflict only when
+//! a key one of them read (or a range it scanned) was changed by the other. A
+//! command that loses a conflict re-runs on a fresh snapshot, and one that keeps
+//! losing is escalated to a blocking queue where it is guaranteed to finish.
 //!
 //! ```
 //! use shardstone::{Engine, Error, Result};
@@ -37,8 +38,20 @@
 //!     assert_eq!((key.as_slice(), decode(&value)), (&b"acct:7"[..], 10));
 //! }
 //!
+//! // Counters and sequences merge at commit: commands adding to one counter, or
+//! // taking ids from one sequence, never conflict.
+//! let order = engine.run("order", |tx| {
+//!     let id = tx.next_in_sequence(b"seq:orders")?;
+//!     tx.put(format!("order:{id:012}").as_bytes(), b"2 widgets")?;
+//!     tx.add(b"orders:count", 1)?;
+//!     Ok(id)
+//! })?;
+//! assert_eq!(order, 1);
+//! let count = engine.snapshot().get(b"orders:count")?.map(|v| i64::from_le_bytes(v[..].try_into().unwrap()));
+//! assert_eq!(count, Some(1));
+//!
 //! let stats = engine.stats();
-//! assert_eq!((stats.commits, stats.errors), (1, 1));
+//! assert_eq!((stats.commits, stats.errors), (2, 1));
 //! # Ok::<(), Error>(())
 //! ```
 //!
@@ -61,7 +74,8 @@ mod sync;
 mod txn;
 
 pub use command::{
-    Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotKey, HotPage, Stats, OTHER_COMMANDS,
+    Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotKey, HotPage, Stats,
+    OTHER_COMMANDS,
 };
 pub use engine::Engine;
 pub use error::{Error, Result};

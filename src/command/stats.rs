@@ -243,6 +243,9 @@ pub struct Stats {
     pub feed: Vec<ConsumerStats>,
 }
 
+/// A key (first = last) or a scanned key range.
+type KeySpan = (Vec<u8>, Vec<u8>);
+
 #[derive(Default)]
 struct HotEntry {
     conflicts: u64,
@@ -264,7 +267,8 @@ pub(crate) struct Telemetry {
     /// Whether some name was given `other` (it is reported from then on).
     other_used: AtomicBool,
     hot: Mutex<HashMap<PageId, HotEntry>>,
-    hot_keys: Mutex<HashMap<(Vec<u8>, Vec<u8>), HotEntry>>,
+    /// Keyed by (first key, last key).
+    hot_keys: Mutex<HashMap<KeySpan, HotEntry>>,
     hot_tracked: usize,
     restructures: AtomicU64,
     queue_depth: AtomicU64,

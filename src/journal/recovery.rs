@@ -683,6 +683,8 @@ pub(crate) fn recover(
         Parsed::Frame(f) => f.stride,
         _ => 0,
     };
+    // Where the last replayed frame was: shard, segment, offset.
+    let mut last_kept: Option<(usize, usize, usize)> = None;
     'merge: while let Some(std::cmp::Reverse((id, i, seg, at))) = heap.pop() {
         let log = &logs[i];
         let path = &log.segments[seg].path;
@@ -693,11 +695,26 @@ pub(crate) fn recover(
             kept_last[i][seg] = id;
             kept_end[i] = Some((seg, at + stride_at(log, seg, at)));
         } else if id <= last_id {
+            // One of the two frames is damaged. In one shard, the earlier is where
+            // the journal stops making sense (a damaged id can precede the real
+            // one); across shards nothing tells which, so the directory is named.
+            let (blamed, offset) = match last_kept {
+                Some((j, s, a)) if id == last_id && j == i => {
+                    (logs[j].segments[s].path.as_path(), a)
+                }
+                Some((j, s, _)) if id == last_id => {
+                    (logs[j].segments[s].path.parent().unwrap_or(path), 0)
+                }
+                _ => (path.as_path(), at),
+            };
             finding = Some(corrupt(
-                path,
-                at as u64,
+                blamed,
+                offset as u64,
                 Some(id),
-                format!("commit {id} appears twice in the journal"),
+                format!(
+                    "commit {id} appears twice in the journal (again in {} at byte {at})",
+                    path.display()
+                ),
             ));
         } else if id > last_id.saturating_add(1) {
             let missing = last_id.saturating_add(1);
@@ -771,6 +788,7 @@ pub(crate) fn recover(
                 recent[(id % RECENT) as usize] = (id, hash);
                 apply(id, &body)?;
                 replayed += 1;
+                last_kept = Some((i, seg, at));
                 kept_last[i][seg] = id;
                 kept_end[i] = Some((seg, at + f.stride));
             }

@@ -37,6 +37,9 @@ pub(crate) struct TreeRange<'s> {
     reads: Option<&'s mut Vec<PageRead>>,
 }
 
+/// Owned (start, end) bounds of a key range.
+pub(crate) type Bounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 fn after_hi(key: &[u8], hi: &Bound<Vec<u8>>) -> bool {
     match hi {
         Bound::Included(h) => key > h.as_slice(),
@@ -210,7 +213,7 @@ impl<'s> TreeRange<'s> {
     /// The parts of `[lo, hi]` this scan has looked at: all of it once it ran to
     /// its end, else from `lo` to the last key taken from the front and from the
     /// last key taken from the back to `hi` (each end inclusive).
-    pub(crate) fn observed(&self) -> Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+    pub(crate) fn observed(&self) -> Vec<Bounds> {
         if self.done {
             return vec![(self.lo.clone(), self.hi.clone())];
         }

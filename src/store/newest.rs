@@ -82,7 +82,11 @@ impl Store {
 
     /// The leaves the newest inner nodes route some key of `[lo, hi]` to, in key
     /// order (trusted as `newest_leaf` is). The caller holds a transaction pin.
-    pub(crate) fn newest_leaves(&self, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> Option<Vec<PageId>> {
+    pub(crate) fn newest_leaves(
+        &self,
+        lo: &Bound<Vec<u8>>,
+        hi: &Bound<Vec<u8>>,
+    ) -> Option<Vec<PageId>> {
         let mut out = Vec::new();
         if self.walk_newest(ROOT, lo, hi, 0, &mut out) {
             return Some(out);

@@ -29,9 +29,9 @@ impl Sequences {
             None => next.entry(key.to_vec()).or_insert(0),
         };
         let id = (*slot).max(floor).max(1);
-        let after = id.checked_add(1).ok_or_else(|| Error::CounterOverflow {
-            key: key.to_vec(),
-        })?;
+        let after = id
+            .checked_add(1)
+            .ok_or_else(|| Error::CounterOverflow { key: key.to_vec() })?;
         *slot = after;
         Ok(id)
     }

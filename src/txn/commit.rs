@@ -80,6 +80,9 @@ pub(crate) struct ChangedPage {
 
 const MAX_REPORTED: usize = 8;
 
+/// A key and its new value (`None` deletes).
+type KeyWrite<'a> = (&'a [u8], Option<ValRef<'a>>);
+
 /// Lock rounds before a commit whose keys keep moving gives up as a conflict.
 const MAX_ROUNDS: usize = 8;
 
@@ -226,9 +229,10 @@ fn same_value(store: &Store, a: Option<ValRef<'_>>, b: Option<ValRef<'_>>) -> bo
     match (a, b) {
         (None, None) => true,
         (Some(ValRef::Inline(x)), Some(ValRef::Inline(y))) => x == y,
-        (Some(x @ ValRef::Overflow { head: hx, len: lx }), Some(y @ ValRef::Overflow { head: hy, len: ly })) => {
-            lx == ly && (hx == hy || store.value(x) == store.value(y))
-        }
+        (
+            Some(x @ ValRef::Overflow { head: hx, len: lx }),
+            Some(y @ ValRef::Overflow { head: hy, len: ly }),
+        ) => lx == ly && (hx == hy || store.value(x) == store.value(y)),
         _ => false,
     }
 }
@@ -372,7 +376,7 @@ fn same_range(tx: &Tx<'_>, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, leaves: &[P
 
 /// Validates and installs `tx`, and logs it to `log`. Read-only transactions
 /// return at once.
-pub(crate) fn commit(tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
+pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     if tx.is_read_only() {
         return Ok(Outcome::ReadOnly);
     }
@@ -419,9 +423,19 @@ pub(crate) fn commit(tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         .collect();
     normalize(&mut want);
     let mut landing: Vec<PageId> = tx.writes.values().map(|w| w.leaf).collect();
-    let mut seen: Vec<PageRead> = tx.reads.pages.clone();
-    seen.sort_unstable_by_key(|p| p.id);
-    seen.dedup_by_key(|p| p.id);
+    // The leaves read, one entry each. Ranges index `pages` by position, so it is
+    // only sorted in place when there are none.
+    let mut copied: Vec<PageRead>;
+    let seen: &[PageRead] = if tx.reads.ranges.is_empty() {
+        tx.reads.pages.sort_unstable_by_key(|p| p.id);
+        tx.reads.pages.dedup_by_key(|p| p.id);
+        &tx.reads.pages
+    } else {
+        copied = tx.reads.pages.clone();
+        copied.sort_unstable_by_key(|p| p.id);
+        copied.dedup_by_key(|p| p.id);
+        &copied
+    };
 
     let mut resolved = false;
     let mut round = 0;
@@ -461,7 +475,7 @@ pub(crate) fn commit(tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         // Reads: the page check, then the key check of the leaves that changed.
         let mut changed: Vec<PageId> = Vec::new();
         let mut newer = 0;
-        for p in &seen {
+        for p in seen {
             // SAFETY: held (shared or exclusive); its newest version stays.
             let stamp = unsafe { store.head_page(p.id) }.map_or(u64::MAX, |h| h.stamp());
             // Deliberately wrong under `shardstone_broken = "validation"`, for the
@@ -487,8 +501,17 @@ pub(crate) fn commit(tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         if round == MAX_ROUNDS {
             // The keys kept moving between rounds: give up as a conflict on the
             // leaves that changed; the re-run reads the newest tree.
-            let pages = if changed.is_empty() { landing.clone() } else { changed };
-            let keys = tx.writes.keys().take(MAX_REPORTED).map(|k| (k.clone(), k.clone())).collect();
+            let pages = if changed.is_empty() {
+                landing.clone()
+            } else {
+                changed
+            };
+            let keys = tx
+                .writes
+                .keys()
+                .take(MAX_REPORTED)
+                .map(|k| (k.clone(), k.clone()))
+                .collect();
             return Ok(Outcome::Conflict(conflict(store, pages, keys, newer)));
         }
         drop(locks);
@@ -539,13 +562,19 @@ pub(crate) fn commit(tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     let mut frame = frame.expect("encoded above");
 
     // Writes grouped by the leaf they land on; each group stays in key order.
-    let mut by_leaf: BTreeMap<PageId, Vec<(&[u8], Option<ValRef<'_>>)>> = BTreeMap::new();
+    let mut by_leaf: BTreeMap<PageId, Vec<KeyWrite<'_>>> = BTreeMap::new();
     for (i, key) in tx.writes.keys().enumerate() {
-        by_leaf.entry(landing[i]).or_default().push((key.as_slice(), stored[i]));
+        by_leaf
+            .entry(landing[i])
+            .or_default()
+            .push((key.as_slice(), stored[i]));
     }
     let mut edits = Vec::with_capacity(by_leaf.len());
     for (page, writes) in by_leaf {
-        debug_assert!(locks.holds_exclusive(page), "{page} written without its lock");
+        debug_assert!(
+            locks.holds_exclusive(page),
+            "{page} written without its lock"
+        );
         edits.push(LeafWrites {
             page,
             head: store.slot(page).head(),
@@ -591,7 +620,12 @@ pub(crate) fn commit(tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
 }
 
 /// A conflict report on `pages` (the changed leaves, deduplicated here) for `keys`.
-fn conflict(store: &Store, mut pages: Vec<PageId>, keys: Vec<(Vec<u8>, Vec<u8>)>, newer: u64) -> Conflict {
+fn conflict(
+    store: &Store,
+    mut pages: Vec<PageId>,
+    keys: Vec<(Vec<u8>, Vec<u8>)>,
+    newer: u64,
+) -> Conflict {
     pages.sort_unstable();
     pages.dedup();
     let pages = pages

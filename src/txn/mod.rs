@@ -331,12 +331,15 @@ impl<'e> Tx<'e> {
             Err(e) => return TxRange::failed(e),
         };
         // Counters and sequences in the range are read like any other key.
-        let merges: Vec<Vec<u8>> = self
-            .writes
-            .range::<Vec<u8>, _>((lo.clone(), hi.clone()))
-            .filter(|(_, w)| w.op.is_merge())
-            .map(|(k, _)| k.clone())
-            .collect();
+        let merges: Vec<Vec<u8>> = if range::is_empty(&lo, &hi) {
+            Vec::new()
+        } else {
+            self.writes
+                .range::<Vec<u8>, _>((lo.clone(), hi.clone()))
+                .filter(|(_, w)| w.op.is_merge())
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
         for key in merges {
             match self.materialize(&key) {
                 Ok(v) => self.buffer(&key, v.map_or(Pending::Delete, Pending::Put)),

@@ -33,9 +33,7 @@ impl<'t> TxRange<'t> {
         pages: &'t mut Vec<PageRead>,
         ranges: &'t mut Vec<RangeRead>,
     ) -> Self {
-        let empty = matches!((&lo, &hi), (Bound::Included(l) | Bound::Excluded(l), Bound::Included(h) | Bound::Excluded(h)) if l > h)
-            || matches!((&lo, &hi), (Bound::Excluded(l), Bound::Excluded(h)) if l == h);
-        let wrange = if empty {
+        let wrange = if is_empty(&lo, &hi) {
             None
         } else {
             Some(writes.range::<Vec<u8>, _>((lo.clone(), hi.clone())))
@@ -107,6 +105,12 @@ impl<'t> TxRange<'t> {
                 .or_else(|| self.front_write.take());
         }
     }
+}
+
+/// Whether no key lies in `[lo, hi]` in a way `BTreeMap::range` would reject.
+pub(super) fn is_empty(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
+    matches!((lo, hi), (Bound::Included(l) | Bound::Excluded(l), Bound::Included(h) | Bound::Excluded(h)) if l > h)
+        || matches!((lo, hi), (Bound::Excluded(l), Bound::Excluded(h)) if l == h)
 }
 
 fn buffered(w: Buffered<'_>) -> Option<Entry> {
