@@ -1017,3 +1017,62 @@ fn crc32c(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A flip that turns a frame's commit id into the id of the next frame of the
+/// same shard (its checksum recomputed, so the frame reads as whole) makes one id
+/// appear twice. The damaged frame comes first in the file, so the error must
+/// name it (or a byte before it), never the intact frame after it.
+#[test]
+fn a_commit_id_damaged_into_the_next_ones_is_blamed_where_it_is() {
+    let Some(cpus) = cpus_for_shards(&opts()) else {
+        eprintln!("skipped: needs a CPU for each of {SHARDS} journal shards");
+        return;
+    };
+    let db = build_clean_db(&cpus, 1);
+    let segs = segments(db.dir.path());
+    let mut tried = 0;
+    for seg in &segs {
+        for pair in seg.frames.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if a.kind != KIND_COMMIT || b.kind != KIND_COMMIT || b.id != a.id + 1 {
+                continue;
+            }
+            if a.id <= db.checkpoint || tried >= 3 {
+                continue;
+            }
+            tried += 1;
+            let copy = TempDir::new("dup-id");
+            copy_db(db.dir.path(), copy.path());
+            let path = copy.path().join(&seg.rel);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let id_at = a.start + FRAME_HEADER;
+            bytes[id_at..id_at + 8].copy_from_slice(&b.id.to_le_bytes());
+            let crc_input: Vec<u8> = bytes[a.start..a.start + 4]
+                .iter()
+                .chain(&bytes[a.start + 8..a.end()])
+                .copied()
+                .collect();
+            let crc = crc32c(&crc_input);
+            bytes[a.start + 4..a.start + 8].copy_from_slice(&crc.to_le_bytes());
+            std::fs::write(&path, bytes).unwrap();
+            let m = Mutation {
+                rel: seg.rel.clone(),
+                damage: Damage::Flip {
+                    at: id_at,
+                    mask: (a.id ^ b.id) as u8,
+                },
+                region: format!("commit id of {}", a.describe()),
+            };
+            match open_damaged(copy.path()) {
+                Opened::Err(e) => {
+                    if let Some(why) = check_corrupt(copy.path(), &m, &e) {
+                        panic!("{m}: {why}");
+                    }
+                }
+                Opened::Ok { .. } => panic!("{m}: opened as if nothing were wrong"),
+                Opened::Panicked(p) => panic!("{m}: panicked: {p}"),
+            }
+        }
+    }
+    assert!(tried > 0, "no two consecutive commits in one segment after the checkpoint");
+}
