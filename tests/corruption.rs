@@ -1074,5 +1074,8 @@ fn a_commit_id_damaged_into_the_next_ones_is_blamed_where_it_is() {
             }
         }
     }
-    assert!(tried > 0, "no two consecutive commits in one segment after the checkpoint");
+    assert!(
+        tried > 0,
+        "no two consecutive commits in one segment after the checkpoint"
+    );
 }

@@ -316,6 +316,8 @@ fn scan(
 ) -> Result<(u64, u64)> {
     let mut acked = 0u64;
     let mut last = 0u64;
+    // Segment and offset of the frame that set `last`.
+    let mut last_at: Option<(usize, usize)> = None;
     let mut frames = 0u64;
     for si in 0..log.segments.len() {
         let seg = &log.segments[si];
@@ -401,11 +403,23 @@ fn scan(
                     } else if f.kind != KIND_MARK {
                         let id = frame_id(f.body);
                         if id <= last {
+                            // One of the two frames is damaged, and a damaged id can
+                            // be the earlier one: name it when it is in this segment
+                            // (the first point where the shard stops making sense),
+                            // else the journal directory.
+                            let (blamed, at) = match last_at {
+                                Some((s, a)) if s == si => (seg.path.as_path(), a),
+                                Some(_) => (seg.path.parent().unwrap_or(&seg.path), 0),
+                                None => (seg.path.as_path(), off),
+                            };
                             findings.report(corrupt(
-                                &seg.path,
-                                off as u64,
+                                blamed,
+                                at as u64,
                                 Some(id),
-                                format!("commit {id} follows commit {last} in one shard"),
+                                format!(
+                                    "commit {id} follows commit {last} in one shard (at byte {off} of {})",
+                                    seg.path.display()
+                                ),
                             ))?;
                             log.stop = Some(Stop {
                                 segment: si,
@@ -413,6 +427,7 @@ fn scan(
                             });
                         } else {
                             last = id;
+                            last_at = Some((si, off));
                             seg_last = id;
                             frames += 1;
                         }
