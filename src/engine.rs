@@ -17,6 +17,7 @@ use crate::sync::{Arc, Mutex};
 use crate::txn::{CommitId, Tx};
 use crate::Error;
 use std::path::Path;
+use std::time::Instant;
 
 /// One open database: the page store plus the command executor.
 ///
@@ -172,11 +173,7 @@ impl Engine {
     ) -> Engine {
         Engine {
             store,
-            executor: std::sync::Arc::new(Executor::new(
-                opts.max_conflicts,
-                opts.hot_pages_tracked,
-                opts.max_command_names,
-            )),
+            executor: std::sync::Arc::new(Executor::new(opts)),
             journal: std::sync::Arc::new(journal),
             workers: std::sync::Arc::new(Workers::new(layout.clone())),
             layout,
@@ -207,9 +204,12 @@ impl Engine {
     /// so it must have no effects outside `tx`. Returning `Err` rolls everything
     /// back and returns that error. A panic in `f` rolls back and resumes on the
     /// caller; the engine stays usable. After `Options::max_conflicts` conflicts
-    /// the command is escalated to the blocking queue, where it is guaranteed to
-    /// commit. Calling `run` on the same engine from inside `f` is
-    /// [`Error::NestedRun`].
+    /// the command is escalated (see [`crate::Escalation`]): by default it re-runs
+    /// holding locks on the keys it touched, so it cannot lose again on them, while
+    /// commands on other keys go on. A command that would write a key an escalated
+    /// command holds waits for that key, at most `Options::lock_wait`
+    /// ([`Error::Timeout`]; [`Error::Deadlock`] when waits form a cycle). Calling
+    /// `run` on the same engine from inside `f` is [`Error::NestedRun`].
     ///
     /// ```
     /// let engine = shardstone::Engine::in_memory()?;
@@ -225,7 +225,8 @@ impl Engine {
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
-        self.executor.run(&self.store, &self.journal, name, None, f)
+        self.executor
+            .run(&self.store, &self.journal, name, None, None, f)
     }
 
     /// Runs the command `f` on one of the engine's worker threads, pinned one per
@@ -306,7 +307,7 @@ impl Engine {
             domain,
             Box::new(move || {
                 let run = std::panic::AssertUnwindSafe(|| {
-                    executor.run(&store, &journal, &name, None, &mut f)
+                    executor.run(&store, &journal, &name, None, None, &mut f)
                 });
                 let result = std::panic::catch_unwind(run).unwrap_or_else(|p| {
                     Err(Error::Panicked {
@@ -336,11 +337,15 @@ impl Engine {
         p
     }
 
-    /// Runs the command `f` in the blocking queue from the start, without
-    /// optimistic attempts: for a command known to be heavy (a long scan, a bulk
-    /// rewrite) that would only lose conflicts first. It runs once, with exclusive
-    /// commit rights, and cannot conflict; commits of other commands wait for it.
-    /// Counted as an escalation. Otherwise as [`Engine::run`].
+    /// Runs the command `f` escalated from the start, without optimistic
+    /// attempts: for a command that must not lose (a long scan, a bulk rewrite).
+    /// Under [`crate::Escalation::KeyLocks`] (the default) it locks each key and
+    /// range as it first touches it and commits holding them; commands on other
+    /// keys go on meanwhile, and commands that write a key it holds wait for that
+    /// key. If it still loses (another commit changed a key between its snapshot
+    /// and its lock), it re-runs holding everything it touched; after a few such
+    /// runs it runs alone. Under `StopTheWorld` it runs alone with exclusive commit
+    /// rights. Counted as an escalation. Otherwise as [`Engine::run`].
     ///
     /// ```
     /// let engine = shardstone::Engine::in_memory()?;
@@ -353,7 +358,28 @@ impl Engine {
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
         self.executor
-            .run(&self.store, &self.journal, name, Some(0), f)
+            .run(&self.store, &self.journal, name, Some(0), None, f)
+    }
+
+    /// As [`Engine::run`], with a deadline on everything the command may wait for:
+    /// admission to the blocking queue if it escalates ([`Error::Overloaded`] when
+    /// the queue is full or the deadline passes), keys held by escalated commands
+    /// and exclusive commit rights ([`Error::Timeout`]). The command itself is not
+    /// interrupted: a deadline bounds waiting, not work.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// let deadline = Instant::now() + Duration::from_millis(100);
+    /// engine.run_with_deadline("put", deadline, |tx| tx.put(b"k", b"v"))?;
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn run_with_deadline<T, F>(&self, name: &str, deadline: Instant, f: F) -> Result<T>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T>,
+    {
+        self.executor
+            .run(&self.store, &self.journal, name, None, Some(deadline), f)
     }
 
     /// A read-only view at the newest commit. Never blocks writers, never conflicts.
@@ -531,12 +557,14 @@ impl Engine {
         // Free what is already unreachable, so `pinned_versions` counts only what
         // snapshots really hold.
         self.store.collect();
-        self.executor.telemetry.snapshot(
+        let mut stats = self.executor.telemetry.snapshot(
             self.store.clock.visible(),
             self.store.stats(),
             self.journal.stats(),
             self.consumers.stats(&self.store, &self.journal),
-        )
+        );
+        stats.blocking_queue.waiting = self.executor.admission_waiting() as u64;
+        stats
     }
 
     #[cfg(test)]

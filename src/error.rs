@@ -38,6 +38,35 @@ pub enum Error {
     },
     /// The command returned an application-level abort (see [`Error::abort`]).
     Abort(String),
+    /// A command waited for a key (or key range) held by an escalated command, and
+    /// the wait would have closed a cycle of waits: it gets this error instead of
+    /// waiting forever. Nothing of it was committed; it may be run again.
+    Deadlock {
+        /// The command that gave up.
+        command: String,
+        /// The key it waited for (the start of the range).
+        key: Vec<u8>,
+    },
+    /// A command waited `Options::lock_wait` (or until its deadline) for a key held
+    /// by an escalated command, or for exclusive commit rights, and gave up.
+    /// Nothing of it was committed; it may be run again.
+    Timeout {
+        /// The command that gave up.
+        command: String,
+        /// The key it waited for (empty when it waited for exclusive rights).
+        key: Vec<u8>,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+    /// A command with a deadline (`Engine::run_with_deadline`) could not be admitted
+    /// to the blocking queue in time: `Options::max_escalated` commands were running
+    /// there and `Options::max_queued` waiting. Nothing of it was committed.
+    Overloaded {
+        /// The command that was turned away.
+        command: String,
+        /// Escalated commands waiting for admission when it was.
+        waiting: usize,
+    },
     /// `Tx::add` or `Tx::next_in_sequence` found a value under the key that is not
     /// an 8-byte counter. Nothing was written.
     NotACounter {
@@ -214,6 +243,24 @@ impl fmt::Display for Error {
                 write!(f, "value of {len} bytes exceeds the limit of {max} bytes (Options::max_value_len)")
             }
             Error::Abort(reason) => write!(f, "command aborted: {reason}"),
+            Error::Deadlock { command, key } => write!(
+                f,
+                "command {command:?} would deadlock waiting for key {} held by an escalated command",
+                crate::error::show_key(key)
+            ),
+            Error::Timeout {
+                command,
+                key,
+                waited,
+            } => write!(
+                f,
+                "command {command:?} gave up after waiting {waited:?} for key {} held by an escalated command",
+                crate::error::show_key(key)
+            ),
+            Error::Overloaded { command, waiting } => write!(
+                f,
+                "command {command:?} turned away: the blocking queue is full ({waiting} commands waiting)"
+            ),
             Error::NotACounter { key, len } => write!(
                 f,
                 "the value under key {} is {len} bytes, not an 8-byte counter",

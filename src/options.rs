@@ -20,11 +20,23 @@ const MAX_COMMAND_NAMES_LIMIT: usize = 100_000;
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Size of a page in bytes: a power of two from 4 KiB to 64 KiB. The page is the
-    /// unit of conflict: two commands conflict when they touch the same page.
+    /// unit of conflict detection: a commit looks at the keys of a page it read only
+    /// when that page changed, and conflicts only if a key it read did.
     pub page_size: usize,
-    /// How many conflicts a command may lose before it is escalated to the blocking
-    /// queue, where it is guaranteed to commit. Bedrock uses 3.
+    /// How many conflicts a command may lose before it is escalated (see
+    /// [`Escalation`]), after which it is guaranteed to commit. Bedrock uses 3.
     pub max_conflicts: u32,
+    /// What an escalated command does (default [`Escalation::KeyLocks`]).
+    pub escalation: Escalation,
+    /// The longest a command waits for a key an escalated command holds, or for
+    /// exclusive commit rights, before it gets [`Error::Timeout`] (default 10 s).
+    pub lock_wait: Duration,
+    /// Escalated commands that may run at once; more wait in arrival order
+    /// (default 64).
+    pub max_escalated: usize,
+    /// Escalated commands that may wait for admission; past it a command with a
+    /// deadline is turned away at once with [`Error::Overloaded`] (default 1024).
+    pub max_queued: usize,
     /// Longest value accepted by `put`, in bytes (default 16 MiB, at most 1 GiB).
     /// Values larger than about a quarter page live in overflow pages.
     pub max_value_len: usize,
@@ -78,6 +90,21 @@ pub struct Options {
     pub snapshot_warn_age: Option<Duration>,
 }
 
+/// What a command that lost `Options::max_conflicts` conflicts does next.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Escalation {
+    /// It re-runs holding locks on the keys and ranges it read and wrote in its
+    /// failed attempts, and on anything new it touches; commands on other keys go
+    /// on, commands that want a held key wait for that key only. After a few
+    /// locked attempts that still lose (it kept touching new keys), it runs alone
+    /// as under `StopTheWorld`.
+    #[default]
+    KeyLocks,
+    /// Bedrock's policy: it waits its turn in the blocking queue, then stops
+    /// every other writer until it has committed. Kept to measure against.
+    StopTheWorld,
+}
+
 /// How durable a commit is when `run` returns.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum Durability {
@@ -100,6 +127,10 @@ impl Default for Options {
         Options {
             page_size: 4096,
             max_conflicts: 3,
+            escalation: Escalation::KeyLocks,
+            lock_wait: Duration::from_secs(10),
+            max_escalated: 64,
+            max_queued: 1024,
             max_value_len: 16 << 20,
             hot_pages_tracked: 64,
             max_command_names: 1000,
@@ -153,6 +184,12 @@ impl Options {
                     "{} exceeds the limit of {MAX_COMMAND_NAMES_LIMIT} (each name costs about 4 KiB)",
                     self.max_command_names
                 ),
+            });
+        }
+        if self.max_escalated == 0 {
+            return Err(Error::InvalidOptions {
+                option: "max_escalated",
+                reason: "0 would never admit an escalated command".to_owned(),
             });
         }
         if !(1 << 16..=1 << 40).contains(&self.segment_size) {

@@ -10,6 +10,7 @@
 use crate::sync::{
     fence, thread_shard, yield_now, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering,
 };
+use std::time::Instant;
 
 #[cfg(not(loom))]
 const SHARDS: usize = 64;
@@ -41,8 +42,9 @@ impl CommitGate {
         }
     }
 
-    /// Waits while the gate is closed, then lets one ordinary commit through.
-    pub(crate) fn enter(&self) -> Pass<'_> {
+    /// Waits while the gate is closed, then lets one ordinary commit through;
+    /// `None` if the gate stayed closed until `deadline`.
+    pub(crate) fn enter(&self, deadline: Instant) -> Option<Pass<'_>> {
         let counter = &*self.in_flight[thread_shard() % self.in_flight.len()];
         loop {
             counter.fetch_add(1, Ordering::SeqCst);
@@ -51,24 +53,27 @@ impl CommitGate {
             // which does not credit SeqCst loads and stores alone with that order.
             fence(Ordering::SeqCst);
             if !self.closed.load(Ordering::SeqCst) {
-                return Pass { counter };
+                return Some(Pass { counter });
             }
             counter.fetch_sub(1, Ordering::SeqCst);
-            self.wait_open();
+            if !self.wait_open(deadline) {
+                return None;
+            }
         }
     }
 
-    /// Waits while an escalated command holds the gate. Called before a command
-    /// takes its snapshot, so it does not start on a state the escalated command is
-    /// about to change (and then lose a conflict to it).
-    pub(crate) fn wait_open(&self) {
+    /// Waits while an escalated command holds the gate, at most until `deadline`
+    /// (false then). Called before a command takes its snapshot, so it does not
+    /// start on a state the escalated command is about to change (and then lose a
+    /// conflict to it).
+    pub(crate) fn wait_open(&self, deadline: Instant) -> bool {
         if !self.closed.load(Ordering::SeqCst) {
-            return;
+            return true;
         }
-        self.wait_closed_to_open();
+        self.wait_closed_to_open(deadline)
     }
 
-    fn wait_closed_to_open(&self) {
+    fn wait_closed_to_open(&self, deadline: Instant) -> bool {
         let mut backoff = Backoff::new();
         let mut spins = 0u32;
         while self.closed.load(Ordering::SeqCst) {
@@ -78,11 +83,20 @@ impl CommitGate {
             } else {
                 // The escalated command runs user code; do not burn a core meanwhile.
                 #[cfg(not(loom))]
-                std::thread::sleep(std::time::Duration::from_micros(50));
+                {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
                 #[cfg(loom)]
-                yield_now();
+                {
+                    let _ = deadline;
+                    yield_now();
+                }
             }
         }
+        true
     }
 
     /// Closes the gate and waits for every ordinary commit in flight to finish.

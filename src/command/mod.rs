@@ -8,6 +8,7 @@
 //! commits in flight to drain, and runs the command alone, where it cannot conflict.
 //! Snapshots and readers are never stopped by the queue.
 
+mod admission;
 mod gate;
 mod stats;
 mod workers;
@@ -18,12 +19,17 @@ pub use workers::{Affinity, CommandHandle};
 
 use crate::error::{Error, Result};
 use crate::journal::Journal;
+use crate::options::{Escalation, Options};
 use crate::store::Store;
 use crate::sync::{thread_local, Arc, Mutex};
-use crate::txn::{commit, Log, Outcome, Tx};
+use crate::txn::{
+    commit, point, start_key, Conflict, Holding, KeyBounds, KeyLocks, Locking, Log, Outcome, Tx,
+};
+use admission::Admission;
 use gate::CommitGate;
 use stats::{Counters, Ending, Telemetry};
 use std::cell::RefCell;
+use std::time::Duration;
 use std::time::Instant;
 
 thread_local! {
@@ -35,10 +41,42 @@ thread_local! {
 
 const COUNTER_CACHE: usize = 64;
 
+/// Escalated attempts under key locks before a command runs alone.
+const LOCKED_ATTEMPTS: u32 = 4;
+
+/// A short, jittered pause before re-running after the second conflict in a row,
+/// growing with each: losers of one hot key spread out instead of re-colliding.
+fn backoff(conflicts: u32) {
+    if conflicts < 2 || cfg!(loom) {
+        return;
+    }
+    thread_local! {
+        static SEED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let r = SEED.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            x = (s as *const _ as u64) | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    });
+    let cap_us = 1u64 << conflicts.min(8);
+    std::thread::sleep(Duration::from_micros(r % cap_us + 1));
+}
+
 /// Runs commands against one store.
 pub(crate) struct Executor {
     id: usize,
     max_conflicts: u32,
+    policy: Escalation,
+    lock_wait: Duration,
+    /// Locks of escalated commands on keys and ranges.
+    keys: KeyLocks,
+    admission: Admission,
     gate: CommitGate,
     /// The blocking queue: escalated commands take it in turn.
     queue: Mutex<()>,
@@ -87,16 +125,25 @@ impl Drop for RunRecord<'_> {
 }
 
 impl Executor {
-    pub(crate) fn new(max_conflicts: u32, hot_tracked: usize, max_command_names: usize) -> Self {
+    pub(crate) fn new(opts: &Options) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Executor {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            max_conflicts,
+            max_conflicts: opts.max_conflicts,
+            policy: opts.escalation,
+            lock_wait: opts.lock_wait,
+            keys: KeyLocks::new(),
+            admission: Admission::new(opts.max_escalated, opts.max_queued),
             gate: CommitGate::new(),
             queue: Mutex::new(()),
-            telemetry: Telemetry::new(hot_tracked, max_command_names),
+            telemetry: Telemetry::new(opts.hot_pages_tracked, opts.max_command_names),
         }
+    }
+
+    /// Escalated commands waiting for admission now.
+    pub(crate) fn admission_waiting(&self) -> usize {
+        self.admission.waiting()
     }
 
     /// The counters of command `name`, without touching a shared reference count:
@@ -121,15 +168,16 @@ impl Executor {
         unsafe { &*ptr }
     }
 
-    /// Runs `f` atomically; see `Engine::run`.
     /// Runs `f` atomically: optimistically up to `max_conflicts` times (the
-    /// engine's setting when `None`), then in the blocking queue; see `Engine::run`.
+    /// engine's setting when `None`), then escalated; see `Engine::run`. A
+    /// `deadline` bounds the waits for admission and for locks.
     pub(crate) fn run<T, F>(
         &self,
         store: &Store,
         journal: &Journal,
         name: &str,
         max_conflicts: Option<u32>,
+        deadline: Option<Instant>,
         mut f: F,
     ) -> Result<T>
     where
@@ -157,75 +205,15 @@ impl Executor {
             started: Instant::now(),
             done: false,
         };
-        let mut conflicts = 0u32;
-        let max_conflicts = max_conflicts.unwrap_or(self.max_conflicts);
-        while conflicts < max_conflicts {
-            self.gate.wait_open();
-            let mut tx = Tx::begin(store);
-            let value = match f(&mut tx) {
-                Ok(v) => v,
-                Err(e) => {
-                    record.finish(Ending::Failed);
-                    return Err(e);
-                }
-            };
-            let pass = self.gate.enter();
-            let outcome = commit(
-                tx,
-                Log {
-                    journal,
-                    command: name,
-                    apply: false,
-                },
-            );
-            drop(pass);
-            match outcome {
-                Ok(Outcome::Committed {
-                    restructured,
-                    resolved,
-                }) => {
-                    if restructured {
-                        self.telemetry.restructured();
-                    }
-                    if resolved {
-                        counters.resolved();
-                        self.telemetry.all.resolved();
-                    }
-                    record.finish(Ending::Committed);
-                    return Ok(value);
-                }
-                Ok(Outcome::ReadOnly) => {
-                    record.finish(Ending::ReadOnly);
-                    return Ok(value);
-                }
-                Ok(Outcome::Conflict(c)) => {
-                    conflicts += 1;
-                    let retry = conflicts < max_conflicts;
-                    counters.conflict(retry);
-                    self.telemetry.all.conflict(retry);
-                    let loser = self.telemetry.reported_name(counters, name);
-                    for p in &c.pages {
-                        self.telemetry
-                            .conflict_on(p.page, &p.first_key, &p.last_key, loser);
-                    }
-                    for (first, last) in &c.keys {
-                        self.telemetry.conflict_on_keys(first, last, loser);
-                    }
-                    // Retry on a snapshot that includes the commit that beat us.
-                    if !store.clock.wait_visible(c.newer) {
-                        record.finish(Ending::Failed);
-                        return Err(journal.halted_error());
-                    }
-                }
-                Err(e) => {
-                    record.finish(Ending::Failed);
-                    return Err(e);
-                }
-            }
-        }
-        counters.escalation();
-        self.telemetry.all.escalation();
-        let result = self.run_escalated(store, journal, name, &mut f);
+        let result = self.attempts(
+            store,
+            journal,
+            name,
+            max_conflicts,
+            deadline,
+            counters,
+            &mut f,
+        );
         record.finish(match &result {
             Ok((_, true)) => Ending::Committed,
             Ok((_, false)) => Ending::ReadOnly,
@@ -234,19 +222,82 @@ impl Executor {
         result.map(|(v, _)| v)
     }
 
-    /// The blocking queue: runs `f` with exclusive commit rights. Returns the value
-    /// and whether it committed writes.
-    fn run_escalated<T, F>(
+    /// How long a wait for a lock (or the gate) may last from now.
+    fn wait_deadline(&self, deadline: Option<Instant>) -> Instant {
+        let limit = Instant::now() + self.lock_wait;
+        deadline.map_or(limit, |d| d.min(limit))
+    }
+
+    /// The optimistic attempts, then escalation. Returns the value and whether
+    /// it committed writes.
+    #[allow(clippy::too_many_arguments)]
+    fn attempts<T, F>(
         &self,
         store: &Store,
         journal: &Journal,
         name: &str,
+        max_conflicts: Option<u32>,
+        deadline: Option<Instant>,
+        counters: &Counters,
         f: &mut F,
     ) -> Result<(T, bool)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
-        let entered = Instant::now();
+        let mut conflicts = 0u32;
+        let max_conflicts = max_conflicts.unwrap_or(self.max_conflicts);
+        // What the failed attempts touched: an escalated re-run locks it first.
+        let mut footprint: Vec<KeyBounds> = Vec::new();
+        while conflicts < max_conflicts {
+            if !self.gate.wait_open(self.wait_deadline(deadline)) {
+                return Err(self.gate_timeout(name));
+            }
+            let mut tx = Tx::begin(store);
+            let value = f(&mut tx)?;
+            let Some(pass) = self.gate.enter(self.wait_deadline(deadline)) else {
+                return Err(self.gate_timeout(name));
+            };
+            let outcome = commit(
+                tx,
+                Log {
+                    journal,
+                    command: name,
+                    apply: false,
+                    locks: Some((&self.keys, 0)),
+                },
+            );
+            drop(pass);
+            match outcome? {
+                Outcome::Committed {
+                    restructured,
+                    resolved,
+                } => {
+                    self.committed(counters, restructured, resolved);
+                    return Ok((value, true));
+                }
+                Outcome::ReadOnly => return Ok((value, false)),
+                Outcome::Blocked { key } => {
+                    // An escalated command holds a key this one writes: wait for
+                    // that key only, then re-run (not a conflict: nothing changed).
+                    self.wait_for_key(name, &key, deadline)?;
+                }
+                Outcome::Conflict(c) => {
+                    conflicts += 1;
+                    let retry = conflicts < max_conflicts;
+                    self.lost(counters, name, &c, retry);
+                    footprint.extend(c.footprint);
+                    // Retry on a snapshot that includes the commit that beat us.
+                    if !store.clock.wait_visible(c.newer) {
+                        return Err(journal.halted_error());
+                    }
+                    if retry {
+                        backoff(conflicts);
+                    }
+                }
+            }
+        }
+        counters.escalation();
+        self.telemetry.all.escalation();
         self.telemetry.queue_enter();
         struct Leave<'a>(&'a Telemetry, Instant);
         impl Drop for Leave<'_> {
@@ -254,9 +305,172 @@ impl Executor {
                 self.0.queue_leave(self.1.elapsed());
             }
         }
-        let _leave = Leave(&self.telemetry, entered);
+        let _leave = Leave(&self.telemetry, Instant::now());
+        let _admitted = match self.admission.enter(deadline) {
+            Ok(a) => a,
+            Err(waiting) => {
+                self.telemetry.overloaded();
+                return Err(Error::Overloaded {
+                    command: name.to_owned(),
+                    waiting,
+                });
+            }
+        };
+        match self.policy {
+            Escalation::StopTheWorld => self.run_exclusive(store, journal, name, deadline, f),
+            Escalation::KeyLocks => {
+                self.run_locked(store, journal, name, deadline, counters, footprint, f)
+            }
+        }
+    }
+
+    fn gate_timeout(&self, name: &str) -> Error {
+        self.telemetry.timed_out();
+        Error::Timeout {
+            command: name.to_owned(),
+            key: Vec::new(),
+            waited: self.lock_wait,
+        }
+    }
+
+    /// Waits until no escalated command holds `key`.
+    fn wait_for_key(&self, name: &str, key: &[u8], deadline: Option<Instant>) -> Result<()> {
+        let started = Instant::now();
+        let r = self
+            .keys
+            .wait_released(0, key, self.wait_deadline(deadline));
+        self.telemetry.lock_waited(started.elapsed());
+        r.map_err(|e| {
+            self.telemetry.timed_out();
+            e.into_error(name, &point(key))
+        })
+    }
+
+    fn committed(&self, counters: &Counters, restructured: bool, resolved: bool) {
+        if restructured {
+            self.telemetry.restructured();
+        }
+        if resolved {
+            counters.resolved();
+            self.telemetry.all.resolved();
+        }
+    }
+
+    fn lost(&self, counters: &Counters, name: &str, c: &Conflict, retry: bool) {
+        counters.conflict(retry);
+        self.telemetry.all.conflict(retry);
+        let loser = self.telemetry.reported_name(counters, name);
+        for p in &c.pages {
+            self.telemetry
+                .conflict_on(p.page, &p.first_key, &p.last_key, loser);
+        }
+        for (first, last) in &c.keys {
+            self.telemetry.conflict_on_keys(first, last, loser);
+        }
+    }
+
+    /// An escalated run under key locks: lock what the failed attempts touched,
+    /// in key order, then re-run locking anything new as it goes. A run that still
+    /// loses (it touched keys it did not hold) holds those too next time; after
+    /// `LOCKED_ATTEMPTS` it runs alone.
+    #[allow(clippy::too_many_arguments)]
+    fn run_locked<T, F>(
+        &self,
+        store: &Store,
+        journal: &Journal,
+        name: &str,
+        deadline: Option<Instant>,
+        counters: &Counters,
+        footprint: Vec<KeyBounds>,
+        f: &mut F,
+    ) -> Result<(T, bool)>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T>,
+    {
+        let owner = self.keys.owner();
+        let _holding = Holding {
+            locks: &self.keys,
+            owner,
+        };
+        let started = Instant::now();
+        let lock_all = |spans: Vec<KeyBounds>| -> Result<()> {
+            let until = self.wait_deadline(deadline);
+            let mut spans = spans;
+            spans.sort_by(|a, b| start_key(a).cmp(&start_key(b)));
+            spans.dedup();
+            for span in spans {
+                self.keys.acquire(owner, span.clone(), until).map_err(|e| {
+                    self.telemetry.wait_failed(&e);
+                    e.into_error(name, &span)
+                })?;
+            }
+            Ok(())
+        };
+        lock_all(footprint)?;
+        self.telemetry.lock_waited(started.elapsed());
+        for _ in 0..LOCKED_ATTEMPTS {
+            let locking = Locking {
+                locks: &self.keys,
+                owner,
+                deadline: self.wait_deadline(deadline),
+                command: name,
+            };
+            let mut tx = Tx::begin_with(store, Some(locking));
+            let value = f(&mut tx)?;
+            let Some(pass) = self.gate.enter(self.wait_deadline(deadline)) else {
+                return Err(self.gate_timeout(name));
+            };
+            let outcome = commit(
+                tx,
+                Log {
+                    journal,
+                    command: name,
+                    apply: false,
+                    locks: Some((&self.keys, owner)),
+                },
+            );
+            drop(pass);
+            match outcome? {
+                Outcome::Committed {
+                    restructured,
+                    resolved,
+                } => {
+                    self.committed(counters, restructured, resolved);
+                    return Ok((value, true));
+                }
+                Outcome::ReadOnly => return Ok((value, false)),
+                Outcome::Blocked { key } => lock_all(vec![point(&key)])?,
+                Outcome::Conflict(c) => {
+                    // It read a key before locking it, and another commit got there
+                    // first: the next attempt holds everything this one touched.
+                    self.lost(counters, name, &c, true);
+                    if !store.clock.wait_visible(c.newer) {
+                        return Err(journal.halted_error());
+                    }
+                    lock_all(c.footprint)?;
+                }
+            }
+        }
+        self.run_exclusive(store, journal, name, deadline, f)
+    }
+
+    /// The last resort, and Bedrock's policy: runs `f` with exclusive commit
+    /// rights (every other commit waits). Returns the value and whether it
+    /// committed writes.
+    fn run_exclusive<T, F>(
+        &self,
+        store: &Store,
+        journal: &Journal,
+        name: &str,
+        deadline: Option<Instant>,
+        f: &mut F,
+    ) -> Result<(T, bool)>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T>,
+    {
         let _turn = self.queue.lock();
         let _exclusive = self.gate.close();
+        let _ = deadline;
         loop {
             let mut tx = Tx::begin(store);
             let value = f(&mut tx)?;
@@ -264,6 +478,7 @@ impl Executor {
                 journal,
                 command: name,
                 apply: false,
+                locks: None,
             };
             match commit(tx, log)? {
                 Outcome::Committed {
@@ -276,6 +491,7 @@ impl Executor {
                     return Ok((value, true));
                 }
                 Outcome::ReadOnly => return Ok((value, false)),
+                Outcome::Blocked { .. } => unreachable!("an exclusive commit checks no key locks"),
                 Outcome::Conflict(c) => {
                     // Cannot happen while the gate is closed: every other commit is drained.
                     debug_assert!(

@@ -14,6 +14,7 @@ use crate::feed::ConsumerStats;
 use crate::journal::JournalStats;
 use crate::store::{PageId, StoreStats};
 use crate::sync::{thread_shard, Arc, AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
+use crate::txn::WaitError;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -194,6 +195,20 @@ pub struct BlockingQueueStats {
     pub total_time: Duration,
     /// Longest time one command spent in it.
     pub max_time: Duration,
+    /// Escalated commands waiting for admission right now (at most
+    /// `Options::max_escalated` run at once).
+    pub waiting: u64,
+    /// Waits for a key an escalated command held (by commands that wanted to write
+    /// it, and by escalated commands taking their locks).
+    pub lock_waits: u64,
+    /// Total time spent in those waits.
+    pub lock_wait_time: Duration,
+    /// Waits that ended in `Error::Deadlock`.
+    pub deadlocks: u64,
+    /// Waits that ended in `Error::Timeout`.
+    pub timeouts: u64,
+    /// Commands turned away with `Error::Overloaded`.
+    pub overloaded: u64,
 }
 
 /// A point-in-time copy of an engine's counters (`Engine::stats`).
@@ -275,6 +290,11 @@ pub(crate) struct Telemetry {
     queue_done: AtomicU64,
     queue_total_ns: AtomicU64,
     queue_max_ns: AtomicU64,
+    lock_waits: AtomicU64,
+    lock_wait_ns: AtomicU64,
+    deadlocks: AtomicU64,
+    timeouts: AtomicU64,
+    overloaded: AtomicU64,
 }
 
 impl Telemetry {
@@ -293,7 +313,33 @@ impl Telemetry {
             queue_done: AtomicU64::new(0),
             queue_total_ns: AtomicU64::new(0),
             queue_max_ns: AtomicU64::new(0),
+            lock_waits: AtomicU64::new(0),
+            lock_wait_ns: AtomicU64::new(0),
+            deadlocks: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn lock_waited(&self, took: Duration) {
+        self.lock_waits.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.lock_wait_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn wait_failed(&self, e: &WaitError) {
+        match e {
+            WaitError::Deadlock => self.deadlocks.fetch_add(1, Ordering::Relaxed),
+            WaitError::Timeout(_) => self.timeouts.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    pub(crate) fn timed_out(&self) {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters of command `name`: its own (created on first use) while
@@ -449,6 +495,12 @@ impl Telemetry {
                 escalated: self.queue_done.load(Ordering::Relaxed),
                 total_time: Duration::from_nanos(self.queue_total_ns.load(Ordering::Relaxed)),
                 max_time: Duration::from_nanos(self.queue_max_ns.load(Ordering::Relaxed)),
+                waiting: 0,
+                lock_waits: self.lock_waits.load(Ordering::Relaxed),
+                lock_wait_time: Duration::from_nanos(self.lock_wait_ns.load(Ordering::Relaxed)),
+                deadlocks: self.deadlocks.load(Ordering::Relaxed),
+                timeouts: self.timeouts.load(Ordering::Relaxed),
+                overloaded: self.overloaded.load(Ordering::Relaxed),
             },
             commands,
             hot_pages,

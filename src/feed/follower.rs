@@ -111,6 +111,7 @@ pub(crate) fn apply(store: &Store, journal: &Journal, rec: &CommitRecord) -> Res
         journal,
         command: &rec.command,
         apply: true,
+        locks: None,
     };
     match commit(tx, log)? {
         Outcome::Committed { .. } => match journal.hash_at(id) {
@@ -123,7 +124,7 @@ pub(crate) fn apply(store: &Store, journal: &Journal, rec: &CommitRecord) -> Res
                 theirs: rec.hash,
             }),
         },
-        Outcome::ReadOnly | Outcome::Conflict(_) => Err(invalid(
+        Outcome::ReadOnly | Outcome::Conflict(_) | Outcome::Blocked { .. } => Err(invalid(
             "the record could not be installed (nothing else may write a follower)",
         )),
     }

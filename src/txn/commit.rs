@@ -41,7 +41,7 @@
 //! Commits on disjoint pages share no lock and no cache line except the commit-id
 //! counter, so they validate and install in parallel.
 
-use super::{add_to, raise_to, Pending, Tx};
+use super::{add_to, raise_to, KeyLocks, Owner, Pending, Tx};
 use crate::error::Result;
 use crate::journal::{Frame, Journal, Ticket};
 use crate::store::{Kind, LeafWrites, PageId, PageRead, Store, TreeRange, ValRef};
@@ -58,6 +58,9 @@ pub(crate) enum Outcome {
     ReadOnly,
     /// A key or range read at the snapshot had changed; nothing was installed.
     Conflict(Conflict),
+    /// It would write `key`, which an escalated command holds: nothing was
+    /// installed; the command waits for the key and re-runs.
+    Blocked { key: Vec<u8> },
 }
 
 /// What failed validation, for telemetry and for waiting before a retry.
@@ -68,6 +71,8 @@ pub(crate) struct Conflict {
     pub keys: Vec<(Vec<u8>, Vec<u8>)>,
     /// Newest stamp among the changed leaves: a retry must see at least this commit.
     pub newer: u64,
+    /// Every key and range the attempt read or wrote: what an escalated re-run locks.
+    pub footprint: Vec<super::KeyBounds>,
 }
 
 /// One page that changed under a transaction.
@@ -151,6 +156,8 @@ pub(crate) struct Log<'a> {
     pub command: &'a str,
     /// A follower applying its leader's record (allowed on a follower).
     pub apply: bool,
+    /// The key lock table, and who this commit runs for (0: an ordinary command).
+    pub locks: Option<(&'a KeyLocks, Owner)>,
 }
 
 /// Publishes a taken commit id: by `finish`, or when dropped during a panic (the
@@ -442,6 +449,16 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     let locks = loop {
         round += 1;
         let locks = Locks::take(store, &want);
+        // A key an escalated command holds is not written under it. Checked with
+        // the leaves locked: an escalated command that locks a key after this
+        // check loses to this commit at most once (its re-run holds the key first).
+        if let Some((keys, me)) = log.locks {
+            if keys.any() {
+                if let Some(key) = keys.held_by_other(me, tx.writes.keys().map(Vec::as_slice)) {
+                    return Ok(Outcome::Blocked { key });
+                }
+            }
+        }
         let mut more: Vec<(PageId, Mode)> = Vec::new();
         // Writes: a leaf unchanged since the snapshot still holds the key; else
         // ask the newest tree (trusted only for a leaf already held exclusively).
@@ -490,7 +507,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
             match check_keys(&tx, &changed, &locks) {
                 Check::Same => {}
                 Check::Changed(keys, pages) => {
-                    return Ok(Outcome::Conflict(conflict(store, pages, keys, newer)));
+                    return Ok(Outcome::Conflict(conflict(&tx, pages, keys, newer)));
                 }
                 Check::Relock(extra) => more.extend(extra),
             }
@@ -512,7 +529,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
                 .take(MAX_REPORTED)
                 .map(|k| (k.clone(), k.clone()))
                 .collect();
-            return Ok(Outcome::Conflict(conflict(store, pages, keys, newer)));
+            return Ok(Outcome::Conflict(conflict(&tx, pages, keys, newer)));
         }
         drop(locks);
         want.extend(more);
@@ -621,11 +638,12 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
 
 /// A conflict report on `pages` (the changed leaves, deduplicated here) for `keys`.
 fn conflict(
-    store: &Store,
+    tx: &Tx<'_>,
     mut pages: Vec<PageId>,
     keys: Vec<(Vec<u8>, Vec<u8>)>,
     newer: u64,
 ) -> Conflict {
+    let store = tx.store;
     pages.sort_unstable();
     pages.dedup();
     let pages = pages
@@ -647,5 +665,10 @@ fn conflict(
             }
         })
         .collect();
-    Conflict { pages, keys, newer }
+    Conflict {
+        pages,
+        keys,
+        newer,
+        footprint: tx.footprint(),
+    }
 }

@@ -10,9 +10,11 @@
 //! newest value. [`commit`] says why all of this is serializable.
 
 mod commit;
+mod keylock;
 mod range;
 
-pub(crate) use commit::{commit, Log, Outcome};
+pub(crate) use commit::{commit, Conflict, Log, Outcome};
+pub(crate) use keylock::{point, start_key, Holding, KeyLocks, Locking, Owner, WaitError};
 pub use range::TxRange;
 
 use crate::error::{Error, Result};
@@ -189,10 +191,17 @@ pub struct Tx<'e> {
     /// The leaf of the last lookup: a write to a key inside its key span lands
     /// there, without descending the tree again (read-modify-write).
     last_leaf: Option<(PageId, PagePtr)>,
+    /// For an escalated command: the lock table it locks each key in before use.
+    locking: Option<Locking<'e>>,
 }
 
 impl<'e> Tx<'e> {
     pub(crate) fn begin(store: &'e Store) -> Tx<'e> {
+        Tx::begin_with(store, None)
+    }
+
+    /// A transaction that locks every key and range before it touches it.
+    pub(crate) fn begin_with(store: &'e Store, locking: Option<Locking<'e>>) -> Tx<'e> {
         let (pin, at) = store.pin();
         Tx {
             store,
@@ -201,7 +210,37 @@ impl<'e> Tx<'e> {
             reads: ReadSet::default(),
             writes: BTreeMap::new(),
             last_leaf: None,
+            locking,
         }
+    }
+
+    /// Locks `key` first, for an escalated command.
+    fn lock_key(&self, key: &[u8]) -> Result<()> {
+        match &self.locking {
+            Some(l) => l.lock(point(key)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every key and range this transaction read or wrote: an escalated command's
+    /// lock list for its next attempt.
+    pub(crate) fn footprint(&self) -> Vec<KeyBounds> {
+        let mut out: Vec<KeyBounds> = self
+            .reads
+            .points
+            .iter()
+            .map(|p| point(self.reads.key(p)))
+            .chain(self.writes.keys().map(|k| point(k)))
+            .chain(
+                self.reads
+                    .ranges
+                    .iter()
+                    .map(|r| (r.lo.clone(), r.hi.clone())),
+            )
+            .collect();
+        out.sort_by(|a, b| keylock::start_key(a).cmp(&keylock::start_key(b)));
+        out.dedup();
+        out
     }
 
     /// The commit id of the snapshot this transaction reads.
@@ -213,6 +252,7 @@ impl<'e> Tx<'e> {
     /// the read set: the command conflicts if another commit changes it first.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
         check_key(key)?;
+        self.lock_key(key)?;
         if self.writes.contains_key(key) {
             return Ok(self.materialize(key)?.map(Value::from));
         }
@@ -230,6 +270,7 @@ impl<'e> Tx<'e> {
                 max,
             });
         }
+        self.lock_key(key)?;
         self.buffer(key, Pending::Put(value.to_vec()));
         Ok(())
     }
@@ -238,6 +279,7 @@ impl<'e> Tx<'e> {
     /// reads it).
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
         check_key(key)?;
+        self.lock_key(key)?;
         let existed = if self.writes.contains_key(key) {
             self.materialize(key)?.is_some()
         } else {
@@ -259,6 +301,7 @@ impl<'e> Tx<'e> {
     /// nothing written.
     pub fn add(&mut self, key: &[u8], delta: i64) -> Result<()> {
         check_key(key)?;
+        self.lock_key(key)?;
         let delta = i128::from(delta);
         let Some(w) = self.writes.get_mut(key) else {
             self.buffer(key, Pending::Add(delta));
@@ -290,6 +333,7 @@ impl<'e> Tx<'e> {
     /// the key reads it as any other key.
     pub fn next_in_sequence(&mut self, key: &[u8]) -> Result<u64> {
         check_key(key)?;
+        self.lock_key(key)?;
         let floor = match self.writes.get(key).map(|w| &w.op) {
             Some(Pending::Put(v)) => u64::from_le_bytes(counter(key, v)?),
             Some(Pending::Delete) => 0,
@@ -330,6 +374,11 @@ impl<'e> Tx<'e> {
             Ok(b) => b,
             Err(e) => return TxRange::failed(e),
         };
+        if let Some(l) = &self.locking {
+            if let Err(e) = l.lock((lo.clone(), hi.clone())) {
+                return TxRange::failed(e);
+            }
+        }
         // Counters and sequences in the range are read like any other key.
         let merges: Vec<Vec<u8>> = if range::is_empty(&lo, &hi) {
             Vec::new()
