@@ -13,8 +13,9 @@
 mod common;
 
 use common::*;
-use shardstone::{Engine, Error, Stats};
+use shardstone::{Engine, Error, Op, Stats};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Barrier;
 
 const THREADS: u64 = 4;
@@ -1030,4 +1031,457 @@ fn a_merge_that_also_changes_a_read_key_is_a_conflict() {
     assert_eq!(merge_under_a_reader(Some(&p(100))), 2, "the key A read");
     assert_eq!(merge_under_a_reader(Some(&p(101))), 2, "a key A scanned");
     assert_eq!(merge_under_a_reader(Some(&p(104))), 1, "a key beside them");
+}
+
+// ---------------------------------------------------------------------------
+// Property: random concurrent commands on a dense key space are serializable in
+// commit-id order, and no counter loses an update.
+
+/// Keys of the dense space: a few hundred, about half present, with values of a
+/// few to a couple of hundred bytes, so that a handful of leaves hold them all and
+/// commands share leaves, split and merge them.
+const DENSE_KEYS: u64 = 240;
+
+fn dense(i: u64) -> Vec<u8> {
+    format!("k:{i:03}").into_bytes()
+}
+
+/// Every eighth key is a counter: only ever added to (and read).
+fn is_counter(i: u64) -> bool {
+    i.is_multiple_of(8)
+}
+
+/// Each writing command also writes its thread's marker key, with the command's
+/// number as the value: the feed record that holds it names the command.
+fn marker(t: u64) -> Vec<u8> {
+    format!("~marker:{t}").into_bytes()
+}
+
+/// One operation of a command, chosen before it runs (the same on every re-run).
+#[derive(Clone, Debug)]
+enum Plan {
+    Get(u64),
+    Scan {
+        lo: u64,
+        hi: u64,
+        rev: bool,
+        limit: usize,
+    },
+    Put(u64, Vec<u8>),
+    Delete(u64),
+    Add(u64, i64),
+}
+
+/// One operation as it ran in the attempt that committed, with what it read.
+#[derive(Clone, Debug)]
+enum Step {
+    Get(Vec<u8>, Option<Vec<u8>>),
+    Scan {
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+        rev: bool,
+        limit: usize,
+        got: Entries,
+    },
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>, bool),
+    Add(Vec<u8>, i64),
+}
+
+/// A command that returned: its snapshot and the steps of its last attempt.
+struct Ran {
+    thread: u64,
+    seq: u64,
+    snapshot: u64,
+    writes: bool,
+    steps: Vec<Step>,
+}
+
+fn plan_command(rng: &mut Rng) -> (bool, Vec<Plan>) {
+    let read_only = rng.chance(1, 4);
+    let n = rng.range_incl(1, 4);
+    let plain_key = |rng: &mut Rng| {
+        let i = rng.below(DENSE_KEYS);
+        if is_counter(i) {
+            i + 1
+        } else {
+            i
+        }
+    };
+    let plan = (0..n)
+        .map(|_| {
+            let pick = if read_only {
+                rng.below(45)
+            } else {
+                rng.below(100)
+            };
+            match pick {
+                0..=29 => Plan::Get(rng.below(DENSE_KEYS)),
+                30..=44 => {
+                    let lo = rng.below(DENSE_KEYS);
+                    Plan::Scan {
+                        lo,
+                        hi: lo + rng.range_incl(1, 30),
+                        rev: rng.chance(1, 2),
+                        limit: if rng.chance(1, 3) {
+                            rng.range_incl(1, 5) as usize
+                        } else {
+                            usize::MAX
+                        },
+                    }
+                }
+                45..=69 => {
+                    let mut v = enc(rng.next_u64()).to_vec();
+                    v.resize(8 + rng.below(700) as usize, b'v');
+                    Plan::Put(plain_key(rng), v)
+                }
+                70..=84 => Plan::Delete(plain_key(rng)),
+                _ => {
+                    let i = rng.below(DENSE_KEYS / 8) * 8;
+                    Plan::Add(i, rng.range_incl(0, 2_000) as i64 - 1_000)
+                }
+            }
+        })
+        .collect();
+    (!read_only, plan)
+}
+
+fn run_plan(
+    tx: &mut shardstone::Tx<'_>,
+    plan: &[Plan],
+    steps: &mut Vec<Step>,
+) -> shardstone::Result<()> {
+    for op in plan {
+        let step = match op {
+            Plan::Get(i) => {
+                let k = dense(*i);
+                let v = tx.get(&k)?.map(|v| v.into_vec());
+                Step::Get(k, v)
+            }
+            &Plan::Scan { lo, hi, rev, limit } => {
+                let (lo, hi) = (dense(lo), dense(hi));
+                let range = tx.range(lo.as_slice()..hi.as_slice());
+                let own = |e: shardstone::Result<(Vec<u8>, shardstone::Value)>| {
+                    e.map(|(k, v)| (k, v.into_vec()))
+                };
+                let got: Entries = if rev {
+                    range
+                        .rev()
+                        .take(limit)
+                        .map(own)
+                        .collect::<shardstone::Result<_>>()?
+                } else {
+                    range
+                        .take(limit)
+                        .map(own)
+                        .collect::<shardstone::Result<_>>()?
+                };
+                Step::Scan {
+                    lo,
+                    hi,
+                    rev,
+                    limit,
+                    got,
+                }
+            }
+            Plan::Put(i, v) => {
+                tx.put(&dense(*i), v)?;
+                Step::Put(dense(*i), v.clone())
+            }
+            Plan::Delete(i) => {
+                let existed = tx.delete(&dense(*i))?;
+                Step::Delete(dense(*i), existed)
+            }
+            Plan::Add(i, d) => {
+                tx.add(&dense(*i), *d)?;
+                Step::Add(dense(*i), *d)
+            }
+        };
+        steps.push(step);
+        // Let the other threads in between the operations of a command.
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Replays `ran` on `model`: applies its writes and checks every read against
+/// the model's state at that point.
+fn replay(model: &mut Model, ran: &Ran, what: &str) {
+    let what = format!("{what}: thread {} command {}", ran.thread, ran.seq);
+    for (n, step) in ran.steps.iter().enumerate() {
+        match step {
+            Step::Get(k, got) => assert_value(
+                format_args!("{what} step {n}: get {}", show(k)),
+                got.as_deref(),
+                model.get(k).map(Vec::as_slice),
+            ),
+            Step::Scan {
+                lo,
+                hi,
+                rev,
+                limit,
+                got,
+            } => {
+                let mut want: Entries = model_range(
+                    model,
+                    Bound::Included(lo.as_slice()),
+                    Bound::Excluded(hi.as_slice()),
+                )
+                .into_iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+                if *rev {
+                    want.reverse();
+                }
+                want.truncate(*limit);
+                assert_entries(
+                    &format!(
+                        "{what} step {n}: scan {}..{} rev {rev} take {limit}",
+                        show(lo),
+                        show(hi)
+                    ),
+                    got,
+                    &want,
+                );
+            }
+            Step::Put(k, v) => {
+                model.insert(k.clone(), v.clone());
+            }
+            Step::Delete(k, existed) => {
+                assert_eq!(
+                    *existed,
+                    model.remove(k).is_some(),
+                    "{what} step {n}: delete {} said whether it existed",
+                    show(k)
+                );
+            }
+            Step::Add(k, d) => {
+                let base = model.get(k).map_or(0, |v| {
+                    i64::from_le_bytes(v.as_slice().try_into().expect("a counter"))
+                });
+                model.insert(k.clone(), (base + d).to_le_bytes().to_vec());
+            }
+        }
+    }
+    if ran.writes {
+        model.insert(marker(ran.thread), enc(ran.seq).to_vec());
+    }
+}
+
+fn serializable_history(seed: u64, threads: u64, per_thread: u64) {
+    let label = format!("seed {seed}, {threads} threads");
+    let engine = Engine::in_memory().unwrap();
+    let mut rng = Rng::new(seed);
+    let mut model = Model::new();
+    for i in 0..DENSE_KEYS {
+        if is_counter(i) || rng.chance(1, 2) {
+            continue;
+        }
+        let mut v = enc(rng.next_u64()).to_vec();
+        v.resize(8 + rng.below(700) as usize, b's');
+        model.insert(dense(i), v);
+    }
+    engine
+        .run("setup", |tx| {
+            for (k, v) in &model {
+                tx.put(k, v)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let setup = engine.commit_id().get();
+    let mut feed = engine.subscribe(setup).unwrap();
+
+    let runs: Vec<Ran> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let engine = &engine;
+                s.spawn(move || {
+                    let mut rng = Rng::new(seed * 1_000 + t);
+                    let mut runs = Vec::new();
+                    for seq in 0..per_thread {
+                        let (writes, plan) = plan_command(&mut rng);
+                        let mut steps = Vec::new();
+                        let mut snapshot = 0;
+                        let name = if writes { "write" } else { "read" };
+                        engine
+                            .run(name, |tx| {
+                                steps.clear();
+                                snapshot = tx.snapshot_id().get();
+                                run_plan(tx, &plan, &mut steps)?;
+                                if writes {
+                                    tx.put(&marker(t), &enc(seq))?;
+                                }
+                                Ok(())
+                            })
+                            .unwrap_or_else(|e| panic!("thread {t} command {seq} {plan:?}: {e}"));
+                        runs.push(Ran {
+                            thread: t,
+                            seq,
+                            snapshot,
+                            writes,
+                            steps,
+                        });
+                    }
+                    runs
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+
+    // No lost update, from the threads' own logs: each counter is the sum of the
+    // deltas of the commands that committed.
+    let mut sums: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    for ran in &runs {
+        for step in &ran.steps {
+            if let Step::Add(k, d) = step {
+                *sums.entry(k.clone()).or_default() += d;
+            }
+        }
+    }
+    let snap = engine.snapshot();
+    for i in (0..DENSE_KEYS).filter(|&i| is_counter(i)) {
+        let got = snap
+            .get(&dense(i))
+            .unwrap()
+            .map(|v| i64::from_le_bytes(v[..].try_into().expect("a counter")));
+        assert_eq!(
+            got,
+            sums.get(&dense(i)).copied(),
+            "{label}: counter {i} is the sum of the committed deltas"
+        );
+    }
+
+    // Replay the writing commands in commit-id order, as the feed gives them.
+    let last = engine.commit_id().get();
+    let index: BTreeMap<(u64, u64), usize> = runs
+        .iter()
+        .enumerate()
+        .map(|(n, r)| ((r.thread, r.seq), n))
+        .collect();
+    let mut reads: Vec<&Ran> = runs.iter().filter(|r| !r.writes).collect();
+    reads.sort_by_key(|r| r.snapshot);
+    let mut reads = reads.into_iter().peekable();
+    let mut check_reads_at = |model: &mut Model, at: u64| {
+        while let Some(r) = reads.next_if(|r| r.snapshot <= at) {
+            assert_eq!(
+                r.snapshot, at,
+                "{label}: a read-only command's snapshot is a commit"
+            );
+            replay(model, r, &format!("{label}: read-only at {at}"));
+        }
+    };
+    check_reads_at(&mut model, setup);
+    let mut replayed = 0;
+    for id in setup + 1..=last {
+        let rec = feed.next().expect("a record per commit").unwrap();
+        assert_eq!(rec.commit_id.get(), id);
+        let (t, seq) = rec
+            .ops
+            .iter()
+            .find_map(|op| match op {
+                Op::Put { key, value } if key.starts_with(b"~marker:") => {
+                    let t: u64 = std::str::from_utf8(&key[8..]).unwrap().parse().unwrap();
+                    Some((t, dec(value)))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{label}: commit {id} has a marker: {rec:?}"));
+        let ran = &runs[index[&(t, seq)]];
+        assert!(ran.writes, "{label}: commit {id} is a writing command");
+        assert!(
+            ran.snapshot < id,
+            "{label}: commit {id} read a snapshot before it ({})",
+            ran.snapshot
+        );
+        replay(&mut model, ran, &format!("{label}: commit {id}"));
+        replayed += 1;
+        // The record holds exactly the values the replay computed.
+        let mut written: Vec<&[u8]> = ran
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Put(k, _) | Step::Delete(k, _) | Step::Add(k, _) => Some(k.as_slice()),
+                _ => None,
+            })
+            .collect();
+        let mark = marker(t);
+        written.push(&mark);
+        written.sort_unstable();
+        written.dedup();
+        let recorded: Vec<&[u8]> = rec
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, .. } | Op::Delete { key } => key.as_slice(),
+            })
+            .collect();
+        assert_eq!(
+            recorded, written,
+            "{label}: commit {id} wrote its keys, in key order"
+        );
+        for op in &rec.ops {
+            let (key, value) = match op {
+                Op::Put { key, value } => (key, Some(value.as_slice())),
+                Op::Delete { key } => (key, None),
+            };
+            assert_value(
+                format_args!("{label}: commit {id}: the journal's value of {}", show(key)),
+                value,
+                model.get(key).map(Vec::as_slice),
+            );
+        }
+        check_reads_at(&mut model, id);
+    }
+    assert!(
+        reads.next().is_none(),
+        "{label}: every read-only command was checked"
+    );
+    assert_eq!(
+        replayed,
+        runs.iter().filter(|r| r.writes).count(),
+        "{label}: every writing command committed once"
+    );
+    assert_snapshot_is(&label, &engine.snapshot(), &model);
+
+    let st = engine.stats();
+    assert_eq!(st.errors, 0, "{label}: {st:?}");
+    assert_eq!(
+        st.conflicts,
+        st.retries + st.escalations,
+        "{label}: every conflict caused one retry or one escalation"
+    );
+    eprintln!(
+        "{label}: {} commands, {} commits, {} conflicts, {} page changes resolved, {} escalations, {} restructures",
+        runs.len(),
+        st.commits,
+        st.conflicts,
+        st.page_changes_resolved,
+        st.escalations,
+        st.restructures
+    );
+}
+
+#[test]
+fn random_histories_are_serializable_two_threads() {
+    serializable_history(1, 2, 200);
+    serializable_history(2, 2, 200);
+}
+
+#[test]
+fn random_histories_are_serializable_three_threads() {
+    serializable_history(3, 3, 150);
+    serializable_history(4, 3, 150);
+}
+
+#[test]
+fn random_histories_are_serializable_four_threads() {
+    serializable_history(5, 4, 100);
+    serializable_history(6, 4, 100);
 }
