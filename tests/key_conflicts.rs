@@ -522,7 +522,7 @@ fn assert_hot_range(st: &Stats, key: &[u8], loser: &str) {
 /// for a snapshot, and for a command that wrote nothing): never a panic.
 #[test]
 fn an_empty_or_inverted_range_in_a_command_that_wrote_is_empty() {
-    let cases: [(Bound<&[u8]>, Bound<&[u8]>); 3] = [
+    let cases: [Bounds<'_>; 3] = [
         (Bound::Excluded(b"h"), Bound::Excluded(b"h")),
         (Bound::Included(b"k"), Bound::Excluded(b"c")),
         (Bound::Included(b"k"), Bound::Included(b"c")),
