@@ -10,7 +10,6 @@ use common::*;
 use shardstone::{Engine, Stats};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::Barrier;
 
 /// A barrier wait followed by a spinning rendezvous: the futex wake-up of a plain
@@ -310,49 +309,6 @@ fn no_lost_updates_read_modify_write() {
 // ---------------------------------------------------------------------------
 // Deterministic conflicts: B commits while A is between its reads and its commit.
 
-/// Runs command `a_name` with `a` on one thread and, during A's first attempt only
-/// (at the point where `a` calls the pause function), command B with `b` on another
-/// thread to completion. Returns A's result and how many times A's closure ran.
-fn interleave<TA: Send, TB: Send>(
-    engine: &Engine,
-    a_name: &str,
-    mut a: impl FnMut(&mut shardstone::Tx<'_>, &mut dyn FnMut()) -> shardstone::Result<TA> + Send,
-    b_name: &str,
-    mut b: impl FnMut(&mut shardstone::Tx<'_>) -> shardstone::Result<TB> + Send,
-) -> (TA, u32, TB) {
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    std::thread::scope(|s| {
-        let b_thread = s.spawn(move || {
-            go_rx.recv().expect("A asks B to run");
-            let r = engine.run(b_name, &mut b).expect("B commits");
-            done_tx.send(()).unwrap();
-            r
-        });
-        let mut attempts = 0u32;
-        let mut paused = false;
-        let ra = engine
-            .run(a_name, |tx| {
-                attempts += 1;
-                let mut pause = || {
-                    if !paused {
-                        paused = true;
-                        go_tx.send(()).unwrap();
-                        // A deadlock guard, not a timing assertion: B must not wait for A.
-                        done_rx
-                            .recv_timeout(std::time::Duration::from_secs(120))
-                            .expect("B could not finish while A was paused inside its command");
-                    }
-                };
-                a(tx, &mut pause)
-            })
-            .expect("A commits");
-        assert!(paused, "A paused for B");
-        let rb = b_thread.join().unwrap();
-        (ra, attempts, rb)
-    })
-}
-
 fn losers_on(st: &Stats, name: &str) -> Vec<shardstone::HotPage> {
     st.hot_pages
         .iter()
@@ -418,10 +374,12 @@ fn read_then_write_conflicts_with_a_write_committed_in_between() {
     assert!(losers_on(&st, "add ten").is_empty());
 }
 
-/// The page is the unit of conflict (DESIGN.md): a write to another key of the
-/// same leaf also makes A re-run; a write on a different leaf does not.
+/// The key is the unit of conflict (DESIGN.md: page-level detection, key-level
+/// truth): a write to another key of the same leaf is resolved at key level and
+/// A commits at once; a write to the key A read makes A re-run; a write on a
+/// different leaf never even reaches the key check.
 #[test]
-fn conflicts_are_per_page() {
+fn conflicts_are_per_key() {
     let engine = Engine::in_memory().unwrap();
     fill(&engine, "m:", 3_000, 60);
     engine
@@ -431,29 +389,42 @@ fn conflicts_are_per_page() {
             tx.put(b"z:1", &enc(3))
         })
         .unwrap();
+    let read_then_write = |tx: &mut shardstone::Tx<'_>, pause: &mut dyn FnMut()| {
+        let v = dec(&tx.get(b"a:1")?.unwrap());
+        pause();
+        tx.put(b"a:1", &enc(v + 1))
+    };
     let (_, attempts, ()) = interleave(
         &engine,
         "same page A",
-        |tx, pause| {
-            let v = dec(&tx.get(b"a:1")?.unwrap());
-            pause();
-            tx.put(b"a:1", &enc(v + 1))
-        },
+        read_then_write,
         "same page B",
         |tx| tx.put(b"a:2", &enc(20)),
     );
     assert_eq!(
-        attempts, 2,
-        "a write to a neighbouring key on the same leaf is a conflict"
+        attempts, 1,
+        "a write to a neighbouring key on the same leaf is not a conflict"
     );
+    let st = engine.stats();
+    let a = st
+        .commands
+        .iter()
+        .find(|c| c.name == "same page A")
+        .unwrap();
+    assert_eq!(
+        (a.conflicts, a.page_changes_resolved),
+        (0, 1),
+        "A found its leaf changed and the key check let it through: {a:?}"
+    );
+    let (_, attempts, ()) =
+        interleave(&engine, "same key A", read_then_write, "same key B", |tx| {
+            tx.put(b"a:1", &enc(10))
+        });
+    assert_eq!(attempts, 2, "a write to the key A read is a conflict");
     let (_, attempts, ()) = interleave(
         &engine,
         "other page A",
-        |tx, pause| {
-            let v = dec(&tx.get(b"a:1")?.unwrap());
-            pause();
-            tx.put(b"a:1", &enc(v + 1))
-        },
+        read_then_write,
         "other page B",
         |tx| tx.put(b"z:1", &enc(30)),
     );
@@ -461,12 +432,24 @@ fn conflicts_are_per_page() {
         attempts, 1,
         "a write on a leaf A never touched is no conflict"
     );
+    let st = engine.stats();
+    let a = st
+        .commands
+        .iter()
+        .find(|c| c.name == "other page A")
+        .unwrap();
+    assert_eq!((a.conflicts, a.page_changes_resolved), (0, 0), "{a:?}");
+    assert_eq!(
+        st.conflicts, 1,
+        "only the same-key write conflicted: {st:?}"
+    );
     let snap = engine.snapshot();
     let vals: Vec<Option<u64>> = [&b"a:1"[..], b"a:2", b"z:1"]
         .iter()
         .map(|k| snap.get(k).unwrap().map(|v| dec(&v)))
         .collect();
-    assert_eq!(vals, vec![Some(3), Some(20), Some(30)]);
+    // a:1: 1, +1 (same page), then B's 10, +1 (A's re-run), then +1 (other page).
+    assert_eq!(vals, vec![Some(12), Some(20), Some(30)]);
 }
 
 /// Write skew made deterministic, with x and y on different leaves: A reads both,

@@ -394,3 +394,49 @@ pub fn pin(cpu: usize) {
     let r = unsafe { libc::sched_setaffinity(0, size, &set) };
     assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}");
 }
+
+/// Runs command `a_name` with `a` on one thread and, during A's first attempt only
+/// (at the point where `a` calls the pause function), command B with `b` on another
+/// thread to completion. Returns A's result, how many times A's closure ran, and
+/// B's result: a deterministic interleaving, B commits between A's reads and A's
+/// commit.
+pub fn interleave<TA: Send, TB: Send>(
+    engine: &Engine,
+    a_name: &str,
+    mut a: impl FnMut(&mut shardstone::Tx<'_>, &mut dyn FnMut()) -> shardstone::Result<TA> + Send,
+    b_name: &str,
+    mut b: impl FnMut(&mut shardstone::Tx<'_>) -> shardstone::Result<TB> + Send,
+) -> (TA, u32, TB) {
+    use std::sync::mpsc;
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let b_thread = s.spawn(move || {
+            go_rx.recv().expect("A asks B to run");
+            let r = engine.run(b_name, &mut b).expect("B commits");
+            done_tx.send(()).unwrap();
+            r
+        });
+        let mut attempts = 0u32;
+        let mut paused = false;
+        let ra = engine
+            .run(a_name, |tx| {
+                attempts += 1;
+                let mut pause = || {
+                    if !paused {
+                        paused = true;
+                        go_tx.send(()).unwrap();
+                        // A deadlock guard, not a timing assertion: B must not wait for A.
+                        done_rx
+                            .recv_timeout(std::time::Duration::from_secs(120))
+                            .expect("B could not finish while A was paused inside its command");
+                    }
+                };
+                a(tx, &mut pause)
+            })
+            .expect("A commits");
+        assert!(paused, "A paused for B");
+        let rb = b_thread.join().unwrap();
+        (ra, attempts, rb)
+    })
+}
