@@ -9,7 +9,7 @@
 //! hash chain and the feed's publish watermark advance over, in commit order,
 //! without re-serializing commits.
 
-use crate::sync::{AtomicU64, Backoff, CachePadded, Ordering};
+use crate::sync::{fence, AtomicU64, Backoff, CachePadded, Ordering};
 
 #[cfg(not(loom))]
 const RING: usize = 4096;
@@ -89,6 +89,7 @@ impl Clock {
             }
         }
         self.done[slot(id)].store(id, Ordering::SeqCst);
+        fence(Ordering::SeqCst); // EXPERIMENT
         let mut v = self.visible.load(Ordering::SeqCst);
         loop {
             let next = v + 1;
