@@ -24,6 +24,7 @@ use crate::store::Store;
 use crate::sync::{thread_local, Arc, Mutex};
 use crate::txn::{
     commit, point, start_key, Conflict, Holding, KeyBounds, KeyLocks, Locking, Log, Outcome, Tx,
+    WaitError,
 };
 use admission::Admission;
 use gate::CommitGate;
@@ -416,7 +417,19 @@ impl Executor {
                 command: name,
             };
             let mut tx = Tx::begin_with(store, Some(locking));
-            let value = f(&mut tx)?;
+            let value = match f(&mut tx) {
+                Ok(v) => v,
+                Err(e) => {
+                    // A lock taken on the way in (a deadlock or a timeout), or the
+                    // command's own error.
+                    match &e {
+                        Error::Deadlock { .. } => self.telemetry.wait_failed(&WaitError::Deadlock),
+                        Error::Timeout { .. } => self.telemetry.timed_out(),
+                        _ => {}
+                    }
+                    return Err(e);
+                }
+            };
             let Some(pass) = self.gate.enter(self.wait_deadline(deadline)) else {
                 return Err(self.gate_timeout(name));
             };

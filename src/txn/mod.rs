@@ -215,11 +215,23 @@ impl<'e> Tx<'e> {
     }
 
     /// Locks `key` first, for an escalated command.
-    fn lock_key(&self, key: &[u8]) -> Result<()> {
-        match &self.locking {
-            Some(l) => l.lock(point(key)),
-            None => Ok(()),
+    fn lock_key(&mut self, key: &[u8]) -> Result<()> {
+        self.lock_span(point(key))
+    }
+
+    fn lock_span(&mut self, span: KeyBounds) -> Result<()> {
+        let Some(l) = &self.locking else {
+            return Ok(());
+        };
+        l.lock(span)?;
+        if self.reads.pages.is_empty() && self.writes.is_empty() {
+            // Nothing read yet: read from here on at a snapshot taken after the
+            // lock, which includes whatever the previous holder committed.
+            self.store.unpin(&self.pin);
+            (self.pin, self.at) = self.store.pin();
+            self.last_leaf = None;
         }
+        Ok(())
     }
 
     /// Every key and range this transaction read or wrote: an escalated command's
@@ -374,10 +386,8 @@ impl<'e> Tx<'e> {
             Ok(b) => b,
             Err(e) => return TxRange::failed(e),
         };
-        if let Some(l) = &self.locking {
-            if let Err(e) = l.lock((lo.clone(), hi.clone())) {
-                return TxRange::failed(e);
-            }
+        if let Err(e) = self.lock_span((lo.clone(), hi.clone())) {
+            return TxRange::failed(e);
         }
         // Counters and sequences in the range are read like any other key.
         let merges: Vec<Vec<u8>> = if range::is_empty(&lo, &hi) {
