@@ -6,6 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 declare -A MODEL=(
   [validation]="commit racing_commits_on_one_page"
+  [keys]="commit increments_on_a_shared_leaf_lose_nothing"
   [visibility]="commit snapshot_sees_whole_commit_or_nothing"
   [pins]="commit reclamation_spares_pinned_versions"
   [interval]="commit interval_reclamation_waits_for_readers"
@@ -14,7 +15,7 @@ declare -A MODEL=(
   [group_commit]="group_commit acknowledged_only_after_a_covering_sync"
 )
 variants=("$@")
-[ ${#variants[@]} -eq 0 ] && variants=(validation visibility pins interval watermark gate group_commit)
+[ ${#variants[@]} -eq 0 ] && variants=(validation keys visibility pins interval watermark gate group_commit)
 status=0
 for v in "${variants[@]}"; do
   read -r file test <<<"${MODEL[$v]}"
