@@ -43,8 +43,9 @@ impl CommitGate {
     }
 
     /// Waits while the gate is closed, then lets one ordinary commit through;
-    /// `None` if the gate stayed closed until `deadline`.
-    pub(crate) fn enter(&self, deadline: Instant) -> Option<Pass<'_>> {
+    /// `None` if the gate stayed closed until `deadline()` (asked only when it
+    /// has to wait: reading the clock is not free on the commit path).
+    pub(crate) fn enter(&self, deadline: impl Fn() -> Instant) -> Option<Pass<'_>> {
         let counter = &*self.in_flight[thread_shard() % self.in_flight.len()];
         loop {
             counter.fetch_add(1, Ordering::SeqCst);
@@ -56,21 +57,21 @@ impl CommitGate {
                 return Some(Pass { counter });
             }
             counter.fetch_sub(1, Ordering::SeqCst);
-            if !self.wait_open(deadline) {
+            if !self.wait_open(&deadline) {
                 return None;
             }
         }
     }
 
-    /// Waits while an escalated command holds the gate, at most until `deadline`
-    /// (false then). Called before a command takes its snapshot, so it does not
+    /// Waits while an escalated command holds the gate, at most until
+    /// `deadline()` (false then). Called before a command takes its snapshot, so it does not
     /// start on a state the escalated command is about to change (and then lose a
     /// conflict to it).
-    pub(crate) fn wait_open(&self, deadline: Instant) -> bool {
+    pub(crate) fn wait_open(&self, deadline: impl Fn() -> Instant) -> bool {
         if !self.closed.load(Ordering::SeqCst) {
             return true;
         }
-        self.wait_closed_to_open(deadline)
+        self.wait_closed_to_open(deadline())
     }
 
     fn wait_closed_to_open(&self, deadline: Instant) -> bool {

@@ -250,12 +250,12 @@ impl Executor {
         // What the failed attempts touched: an escalated re-run locks it first.
         let mut footprint: Vec<KeyBounds> = Vec::new();
         while conflicts < max_conflicts {
-            if !self.gate.wait_open(self.wait_deadline(deadline)) {
+            if !self.gate.wait_open(|| self.wait_deadline(deadline)) {
                 return Err(self.gate_timeout(name));
             }
             let mut tx = Tx::begin(store);
             let value = f(&mut tx)?;
-            let Some(pass) = self.gate.enter(self.wait_deadline(deadline)) else {
+            let Some(pass) = self.gate.enter(|| self.wait_deadline(deadline)) else {
                 return Err(self.gate_timeout(name));
             };
             let outcome = commit(
@@ -430,7 +430,7 @@ impl Executor {
                     return Err(e);
                 }
             };
-            let Some(pass) = self.gate.enter(self.wait_deadline(deadline)) else {
+            let Some(pass) = self.gate.enter(|| self.wait_deadline(deadline)) else {
                 return Err(self.gate_timeout(name));
             };
             let outcome = commit(

@@ -45,7 +45,6 @@ use super::{add_to, raise_to, KeyLocks, Owner, Pending, Tx};
 use crate::error::Result;
 use crate::journal::{Frame, Journal, Ticket};
 use crate::store::{Kind, LeafWrites, PageId, PageRead, Store, TreeRange, ValRef};
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// What happened to a commit attempt.
@@ -578,26 +577,44 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     }
     let mut frame = frame.expect("encoded above");
 
-    // Writes grouped by the leaf they land on; each group stays in key order.
-    let mut by_leaf: BTreeMap<PageId, Vec<KeyWrite<'_>>> = BTreeMap::new();
+    // Writes grouped by the leaf they land on, in page order; each group stays in
+    // key order. Most commits write one or a few leaves: a short list beats a map.
+    let mut edits: Vec<LeafWrites<'_>> = Vec::new();
+    // Past a few leaves, an index (writes come in key order, so a leaf's writes
+    // are mostly adjacent; a relocated write may come back to an earlier leaf).
+    let mut index: std::collections::HashMap<PageId, usize> = std::collections::HashMap::new();
     for (i, key) in tx.writes.keys().enumerate() {
-        by_leaf
-            .entry(landing[i])
-            .or_default()
-            .push((key.as_slice(), stored[i]));
+        let page = landing[i];
+        let write: KeyWrite<'_> = (key.as_slice(), stored[i]);
+        let at = match edits.last() {
+            Some(e) if e.page == page => Some(edits.len() - 1),
+            _ if edits.len() <= 8 => edits.iter().position(|e| e.page == page),
+            _ => {
+                if index.is_empty() {
+                    index.extend(edits.iter().enumerate().map(|(j, e)| (e.page, j)));
+                }
+                index.get(&page).copied()
+            }
+        };
+        match at {
+            Some(j) => edits[j].writes.push(write),
+            None => {
+                if !index.is_empty() {
+                    index.insert(page, edits.len());
+                }
+                debug_assert!(
+                    locks.holds_exclusive(page),
+                    "{page} written without its lock"
+                );
+                edits.push(LeafWrites {
+                    page,
+                    head: store.slot(page).head(),
+                    writes: vec![write],
+                });
+            }
+        }
     }
-    let mut edits = Vec::with_capacity(by_leaf.len());
-    for (page, writes) in by_leaf {
-        debug_assert!(
-            locks.holds_exclusive(page),
-            "{page} written without its lock"
-        );
-        edits.push(LeafWrites {
-            page,
-            head: store.slot(page).head(),
-            writes,
-        });
-    }
+    edits.sort_unstable_by_key(|e| e.page);
 
     let held: Vec<PageId> = locks.held.iter().map(|(id, _)| *id).collect();
     let plan = store.plan(&edits, &|id| held.binary_search(&id).is_ok())?;
