@@ -89,7 +89,9 @@ pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
     let counter_before = if counted { read_counter(&*engine)? } else { 0 };
     let before = engine.counters();
     let rss_reset = rss::reset_peak();
+    let cpu_before = rss::cpu_time();
     let (tally, elapsed) = drive(&*engine, spec, &zipf, spec.measure, 2)?;
+    let cpu = rss::cpu_time().saturating_sub(cpu_before);
     let peak_rss_mib = rss::peak_mib();
     let after = engine.counters();
     let counter_added = if counted {
@@ -140,6 +142,7 @@ pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
         latency: Latency::of(&tally.main),
         slow_latency: (slow > 0).then(|| Latency::of(&tally.slow)),
         fast_time_share: tally.main_ns as f64 / (secs * 1e9 * spec.threads as f64),
+        cpu_us_per_command: cpu.as_secs_f64() * 1e6 / (commands + slow).max(1) as f64,
         peak_rss_mib,
         rss_reset,
         open_seconds: opened.as_secs_f64(),

@@ -90,6 +90,11 @@ pub struct CellResult {
     /// Share of the threads' time spent in measured-path commands (below 1 when
     /// slow commands take the rest).
     pub fast_time_share: f64,
+    /// CPU time of the cell's process (user + system, every thread, the
+    /// engine's own included) per command in the measured run (slow ones too), in
+    /// µs: steadier than throughput on a machine others load.
+    #[serde(default)]
+    pub cpu_us_per_command: f64,
     /// Peak resident memory during the measured run, in MiB.
     pub peak_rss_mib: Option<f64>,
     /// Whether the peak was reset before the run (else it counts from process start).
@@ -386,13 +391,13 @@ impl Report {
         let _ = writeln!(
             md,
             "| workload | threads | commits/s | conflicts/commit | retries/commit \
-             | escalations/commit | page changes resolved/commit |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+             | escalations/commit | page changes resolved/commit | CPU µs/command |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for c in ours {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} |",
+                "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.2} |",
                 c.workload.name(),
                 c.threads,
                 rate(c.commits as f64 / c.seconds),
@@ -401,6 +406,7 @@ impl Report {
                 c.escalations_per_commit,
                 c.resolved_per_commit
                     .map_or("n/a".to_string(), |r| format!("{r:.4}")),
+                c.cpu_us_per_command,
             );
         }
         md.push('\n');
