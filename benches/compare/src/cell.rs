@@ -4,13 +4,15 @@
 //!
 //! The cell opens the preloaded database, scans every key (warming caches),
 //! runs the workload unmeasured for the warm-up, then measured; every command's
-//! latency, retries included, goes into a per-thread HdrHistogram.
+//! latency, retries included, goes into a per-thread HdrHistogram. The counter
+//! workload's counter is read before and after the measured run: it must have
+//! grown by exactly the commands that committed (no lost update).
 
 use crate::engines::{Engine, Kind};
 use crate::keys::Zipf;
 use crate::report::{CellResult, Latency};
 use crate::rss;
-use crate::workload::{Class, Generator, Workload, ZIPF_THETA};
+use crate::workload::{Class, Generator, Workload, HOT_COUNTER, ZIPF_THETA};
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,18 +85,41 @@ pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
     let zipf = Zipf::new(spec.keys, ZIPF_THETA, 0x5eed);
     drive(&*engine, spec, &zipf, spec.warmup, 1)?;
 
+    let counted = spec.workload == Workload::Counter;
+    let counter_before = if counted { read_counter(&*engine)? } else { 0 };
     let before = engine.counters();
     let rss_reset = rss::reset_peak();
+    let cpu_before = rss::cpu_time();
     let (tally, elapsed) = drive(&*engine, spec, &zipf, spec.measure, 2)?;
+    let cpu = rss::cpu_time().saturating_sub(cpu_before);
     let peak_rss_mib = rss::peak_mib();
     let after = engine.counters();
+    let counter_added = if counted {
+        let added = read_counter(&*engine)? - counter_before;
+        if added != tally.writes {
+            return Err(format!(
+                "lost update: the counter grew by {added}, {} commands committed",
+                tally.writes
+            ));
+        }
+        Some(added)
+    } else {
+        None
+    };
     engine.settle().map_err(|e| format!("settle: {e}"))?;
     drop(engine);
 
     let secs = elapsed.as_secs_f64();
     let commands = tally.writes + tally.reads;
     let retries = after.retries - before.retries;
+    let conflicts = after.conflicts - before.conflicts;
+    let escalations = after.escalations - before.escalations;
+    let page_changes_resolved = after
+        .page_changes_resolved
+        .zip(before.page_changes_resolved)
+        .map(|(a, b)| a - b);
     let slow = tally.slow.len();
+    let per_commit = |n: u64| n as f64 / (tally.writes + slow).max(1) as f64;
     Ok(CellResult {
         engine: spec.engine,
         workload: spec.workload,
@@ -106,15 +131,34 @@ pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
         slow_commands: slow,
         commands_per_sec: commands as f64 / secs,
         retries,
-        retries_per_commit: retries as f64 / (tally.writes + slow).max(1) as f64,
-        escalations: after.escalations - before.escalations,
+        retries_per_commit: per_commit(retries),
+        conflicts,
+        conflicts_per_commit: per_commit(conflicts),
+        escalations,
+        escalations_per_commit: per_commit(escalations),
+        page_changes_resolved,
+        resolved_per_commit: page_changes_resolved.map(per_commit),
+        counter_added,
         latency: Latency::of(&tally.main),
         slow_latency: (slow > 0).then(|| Latency::of(&tally.slow)),
         fast_time_share: tally.main_ns as f64 / (secs * 1e9 * spec.threads as f64),
+        cpu_us_per_command: cpu.as_secs_f64() * 1e6 / (commands + slow).max(1) as f64,
         peak_rss_mib,
         rss_reset,
         open_seconds: opened.as_secs_f64(),
     })
+}
+
+/// The counter workload's counter, read from a snapshot (0 before the first add).
+fn read_counter(engine: &dyn Engine) -> Result<u64, String> {
+    let mut value = 0;
+    engine
+        .read(&mut |r| {
+            value = r.get(HOT_COUNTER)?.unwrap_or(0);
+            Ok(())
+        })
+        .map_err(|e| format!("reading the counter: {e}"))?;
+    Ok(value)
 }
 
 /// Runs the workload on `spec.threads` threads for `span`; returns the merged
@@ -134,7 +178,13 @@ fn drive(
                 let (stop, start) = (&stop, &start);
                 s.spawn(move || {
                     let seed = (round << 32) ^ (t as u64) << 8 ^ spec.workload as u64;
-                    let mut generator = Generator::new(spec.workload, spec.keys, seed, Some(zipf));
+                    let mut generator = Generator::new(
+                        spec.workload,
+                        spec.keys,
+                        (t, spec.threads),
+                        seed,
+                        Some(zipf),
+                    );
                     let mut tally = ThreadTally::new();
                     start.wait();
                     while !stop.load(Ordering::Relaxed) {

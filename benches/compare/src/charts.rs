@@ -32,6 +32,10 @@ fn title(w: Workload) -> &'static str {
         Workload::W4Fast => "W4 fast commands alone",
         Workload::W4Mixed => "W4 fast cmds, 1% slow beside",
         Workload::W5 => "W5 fsync every commit",
+        Workload::W6 => "W6 shared-leaf blind writes",
+        Workload::W6Rmw => "W6 shared-leaf RMW",
+        Workload::W7 => "W7 order service",
+        Workload::Counter => "Counter: one hot counter",
     }
 }
 

@@ -18,6 +18,7 @@ OPTIONS:
     --quick              CI smoke run: 100,000 keys, 2 threads, 0.5 s cells (< 60 s)
     --threads 1,2,4      thread counts (default: 1,2,4,8 and powers of two up to the CPU count)
     --workloads w1,w4    any of w1 w2 w3 w4 (both halves) w4-fast w4-mixed w5
+                         w6 (shared-leaf blind writes) w6-rmw w7 (order service) counter
     --engines a,b        any of shardstone redb fjall canopydb
     --keys N             items preloaded per engine (default 1,000,000)
     --seconds S          measured seconds per cell (default 3)

@@ -107,6 +107,35 @@ pub fn key(i: u64) -> [u8; KEY_LEN] {
     k
 }
 
+/// `prefix` and the decimal digits of `n`, zero-padded to [`KEY_LEN`] bytes.
+fn numbered(prefix: &[u8], n: u64) -> [u8; KEY_LEN] {
+    let mut k = [b'0'; KEY_LEN];
+    k[..prefix.len()].copy_from_slice(prefix);
+    let mut n = n;
+    for b in k[prefix.len()..].iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    debug_assert_eq!(n, 0, "number too large for the key format");
+    k
+}
+
+/// Whether `k` is an item key made by [`key`] (the preloaded items; W7 and the
+/// counter workload add keys of their own beside them).
+pub fn is_item(k: &[u8]) -> bool {
+    k.len() == KEY_LEN && k.starts_with(b"key")
+}
+
+/// W7's key of order `id`: `"order:"` and 10 decimal digits, in id order.
+pub fn order_key(id: u64) -> [u8; KEY_LEN] {
+    numbered(b"order:", id)
+}
+
+/// W7's key of the order count of account item `i`: `"cnt:"` and 12 digits.
+pub fn account_count_key(i: u64) -> [u8; KEY_LEN] {
+    numbered(b"cnt:", i)
+}
+
 /// A value: an 8-byte little-endian counter, then filler derived from `seed`.
 pub fn value(counter: u64, seed: u64) -> [u8; VALUE_LEN] {
     let mut v = [0u8; VALUE_LEN];
@@ -133,6 +162,14 @@ mod tests {
     fn keys_sort_in_item_order() {
         assert_eq!(&key(42), b"key0000000000042");
         assert!(key(9) < key(10));
+    }
+
+    #[test]
+    fn other_keys_are_not_items() {
+        assert_eq!(&order_key(42), b"order:0000000042");
+        assert_eq!(&account_count_key(7), b"cnt:000000000007");
+        assert!(is_item(&key(3)));
+        assert!(!is_item(&order_key(3)) && !is_item(b"counter:hot"));
     }
 
     #[test]

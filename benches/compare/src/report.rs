@@ -61,8 +61,28 @@ pub struct CellResult {
     pub retries: u64,
     /// Re-runs per read-write command (slow ones included).
     pub retries_per_commit: f64,
+    /// Commits refused for a conflict (for the peers, the same as `retries`).
+    #[serde(default)]
+    pub conflicts: u64,
+    /// Conflicts per read-write command (slow ones included).
+    #[serde(default)]
+    pub conflicts_per_commit: f64,
     /// Escalations (shardstone's blocking queue; 0 for the others).
     pub escalations: u64,
+    /// Escalations per read-write command (slow ones included).
+    #[serde(default)]
+    pub escalations_per_commit: f64,
+    /// Commits that found a page changed but no key they read changed, and
+    /// went through (shardstone with key-precise validation; `None` elsewhere).
+    #[serde(default)]
+    pub page_changes_resolved: Option<u64>,
+    /// `page_changes_resolved` per read-write command.
+    #[serde(default)]
+    pub resolved_per_commit: Option<f64>,
+    /// The counter workload: how much the counter grew in the measured run,
+    /// checked equal to `commits` (the cell fails otherwise).
+    #[serde(default)]
+    pub counter_added: Option<u64>,
     /// Latency of the measured-path commands, retries included.
     pub latency: Latency,
     /// Latency of W4's slow commands.
@@ -70,6 +90,11 @@ pub struct CellResult {
     /// Share of the threads' time spent in measured-path commands (below 1 when
     /// slow commands take the rest).
     pub fast_time_share: f64,
+    /// CPU time of the cell's process (user + system, every thread, the
+    /// engine's own included) per command in the measured run (slow ones too), in
+    /// µs: steadier than throughput on a machine others load.
+    #[serde(default)]
+    pub cpu_us_per_command: f64,
     /// Peak resident memory during the measured run, in MiB.
     pub peak_rss_mib: Option<f64>,
     /// Whether the peak was reset before the run (else it counts from process start).
@@ -254,6 +279,7 @@ impl Report {
             }
             self.workload_table(&mut md, w);
         }
+        self.conflict_table(&mut md);
         self.ratio_tables(&mut md);
         md
     }
@@ -261,12 +287,13 @@ impl Report {
     fn workload_table(&self, md: &mut String, w: Workload) {
         let mixed = w == Workload::W4Mixed;
         let _ = writeln!(md, "#### {}\n", w.describe());
-        let mut head =
-            "| threads | engine | commands/s | vs best peer | retries/commit | escalations \
+        let mut head = "| threads | engine | commands/s | vs best peer | conflicts/commit \
+                        | retries/commit | escalations/commit | page changes resolved/commit \
                         | p50 µs | p99 µs | p99.9 µs | peak RSS MiB |"
-                .to_string();
+            .to_string();
         let mut rule =
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |".to_string();
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+                .to_string();
         if mixed {
             head.push_str(" slow cmds/s | slow p99 µs | fast time share |");
             rule.push_str(" ---: | ---: | ---: |");
@@ -284,18 +311,23 @@ impl Report {
                     String::new()
                 };
                 let esc = if k == Kind::Shardstone {
-                    c.escalations.to_string()
+                    format!("{:.4}", c.escalations_per_commit)
                 } else {
                     "n/a".to_string()
                 };
+                let resolved = c
+                    .resolved_per_commit
+                    .map_or("n/a".to_string(), |r| format!("{r:.4}"));
                 let rss = c
                     .peak_rss_mib
                     .map_or("—".to_string(), |m| format!("{m:.0}"));
                 let _ = write!(
                     md,
-                    "| {t} | {} | {} | {vs} | {:.4} | {esc} | {} | {} | {} | {rss} |",
+                    "| {t} | {} | {} | {vs} | {:.4} | {:.4} | {esc} | {resolved} | {} | {} | {} \
+                     | {rss} |",
                     k.name(),
                     rate(c.commands_per_sec),
+                    c.conflicts_per_commit,
                     c.retries_per_commit,
                     us(c.latency.p50_us),
                     us(c.latency.p99_us),
@@ -313,6 +345,69 @@ impl Report {
                 }
                 md.push('\n');
             }
+        }
+        md.push('\n');
+        if w == Workload::Counter {
+            for c in self.cells.iter().filter(|c| c.workload == w) {
+                if let Some(added) = c.counter_added {
+                    let _ = writeln!(
+                        md,
+                        "- {} at {} threads: the counter grew by {added} for {} commits (exact).",
+                        c.engine.name(),
+                        c.threads,
+                        c.commits
+                    );
+                }
+            }
+            md.push('\n');
+        }
+    }
+
+    /// shardstone's conflict accounting in every workload that ran, in one table.
+    fn conflict_table(&self, md: &mut String) {
+        let ours: Vec<&CellResult> = Workload::ALL
+            .into_iter()
+            .flat_map(|w| {
+                self.threads_of(w)
+                    .into_iter()
+                    .filter_map(move |t| self.cell(Kind::Shardstone, w, t))
+            })
+            .collect();
+        if ours.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "#### shardstone: conflicts, retries and escalations per commit\n"
+        );
+        let _ = writeln!(
+            md,
+            "Per read-write command committed in the measured run. A conflict is a commit \
+             refused by validation; each is followed by a retry or, after `max_conflicts`, \
+             an escalation. Page changes resolved: commits that found a page they used \
+             changed, but no key they read, and went through (n/a: not counted by this \
+             build).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| workload | threads | commits/s | conflicts/commit | retries/commit \
+             | escalations/commit | page changes resolved/commit | CPU µs/command |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for c in ours {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.2} |",
+                c.workload.name(),
+                c.threads,
+                rate(c.commits as f64 / c.seconds),
+                c.conflicts_per_commit,
+                c.retries_per_commit,
+                c.escalations_per_commit,
+                c.resolved_per_commit
+                    .map_or("n/a".to_string(), |r| format!("{r:.4}")),
+                c.cpu_us_per_command,
+            );
         }
         md.push('\n');
     }

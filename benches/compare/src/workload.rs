@@ -1,9 +1,9 @@
-//! The workloads, W1–W5, as commands over the [`Engine`] traits. A command's
-//! keys are drawn before it runs, so a re-run after a conflict repeats the same
-//! command, as an application's retry would.
+//! The workloads, W1–W7 and the hot counter, as commands over the [`Engine`]
+//! traits. A command's keys are drawn before it runs, so a re-run after a
+//! conflict repeats the same command, as an application's retry would.
 
 use crate::engines::{Engine, Result, Tier};
-use crate::keys::{key, value, Rng, Zipf};
+use crate::keys::{account_count_key, key, order_key, value, Rng, Zipf};
 
 /// Skew of W2 and W3 (YCSB's default).
 pub const ZIPF_THETA: f64 = 0.99;
@@ -18,6 +18,20 @@ const W4_SLOW_PERCENT: u64 = 1;
 pub const SLOW_READS: usize = 200;
 /// Keys a slow W4 command writes.
 pub const SLOW_WRITES: usize = 10;
+/// Items W6's threads share: the first this many, dealt out round-robin (item
+/// `i` belongs to thread `i % threads`), so every leaf of the span (about 30
+/// keys each, so about 4 leaves) holds keys of every thread, as interleaved ids
+/// and timestamps do. Small, so that concurrent commands often land on the same
+/// leaf without ever touching the same key.
+pub const W6_SPAN: u64 = 128;
+/// W7's accounts: the first this many items (read, never written).
+pub const W7_ACCOUNTS: u64 = 1000;
+/// W7's order-id sequence.
+pub const ORDER_SEQUENCE: &[u8] = b"seq:orders";
+/// W7's global revenue counter.
+pub const REVENUE: &[u8] = b"revenue";
+/// The one counter of the counter workload.
+pub const HOT_COUNTER: &[u8] = b"counter:hot";
 
 /// One workload of the issue, W4 split in its two halves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,17 +48,31 @@ pub enum Workload {
     W4Mixed,
     /// 1-key read-modify-write, uniform keys, fsync on every commit.
     W5,
+    /// Shared-leaf writers, blind: each thread puts only its own keys, which
+    /// are interleaved with the other threads' keys on the same leaves.
+    W6,
+    /// Shared-leaf writers, read-modify-write of one of the thread's own keys.
+    W6Rmw,
+    /// Order service: read an account, insert an order under a sequence id,
+    /// add to the account's order count and to a global revenue counter.
+    W7,
+    /// Every thread adds 1 to one counter; the final value is checked.
+    Counter,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 10] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
         Workload::W4Fast,
         Workload::W4Mixed,
         Workload::W5,
+        Workload::W6,
+        Workload::W6Rmw,
+        Workload::W7,
+        Workload::Counter,
     ];
 
     /// Its name on the command line and in the JSON.
@@ -56,6 +84,10 @@ impl Workload {
             Workload::W4Fast => "w4-fast",
             Workload::W4Mixed => "w4-mixed",
             Workload::W5 => "w5",
+            Workload::W6 => "w6",
+            Workload::W6Rmw => "w6-rmw",
+            Workload::W7 => "w7",
+            Workload::Counter => "counter",
         }
     }
 
@@ -81,6 +113,21 @@ impl Workload {
                 "W4 with slow commands: 99% fast 1-key RMW + 1% slow (200 random reads, 10 writes)"
             }
             Workload::W5 => "W5: 1-key read-modify-write, fsync every commit (group commit)",
+            Workload::W6 => {
+                "W6 blind: shared-leaf writers, each thread puts 1 of its own keys \
+                 (interleaved with the other threads' on the same leaves)"
+            }
+            Workload::W6Rmw => {
+                "W6 RMW: shared-leaf writers, each thread reads and writes 1 of its own keys \
+                 (interleaved with the other threads' on the same leaves)"
+            }
+            Workload::W7 => {
+                "W7 order service: get an account, insert an order under a sequence id, \
+                 add to the account's order count and to a global revenue counter"
+            }
+            Workload::Counter => {
+                "Counter: every thread adds 1 to one counter (final value checked)"
+            }
         }
     }
 
@@ -113,6 +160,9 @@ pub enum Class {
 pub struct Generator<'z> {
     workload: Workload,
     keys: u64,
+    /// This thread's index and the cell's thread count (W6's key ownership).
+    thread: u64,
+    threads: u64,
     rng: Rng,
     zipf: Option<&'z Zipf>,
     /// Items of the command being built, reused so that no command allocates.
@@ -120,15 +170,25 @@ pub struct Generator<'z> {
 }
 
 impl<'z> Generator<'z> {
-    /// A generator over `keys` items; `zipf` is required for W2 and W3.
-    pub fn new(workload: Workload, keys: u64, seed: u64, zipf: Option<&'z Zipf>) -> Self {
+    /// A generator over `keys` items for thread `thread` of `threads`; `zipf`
+    /// is required for W2 and W3.
+    pub fn new(
+        workload: Workload,
+        keys: u64,
+        (thread, threads): (usize, usize),
+        seed: u64,
+        zipf: Option<&'z Zipf>,
+    ) -> Self {
         assert!(
             !workload.skewed() || zipf.is_some(),
             "W2 and W3 need a Zipf sampler"
         );
+        assert!(thread < threads, "thread {thread} of {threads}");
         Generator {
             workload,
             keys,
+            thread: thread as u64,
+            threads: threads as u64,
             rng: Rng::new(seed),
             zipf,
             items: Vec::with_capacity(SLOW_READS + SLOW_WRITES),
@@ -149,6 +209,17 @@ impl<'z> Generator<'z> {
             let i = self.draw();
             if !self.items.contains(&i) {
                 self.items.push(i);
+            }
+        }
+    }
+
+    /// One of this thread's W6 items, uniformly: `j * threads + thread`.
+    fn draw_own(&mut self) -> u64 {
+        let owned = W6_SPAN.div_ceil(self.threads);
+        loop {
+            let i = self.rng.below(owned) * self.threads + self.thread;
+            if i < W6_SPAN.min(self.keys) {
+                return i;
             }
         }
     }
@@ -189,8 +260,44 @@ impl<'z> Generator<'z> {
                     rmw(engine, &self.items).map(|()| Class::Write)
                 }
             }
+            Workload::W6 => {
+                let i = self.draw_own();
+                let v = value(self.rng.next_u64() >> 1, i);
+                engine
+                    .run(&mut |tx| tx.put(&key(i), &v))
+                    .map(|()| Class::Write)
+            }
+            Workload::W6Rmw => {
+                self.items.clear();
+                let i = self.draw_own();
+                self.items.push(i);
+                rmw(engine, &self.items).map(|()| Class::Write)
+            }
+            Workload::W7 => {
+                let account = self.rng.below(W7_ACCOUNTS.min(self.keys));
+                let amount = 1 + self.rng.below(1000) as i64;
+                order(engine, account, amount).map(|()| Class::Write)
+            }
+            Workload::Counter => engine
+                .run(&mut |tx| tx.add(HOT_COUNTER, 1))
+                .map(|()| Class::Write),
         }
     }
+}
+
+/// W7's command: reads the account, takes an order id from the sequence,
+/// inserts the order under it, and counts the order on the account and its
+/// amount in the global revenue.
+fn order(engine: &dyn Engine, account: u64, amount: i64) -> Result<()> {
+    let account_key = key(account);
+    let count_key = account_count_key(account);
+    engine.run(&mut |tx| {
+        let balance = tx.get(&account_key)?.unwrap_or(0);
+        let id = tx.next_id(ORDER_SEQUENCE)?;
+        tx.put(&order_key(id), &value(balance, account))?;
+        tx.add(&count_key, 1)?;
+        tx.add(REVENUE, amount)
+    })
 }
 
 /// Reads each item's counter and writes it back incremented.

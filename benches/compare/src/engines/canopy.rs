@@ -7,7 +7,7 @@ use super::{
     engine_err, Command, Counters, Engine, Error, Query, Read, Result, RetryCount, Tier, Tx,
     CACHE_BYTES,
 };
-use crate::keys::{counter, key, value};
+use crate::keys::{counter, is_item, key, value};
 use canopydb::{Database, DbOptions, EnvOptions, Tree};
 use std::path::Path;
 
@@ -108,8 +108,8 @@ impl Engine for Canopy {
             .ok_or_else(|| Error::Engine("canopydb: tree `kv` missing".to_string()))?;
         let mut n = 0;
         for item in tree.iter().map_err(canopy_err)? {
-            let (_, v) = item.map_err(canopy_err)?;
-            n += u64::from(counter(&v) != u64::MAX);
+            let (k, v) = item.map_err(canopy_err)?;
+            n += u64::from(is_item(&k) && counter(&v) != u64::MAX);
         }
         Ok(n)
     }
@@ -128,8 +128,10 @@ impl Engine for Canopy {
 
     fn counters(&self) -> Counters {
         Counters {
+            conflicts: self.retries.get(),
             retries: self.retries.get(),
             escalations: 0,
+            page_changes_resolved: None,
         }
     }
 

@@ -6,7 +6,7 @@ use super::{
     engine_err, Command, Counters, Engine, Error, Query, Read, Result, RetryCount, Tier, Tx,
     CACHE_BYTES,
 };
-use crate::keys::{counter, key, value};
+use crate::keys::{counter, is_item, key, value};
 use fjall::{
     KeyspaceCreateOptions, OptimisticTxDatabase, OptimisticTxKeyspace, PersistMode, Readable,
 };
@@ -111,8 +111,8 @@ impl Engine for Fjall {
         let snap = self.db.read_tx();
         let mut n = 0;
         for guard in snap.iter(&self.kv) {
-            let v = guard.value().map_err(engine_err)?;
-            n += u64::from(counter(&v) != u64::MAX);
+            let (k, v) = guard.into_inner().map_err(engine_err)?;
+            n += u64::from(is_item(&k) && counter(&v) != u64::MAX);
         }
         Ok(n)
     }
@@ -128,8 +128,10 @@ impl Engine for Fjall {
 
     fn counters(&self) -> Counters {
         Counters {
+            conflicts: self.retries.get(),
             retries: self.retries.get(),
             escalations: 0,
+            page_changes_resolved: None,
         }
     }
 

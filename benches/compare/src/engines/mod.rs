@@ -54,6 +54,26 @@ pub trait Read {
 pub trait Tx: Read {
     /// Sets `key` to `value` when the transaction commits.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+
+    /// Adds `delta` to the counter under `key` (8 bytes little-endian, missing
+    /// = 0). By default a read-modify-write, the closest equivalent an engine
+    /// without merge operators has: it conflicts with every concurrent adder.
+    fn add(&mut self, key: &[u8], delta: i64) -> Result<()> {
+        let now = self.get(key)?.unwrap_or(0) as i64;
+        let sum = now
+            .checked_add(delta)
+            .ok_or_else(|| Error::Engine("counter overflow".to_string()))?;
+        self.put(key, &sum.to_le_bytes())
+    }
+
+    /// The next id (from 1) of the sequence under `key`. By default a
+    /// read-modify-write of a max-id counter: it conflicts with every
+    /// concurrent caller, but hands out no gaps.
+    fn next_id(&mut self, key: &[u8]) -> Result<u64> {
+        let id = self.get(key)?.unwrap_or(0) + 1;
+        self.put(key, &id.to_le_bytes())?;
+        Ok(id)
+    }
 }
 
 /// A command body: it may run several times, so it must have no other effects.
@@ -70,13 +90,14 @@ pub trait Engine: Send + Sync {
     /// Runs `query` on a read-only snapshot.
     fn read(&self, query: Query<'_>) -> Result<()>;
 
-    /// Reads every key once, in order (warms the engine's caches); returns the count.
+    /// Reads every key once, in order (warms the engine's caches); returns the
+    /// count of preloaded items among them ([`crate::keys::is_item`]).
     fn scan(&self) -> Result<u64>;
 
     /// Inserts items `items` in one transaction (the bulk load).
     fn load(&self, items: std::ops::Range<u64>) -> Result<()>;
 
-    /// Conflict re-runs and escalations so far.
+    /// Conflicts, re-runs and escalations so far.
     fn counters(&self) -> Counters;
 
     /// Makes everything committed so far survive a reopen and keeps the next
@@ -87,11 +108,19 @@ pub trait Engine: Send + Sync {
 /// Counters every engine reports in the same terms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Commits refused for a conflict (shardstone's `Stats::conflicts`; for the
+    /// peers, which re-run every refused commit, the same as `retries`).
+    pub conflicts: u64,
     /// Times a command was re-run after a conflict.
     pub retries: u64,
     /// Commands that went to an exclusive path after repeated conflicts
     /// (shardstone's blocking queue; the others have no such path).
     pub escalations: u64,
+    /// Commits that found a page they used changed but no key they read
+    /// changed, and went through (shardstone's `Stats::page_changes_resolved`);
+    /// `None` where the engine does not count them (the peers, shardstone
+    /// before key-precise validation).
+    pub page_changes_resolved: Option<u64>,
 }
 
 /// The retry counter of the peer adapters: one relaxed add per conflict.
@@ -149,7 +178,8 @@ impl Tier {
 /// The engines this harness knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
-    /// shardstone: commands with page-level optimistic validation, escalation.
+    /// shardstone: commands with optimistic validation (page-level detection,
+    /// key-level decision), escalation.
     Shardstone,
     /// redb: one writer at a time.
     Redb,

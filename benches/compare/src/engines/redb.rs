@@ -2,7 +2,7 @@
 //! one), so commands never conflict and never retry; reads use `begin_read`.
 
 use super::{engine_err, Command, Counters, Engine, Query, Read, Result, Tier, Tx, CACHE_BYTES};
-use crate::keys::{counter, key, value};
+use crate::keys::{counter, is_item, key, value};
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
@@ -80,8 +80,8 @@ impl Engine for Redb {
         let table = tx.open_table(TABLE).map_err(engine_err)?;
         let mut n = 0;
         for item in table.iter().map_err(engine_err)? {
-            let (_, v) = item.map_err(engine_err)?;
-            n += u64::from(counter(v.value()) != u64::MAX);
+            let (k, v) = item.map_err(engine_err)?;
+            n += u64::from(is_item(k.value()) && counter(v.value()) != u64::MAX);
         }
         Ok(n)
     }

@@ -1,9 +1,15 @@
 //! shardstone: commands through `Engine::run` (its own retries and escalation),
-//! reads through `Engine::snapshot`. Retries and escalations come from
-//! `Engine::stats`, the counters an operator would read.
+//! reads through `Engine::snapshot`. Conflicts, retries and escalations come
+//! from `Engine::stats`, the counters an operator would read.
+//!
+//! `Tx::add` and `Tx::next_id` are shardstone's `tx.add` and
+//! `tx.next_in_sequence` (merged at commit, no read dependency). With the
+//! `base-api` feature the adapter builds against shardstone from before they
+//! existed (commit c0dc136, page-level validation): both fall back to the
+//! trait's read-modify-write, and `page_changes_resolved` is not reported.
 
 use super::{engine_err, Command, Counters, Engine, Error, Query, Read, Result, Tier, Tx};
-use crate::keys::{counter, key, value};
+use crate::keys::{counter, is_item, key, value};
 use shardstone::{Durability, Options};
 use std::path::Path;
 
@@ -42,6 +48,16 @@ impl Tx for CommandTx<'_, '_> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.0.put(key, value).map_err(engine_err)
     }
+
+    #[cfg(not(feature = "base-api"))]
+    fn add(&mut self, key: &[u8], delta: i64) -> Result<()> {
+        self.0.add(key, delta).map_err(engine_err)
+    }
+
+    #[cfg(not(feature = "base-api"))]
+    fn next_id(&mut self, key: &[u8]) -> Result<u64> {
+        self.0.next_in_sequence(key).map_err(engine_err)
+    }
 }
 
 struct SnapshotRead(shardstone::Snapshot);
@@ -73,8 +89,8 @@ impl Engine for Shardstone {
     fn scan(&self) -> Result<u64> {
         let mut n = 0;
         for item in self.engine.snapshot().range(..) {
-            let (_, v) = item.map_err(engine_err)?;
-            n += u64::from(counter(&v) != u64::MAX);
+            let (k, v) = item.map_err(engine_err)?;
+            n += u64::from(is_item(&k) && counter(&v) != u64::MAX);
         }
         Ok(n)
     }
@@ -93,8 +109,13 @@ impl Engine for Shardstone {
     fn counters(&self) -> Counters {
         let stats = self.engine.stats();
         Counters {
+            conflicts: stats.conflicts,
             retries: stats.retries,
             escalations: stats.escalations,
+            #[cfg(not(feature = "base-api"))]
+            page_changes_resolved: Some(stats.page_changes_resolved),
+            #[cfg(feature = "base-api")]
+            page_changes_resolved: None,
         }
     }
 
