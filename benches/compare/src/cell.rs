@@ -7,17 +7,27 @@
 //! latency, retries included, goes into a per-thread HdrHistogram. The counter
 //! workload's counter is read before and after the measured run: it must have
 //! grown by exactly the commands that committed (no lost update).
+//!
+//! While the measured run goes, the parent thread samples the engine's
+//! blocking-queue depth every [`DEPTH_SAMPLE_EVERY`] (engines that have one).
+//! Commands the engine refuses with a documented outcome (a lock wait that
+//! timed out or would deadlock, admission refused) are counted, not fatal; a
+//! refused fast command's time counts as fast-command time.
 
-use crate::engines::{Engine, Kind};
+use crate::engines::{Engine, Kind, Refusal};
 use crate::keys::Zipf;
-use crate::report::{CellResult, Latency};
+use crate::report::{CellResult, Latency, QueueDepth, Refusals};
 use crate::rss;
-use crate::workload::{Class, Generator, Workload, HOT_COUNTER, ZIPF_THETA};
+use crate::workload::{Class, Generator, Step, Workload, HOT_COUNTER, ZIPF_THETA};
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
+
+/// How often the blocking-queue depth is sampled in the measured run.
+/// `Engine::stats` is not free, so not much more often than this.
+const DEPTH_SAMPLE_EVERY: Duration = Duration::from_millis(5);
 
 /// What a cell runs.
 #[derive(Clone, Debug)]
@@ -44,8 +54,10 @@ struct ThreadTally {
     slow: Histogram<u64>,
     writes: u64,
     reads: u64,
-    /// Nanoseconds spent in measured-path (non-slow) commands.
+    /// Nanoseconds spent in measured-path (non-slow) commands, refused ones too.
     main_ns: u64,
+    /// Commands the engine refused, fast and slow.
+    refused: Refusals,
 }
 
 impl ThreadTally {
@@ -58,6 +70,7 @@ impl ThreadTally {
             writes: 0,
             reads: 0,
             main_ns: 0,
+            refused: Refusals::default(),
         }
     }
 
@@ -67,6 +80,19 @@ impl ThreadTally {
         self.writes += other.writes;
         self.reads += other.reads;
         self.main_ns += other.main_ns;
+        self.refused.add(&other.refused);
+    }
+
+    fn refuse(&mut self, class: Class, why: Refusal) {
+        let r = &mut self.refused;
+        match why {
+            Refusal::Timeout => r.timeout += 1,
+            Refusal::Deadlock => r.deadlock += 1,
+            Refusal::Overloaded => r.overloaded += 1,
+        }
+        if class == Class::Slow {
+            r.slow += 1;
+        }
     }
 }
 
@@ -90,7 +116,7 @@ pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
     let before = engine.counters();
     let rss_reset = rss::reset_peak();
     let cpu_before = rss::cpu_time();
-    let (tally, elapsed) = drive(&*engine, spec, &zipf, spec.measure, 2)?;
+    let (tally, elapsed, depth) = drive(&*engine, spec, &zipf, spec.measure, 2)?;
     let cpu = rss::cpu_time().saturating_sub(cpu_before);
     let peak_rss_mib = rss::peak_mib();
     let after = engine.counters();
@@ -114,6 +140,8 @@ pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
     let retries = after.retries - before.retries;
     let conflicts = after.conflicts - before.conflicts;
     let escalations = after.escalations - before.escalations;
+    let lock_waits = after.lock_waits - before.lock_waits;
+    let lock_wait_ns = after.lock_wait_ns - before.lock_wait_ns;
     let page_changes_resolved = after
         .page_changes_resolved
         .zip(before.page_changes_resolved)
@@ -139,6 +167,12 @@ pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
         page_changes_resolved,
         resolved_per_commit: page_changes_resolved.map(per_commit),
         counter_added,
+        refused: tally.refused,
+        lock_waits,
+        lock_wait_ms: lock_wait_ns as f64 / 1e6,
+        lock_timeouts: after.timeouts - before.timeouts,
+        lock_deadlocks: after.deadlocks - before.deadlocks,
+        queue_depth: depth,
         latency: Latency::of(&tally.main),
         slow_latency: (slow > 0).then(|| Latency::of(&tally.slow)),
         fast_time_share: tally.main_ns as f64 / (secs * 1e9 * spec.threads as f64),
@@ -162,14 +196,15 @@ fn read_counter(engine: &dyn Engine) -> Result<u64, String> {
 }
 
 /// Runs the workload on `spec.threads` threads for `span`; returns the merged
-/// tally and the time from the common start until the last thread stopped.
+/// tally, the time from the common start until the last thread stopped, and
+/// the blocking-queue depth sampled meanwhile.
 fn drive(
     engine: &dyn Engine,
     spec: &CellSpec,
     zipf: &Zipf,
     span: Duration,
     round: u64,
-) -> Result<(ThreadTally, Duration), String> {
+) -> Result<(ThreadTally, Duration, Option<QueueDepth>), String> {
     let stop = AtomicBool::new(false);
     let start = Barrier::new(spec.threads + 1);
     std::thread::scope(|s| {
@@ -189,8 +224,18 @@ fn drive(
                     start.wait();
                     while !stop.load(Ordering::Relaxed) {
                         let began = Instant::now();
-                        let class = generator.step(engine).map_err(|e| e.to_string())?;
+                        let step = generator.step(engine).map_err(|e| e.to_string())?;
                         let ns = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        let class = match step {
+                            Step::Done(class) => class,
+                            Step::Refused(class, why) => {
+                                tally.refuse(class, why);
+                                if class != Class::Slow {
+                                    tally.main_ns += ns;
+                                }
+                                continue;
+                            }
+                        };
                         match class {
                             Class::Slow => tally.slow.saturating_record(ns),
                             Class::Write | Class::Read => {
@@ -210,7 +255,7 @@ fn drive(
             .collect();
         start.wait();
         let began = Instant::now();
-        std::thread::sleep(span);
+        let depth = sample_depth(engine, began + span);
         stop.store(true, Ordering::Relaxed);
         let mut total = ThreadTally::new();
         for w in workers {
@@ -219,6 +264,33 @@ fn drive(
                 .map_err(|_| "a worker thread panicked".to_string())??;
             total.merge(&tally);
         }
-        Ok((total, began.elapsed()))
+        Ok((total, began.elapsed(), depth))
     })
+}
+
+/// Samples the engine's blocking-queue depth until `until`; `None` (after
+/// sleeping until then) for an engine without a blocking queue.
+fn sample_depth(engine: &dyn Engine, until: Instant) -> Option<QueueDepth> {
+    let mut depth = QueueDepth::default();
+    let mut sum = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        match engine.queue_depth() {
+            Some(d) => {
+                sum += d;
+                depth.samples += 1;
+                depth.max = depth.max.max(d);
+            }
+            None => {
+                std::thread::sleep(until - now);
+                return None;
+            }
+        }
+        std::thread::sleep(DEPTH_SAMPLE_EVERY.min(until.saturating_duration_since(Instant::now())));
+    }
+    depth.mean = sum as f64 / depth.samples.max(1) as f64;
+    Some(depth)
 }

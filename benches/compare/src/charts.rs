@@ -17,6 +17,7 @@ type ChartResult<T> = Result<T, Box<dyn std::error::Error>>;
 fn color(k: Kind) -> RGBColor {
     match k {
         Kind::Shardstone => RGBColor(214, 39, 40),
+        Kind::ShardstoneBedrock => RGBColor(255, 127, 14),
         Kind::Redb => RGBColor(31, 119, 180),
         Kind::Fjall => RGBColor(44, 160, 44),
         Kind::Canopydb => RGBColor(148, 103, 189),
@@ -35,6 +36,8 @@ fn title(w: Workload) -> &'static str {
         Workload::W6 => "W6 shared-leaf blind writes",
         Workload::W6Rmw => "W6 shared-leaf RMW",
         Workload::W7 => "W7 order service",
+        Workload::W8Fast => "W8 fast commands alone",
+        Workload::W8Storm => "W8 storm: 1% slow on hot keys",
         Workload::Counter => "Counter: one hot counter",
     }
 }

@@ -18,8 +18,10 @@ OPTIONS:
     --quick              CI smoke run: 100,000 keys, 2 threads, 0.5 s cells (< 60 s)
     --threads 1,2,4      thread counts (default: 1,2,4,8 and powers of two up to the CPU count)
     --workloads w1,w4    any of w1 w2 w3 w4 (both halves) w4-fast w4-mixed w5
-                         w6 (shared-leaf blind writes) w6-rmw w7 (order service) counter
-    --engines a,b        any of shardstone redb fjall canopydb
+                         w6 (shared-leaf blind writes) w6-rmw w7 (order service)
+                         w8 (storm: both halves) w8-fast w8-storm counter
+    --engines a,b        any of shardstone redb fjall canopydb (the default set) and
+                         shardstone-bedrock (shardstone with Escalation::StopTheWorld)
     --keys N             items preloaded per engine (default 1,000,000)
     --seconds S          measured seconds per cell (default 3)
     --warmup S           unmeasured seconds per cell before it (default 0.5)
@@ -219,7 +221,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                         .filter(|k| picked.contains(k))
                         .collect()
                 }
-                None => Kind::ALL.to_vec(),
+                None => Kind::DEFAULT.to_vec(),
             };
             let (measure, warmup) = if quick { ("0.5", "0.1") } else { ("3", "0.5") };
             Ok(Invocation::Run(RunArgs {

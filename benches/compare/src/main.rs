@@ -1,4 +1,4 @@
-//! shardstone-compare: issue 7's harness. Runs the same workloads (W1–W5) on
+//! shardstone-compare: issue 7's harness. Runs the same workloads (W1–W8) on
 //! shardstone and on the engines a Rust user would pick instead (redb, fjall's
 //! `OptimisticTxDatabase`, canopydb's concurrent writers), each wrapped in the
 //! same retry adapter, with durability set equal per run; prints a Markdown

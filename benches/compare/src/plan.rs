@@ -54,12 +54,14 @@ fn child<T: DeserializeOwned>(args: &[String]) -> Result<T, String> {
     serde_json::from_str(line).map_err(|e| format!("bad result from `{}`: {e}", args.join(" ")))
 }
 
-/// Workloads grouped as they run: W4's two halves back to back per engine.
+/// Workloads grouped as they run: W4's and W8's two halves back to back per
+/// engine.
 fn groups(workloads: &[Workload]) -> Vec<Vec<Workload>> {
     let mut out: Vec<Vec<Workload>> = Vec::new();
     for &w in workloads {
-        let pairs_with_last =
-            w == Workload::W4Mixed && out.last().is_some_and(|g| g.contains(&Workload::W4Fast));
+        let pairs_with_last = w
+            .baseline()
+            .is_some_and(|b| out.last().is_some_and(|g| g.contains(&b)));
         if pairs_with_last {
             out.last_mut().expect("checked").push(w);
         } else {

@@ -36,6 +36,47 @@ impl Latency {
     }
 }
 
+/// Commands an engine refused with a documented outcome (shardstone's
+/// `Error::Timeout`, `Deadlock`, `Overloaded`); nothing of them committed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusals {
+    /// Lock waits that timed out.
+    pub timeout: u64,
+    /// Lock waits that would have deadlocked.
+    pub deadlock: u64,
+    /// Admissions refused.
+    pub overloaded: u64,
+    /// Of all of them, the slow commands.
+    pub slow: u64,
+}
+
+impl Refusals {
+    /// Every refusal.
+    pub fn total(&self) -> u64 {
+        self.timeout + self.deadlock + self.overloaded
+    }
+
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &Refusals) {
+        self.timeout += other.timeout;
+        self.deadlock += other.deadlock;
+        self.overloaded += other.overloaded;
+        self.slow += other.slow;
+    }
+}
+
+/// The blocking-queue depth (escalated commands waiting or running), sampled
+/// during the measured run.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct QueueDepth {
+    /// Samples taken.
+    pub samples: u64,
+    /// Mean over the samples.
+    pub mean: f64,
+    /// Largest sample.
+    pub max: u64,
+}
+
 /// What one cell measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CellResult {
@@ -53,7 +94,7 @@ pub struct CellResult {
     pub commands: u64,
     /// Of those, the read-write ones (all but W3's reads).
     pub commits: u64,
-    /// W4's slow commands, completed.
+    /// W4's and W8's slow commands, completed.
     pub slow_commands: u64,
     /// `commands` per second: the throughput reported.
     pub commands_per_sec: f64,
@@ -83,9 +124,29 @@ pub struct CellResult {
     /// checked equal to `commits` (the cell fails otherwise).
     #[serde(default)]
     pub counter_added: Option<u64>,
+    /// Commands the engine refused (counted, not fatal).
+    #[serde(default)]
+    pub refused: Refusals,
+    /// Waits for a key an escalated command held (shardstone; 0 elsewhere).
+    #[serde(default)]
+    pub lock_waits: u64,
+    /// Total time of those waits, in milliseconds.
+    #[serde(default)]
+    pub lock_wait_ms: f64,
+    /// Lock waits that ended in a timeout (the engine's count, locks taken by
+    /// escalated commands included).
+    #[serde(default)]
+    pub lock_timeouts: u64,
+    /// Lock waits that ended in a deadlock error (the engine's count).
+    #[serde(default)]
+    pub lock_deadlocks: u64,
+    /// The blocking-queue depth sampled during the run; `None` for engines
+    /// without one.
+    #[serde(default)]
+    pub queue_depth: Option<QueueDepth>,
     /// Latency of the measured-path commands, retries included.
     pub latency: Latency,
-    /// Latency of W4's slow commands.
+    /// Latency of W4's and W8's slow commands.
     pub slow_latency: Option<Latency>,
     /// Share of the threads' time spent in measured-path commands (below 1 when
     /// slow commands take the rest).
@@ -101,6 +162,14 @@ pub struct CellResult {
     pub rss_reset: bool,
     /// Seconds to open the preloaded database (not measured in the cell).
     pub open_seconds: f64,
+}
+
+impl CellResult {
+    /// Measured-path commands completed per second of thread time spent in
+    /// them (refused ones' time included).
+    pub fn per_fast_second(&self) -> f64 {
+        self.commands_per_sec / self.fast_time_share
+    }
 }
 
 /// What one engine's preload took.
@@ -197,7 +266,7 @@ impl Report {
         let ours = self.cell(Kind::Shardstone, workload, threads)?;
         let best = Kind::ALL
             .into_iter()
-            .filter(|k| *k != Kind::Shardstone)
+            .filter(|k| !k.is_shardstone())
             .filter_map(|k| self.cell(k, workload, threads))
             .max_by(|a, b| a.commands_per_sec.total_cmp(&b.commands_per_sec))?;
         Some((ours.commands_per_sec / best.commands_per_sec, best.engine))
@@ -210,15 +279,18 @@ impl Report {
         Some(mixed.commands_per_sec / alone.commands_per_sec)
     }
 
-    /// The same ratio per second of thread time spent in fast commands: what is
-    /// left once the slow commands' own CPU time is taken out.
-    pub fn w4_ratio_per_fast_second(&self, engine: Kind, threads: usize) -> Option<f64> {
-        let alone = self.cell(engine, Workload::W4Fast, threads)?;
-        let mixed = self.cell(engine, Workload::W4Mixed, threads)?;
-        Some(
-            (mixed.commands_per_sec / mixed.fast_time_share)
-                / (alone.commands_per_sec / alone.fast_time_share),
-        )
+    /// Fast commands per second of thread time spent in fast commands, `mixed`
+    /// (W4 mixed or W8 storm) over its baseline without slow commands: what is
+    /// left once the slow commands' own thread time is taken out.
+    pub fn ratio_per_fast_second(
+        &self,
+        engine: Kind,
+        mixed: Workload,
+        threads: usize,
+    ) -> Option<f64> {
+        let alone = self.cell(engine, mixed.baseline()?, threads)?;
+        let mixed = self.cell(engine, mixed, threads)?;
+        Some(mixed.per_fast_second() / alone.per_fast_second())
     }
 
     /// Computes the issue's targets at [`TARGET_THREADS`] from the cells.
@@ -251,6 +323,24 @@ impl Report {
                 measured: self.w4_ratio(Kind::Shardstone, t),
                 detail: "shardstone, w4-mixed / w4-fast".to_string(),
             },
+            Target {
+                name: format!(
+                    "W4 fast commands per fast-thread-second with slow ones over without, \
+                     {t} threads"
+                ),
+                required: 0.9,
+                measured: self.ratio_per_fast_second(Kind::Shardstone, Workload::W4Mixed, t),
+                detail: "shardstone, w4-mixed / w4-fast".to_string(),
+            },
+            Target {
+                name: format!(
+                    "W8 fast commands per fast-thread-second in the storm over without slow \
+                     commands, {t} threads"
+                ),
+                required: 0.8,
+                measured: self.ratio_per_fast_second(Kind::Shardstone, Workload::W8Storm, t),
+                detail: "shardstone (key locks), w8-storm / w8-fast".to_string(),
+            },
         ];
     }
 
@@ -280,12 +370,13 @@ impl Report {
             self.workload_table(&mut md, w);
         }
         self.conflict_table(&mut md);
+        self.storm_table(&mut md);
         self.ratio_tables(&mut md);
         md
     }
 
     fn workload_table(&self, md: &mut String, w: Workload) {
-        let mixed = w == Workload::W4Mixed;
+        let mixed = w.has_slow();
         let _ = writeln!(md, "#### {}\n", w.describe());
         let mut head = "| threads | engine | commands/s | vs best peer | conflicts/commit \
                         | retries/commit | escalations/commit | page changes resolved/commit \
@@ -310,7 +401,7 @@ impl Report {
                 } else {
                     String::new()
                 };
-                let esc = if k == Kind::Shardstone {
+                let esc = if k.is_shardstone() {
                     format!("{:.4}", c.escalations_per_commit)
                 } else {
                     "n/a".to_string()
@@ -347,6 +438,29 @@ impl Report {
             }
         }
         md.push('\n');
+        let refused: Vec<&CellResult> = self
+            .cells
+            .iter()
+            .filter(|c| c.workload == w && c.refused.total() > 0)
+            .collect();
+        for c in &refused {
+            let r = c.refused;
+            let _ = writeln!(
+                md,
+                "- {} at {} threads: {} commands refused ({} timeouts, {} deadlocks, {} \
+                 overloaded; {} of them slow).",
+                c.engine.name(),
+                c.threads,
+                r.total(),
+                r.timeout,
+                r.deadlock,
+                r.overloaded,
+                r.slow
+            );
+        }
+        if !refused.is_empty() {
+            md.push('\n');
+        }
         if w == Workload::Counter {
             for c in self.cells.iter().filter(|c| c.workload == w) {
                 if let Some(added) = c.counter_added {
@@ -367,10 +481,11 @@ impl Report {
     fn conflict_table(&self, md: &mut String) {
         let ours: Vec<&CellResult> = Workload::ALL
             .into_iter()
-            .flat_map(|w| {
-                self.threads_of(w)
+            .flat_map(|w| self.threads_of(w).into_iter().map(move |t| (w, t)))
+            .flat_map(|(w, t)| {
+                [Kind::Shardstone, Kind::ShardstoneBedrock]
                     .into_iter()
-                    .filter_map(move |t| self.cell(Kind::Shardstone, w, t))
+                    .filter_map(move |k| self.cell(k, w, t))
             })
             .collect();
         if ours.is_empty() {
@@ -390,16 +505,17 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "| workload | threads | commits/s | conflicts/commit | retries/commit \
+            "| workload | threads | engine | commits/s | conflicts/commit | retries/commit \
              | escalations/commit | page changes resolved/commit | CPU µs/command |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+             | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for c in ours {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.2} |",
                 c.workload.name(),
                 c.threads,
+                c.engine.name(),
                 rate(c.commits as f64 / c.seconds),
                 c.conflicts_per_commit,
                 c.retries_per_commit,
@@ -408,6 +524,74 @@ impl Report {
                     .map_or("n/a".to_string(), |r| format!("{r:.4}")),
                 c.cpu_us_per_command,
             );
+        }
+        md.push('\n');
+    }
+
+    /// W8 per engine and thread count: what the storm did to the fast commands
+    /// (per second of fast-command thread time, over the same run's w8-fast
+    /// cell), and the blocking queue it built.
+    fn storm_table(&self, md: &mut String) {
+        let threads = self.threads_of(Workload::W8Storm);
+        if threads.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "#### W8 storm, per engine (escalation policy)\n");
+        let _ = writeln!(
+            md,
+            "Fast commands completed per second of thread time spent in fast commands \
+             (fast/thread-s), in the storm and in the same run without slow commands; \
+             their ratio; fast p99 in the storm; shardstone's escalations, retries per \
+             commit (slow ones included), blocking-queue depth sampled every 5 ms (mean / \
+             max), key-lock waits (count, total ms), lock timeouts and deadlocks counted \
+             by the engine, and commands refused (`Timeout` / `Deadlock` / `Overloaded`, \
+             of them slow).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| threads | engine | fast/thread-s storm | fast/thread-s no slow | ratio \
+             | fast p99 µs | slow cmds/s | slow p99 µs | escalations | retries/commit \
+             | queue depth mean / max | lock waits (ms) | lock timeouts / deadlocks \
+             | refused T/D/O (slow) |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: \
+             | ---: | ---: | ---: |"
+        );
+        for t in threads {
+            for k in self.engines() {
+                let Some(c) = self.cell(k, Workload::W8Storm, t) else {
+                    continue;
+                };
+                let alone = self.cell(k, Workload::W8Fast, t);
+                let ratio = self
+                    .ratio_per_fast_second(k, Workload::W8Storm, t)
+                    .map_or("—".to_string(), |r| format!("{r:.2}"));
+                let depth = c
+                    .queue_depth
+                    .map_or("n/a".to_string(), |d| format!("{:.2} / {}", d.mean, d.max));
+                let slow = c.slow_latency.unwrap_or_default();
+                let r = c.refused;
+                let _ = writeln!(
+                    md,
+                    "| {t} | {} | {} | {} | {ratio} | {} | {} | {} | {} | {:.4} | {depth} \
+                     | {} ({:.0}) | {} / {} | {}/{}/{} ({}) |",
+                    k.name(),
+                    rate(c.per_fast_second()),
+                    alone.map_or("—".to_string(), |a| rate(a.per_fast_second())),
+                    us(c.latency.p99_us),
+                    rate(c.slow_commands as f64 / c.seconds),
+                    us(slow.p99_us),
+                    c.escalations,
+                    c.retries_per_commit,
+                    c.lock_waits,
+                    c.lock_wait_ms,
+                    c.lock_timeouts,
+                    c.lock_deadlocks,
+                    r.timeout,
+                    r.deadlock,
+                    r.overloaded,
+                    r.slow,
+                );
+            }
         }
         md.push('\n');
     }
@@ -468,7 +652,10 @@ impl Report {
                 let _ = write!(md, " {cell} |");
             }
             for k in &engines {
-                let cell = match (self.w4_ratio(*k, t), self.w4_ratio_per_fast_second(*k, t)) {
+                let cell = match (
+                    self.w4_ratio(*k, t),
+                    self.ratio_per_fast_second(*k, Workload::W4Mixed, t),
+                ) {
                     (Some(r), Some(a)) => format!("{r:.2} / {a:.2}"),
                     _ => "—".to_string(),
                 };

@@ -1,9 +1,10 @@
-//! The workloads, W1–W7 and the hot counter, as commands over the [`Engine`]
+//! The workloads, W1–W8 and the hot counter, as commands over the [`Engine`]
 //! traits. A command's keys are drawn before it runs, so a re-run after a
 //! conflict repeats the same command, as an application's retry would.
 
-use crate::engines::{Engine, Result, Tier};
+use crate::engines::{Engine, Error, Refusal, Result, Tier};
 use crate::keys::{account_count_key, key, order_key, value, Rng, Zipf};
+use std::time::{Duration, Instant};
 
 /// Skew of W2 and W3 (YCSB's default).
 pub const ZIPF_THETA: f64 = 0.99;
@@ -24,6 +25,15 @@ pub const SLOW_WRITES: usize = 10;
 /// and timestamps do. Small, so that concurrent commands often land on the same
 /// leaf without ever touching the same key.
 pub const W6_SPAN: u64 = 128;
+/// Share of W8 storm commands that are slow, in percent.
+const W8_SLOW_PERCENT: u64 = 1;
+/// Keys a slow W8 command reads and then writes, drawn from the same Zipf
+/// distribution as the fast commands' (so it holds the hot keys they want).
+pub const W8_SLOW_KEYS: usize = 8;
+/// Work a slow W8 command does between its reads and its writes: a busy loop
+/// on the clock, repeated on every attempt, as a slow query inside the
+/// command would be.
+pub const W8_SLOW_WORK: Duration = Duration::from_millis(10);
 /// W7's accounts: the first this many items (read, never written).
 pub const W7_ACCOUNTS: u64 = 1000;
 /// W7's order-id sequence.
@@ -56,13 +66,19 @@ pub enum Workload {
     /// Order service: read an account, insert an order under a sequence id,
     /// add to the account's order count and to a global revenue counter.
     W7,
+    /// W8's baseline: only the fast commands of the storm (W2's 4-key
+    /// read-modify-writes on Zipf keys), run beside it in the same run.
+    W8Fast,
+    /// The seed-002 storm: 99% W2 commands, 1% slow ones that read 8 hot
+    /// (Zipf) keys, work 10 ms, then write them.
+    W8Storm,
     /// Every thread adds 1 to one counter; the final value is checked.
     Counter,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 12] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -72,6 +88,8 @@ impl Workload {
         Workload::W6,
         Workload::W6Rmw,
         Workload::W7,
+        Workload::W8Fast,
+        Workload::W8Storm,
         Workload::Counter,
     ];
 
@@ -87,14 +105,17 @@ impl Workload {
             Workload::W6 => "w6",
             Workload::W6Rmw => "w6-rmw",
             Workload::W7 => "w7",
+            Workload::W8Fast => "w8-fast",
+            Workload::W8Storm => "w8-storm",
             Workload::Counter => "counter",
         }
     }
 
-    /// Parses [`Workload::name`]; `w4` means both halves.
+    /// Parses [`Workload::name`]; `w4` and `w8` mean both halves.
     pub fn parse_list(s: &str) -> Option<Vec<Workload>> {
         match s {
             "w4" => Some(vec![Workload::W4Fast, Workload::W4Mixed]),
+            "w8" => Some(vec![Workload::W8Fast, Workload::W8Storm]),
             _ => Workload::ALL
                 .into_iter()
                 .find(|w| w.name() == s)
@@ -125,6 +146,13 @@ impl Workload {
                 "W7 order service: get an account, insert an order under a sequence id, \
                  add to the account's order count and to a global revenue counter"
             }
+            Workload::W8Fast => {
+                "W8 without slow commands: 4-key read-modify-write, keys Zipf(0.99) (as W2)"
+            }
+            Workload::W8Storm => {
+                "W8 storm: 99% fast 4-key RMW, Zipf(0.99) + 1% slow (read 8 Zipf keys, \
+                 10 ms busy loop, write them)"
+            }
             Workload::Counter => {
                 "Counter: every thread adds 1 to one counter (final value checked)"
             }
@@ -141,7 +169,24 @@ impl Workload {
 
     /// Whether keys are drawn Zipf rather than uniform.
     fn skewed(self) -> bool {
-        matches!(self, Workload::W2 | Workload::W3)
+        matches!(
+            self,
+            Workload::W2 | Workload::W3 | Workload::W8Fast | Workload::W8Storm
+        )
+    }
+
+    /// Whether some of its commands are slow (reported apart).
+    pub fn has_slow(self) -> bool {
+        matches!(self, Workload::W4Mixed | Workload::W8Storm)
+    }
+
+    /// The workload it is measured against: the same fast commands, no slow ones.
+    pub fn baseline(self) -> Option<Workload> {
+        match self {
+            Workload::W4Mixed => Some(Workload::W4Fast),
+            Workload::W8Storm => Some(Workload::W8Fast),
+            _ => None,
+        }
     }
 }
 
@@ -152,8 +197,17 @@ pub enum Class {
     Write,
     /// A read-only W3 command (counted in the throughput too).
     Read,
-    /// A slow W4 command (reported apart).
+    /// A slow W4 or W8 command (reported apart).
     Slow,
+}
+
+/// What became of one command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// It committed (or, a read, finished).
+    Done(Class),
+    /// The engine gave up on it with a documented outcome; nothing committed.
+    Refused(Class, Refusal),
 }
 
 /// One thread's command generator for a workload.
@@ -181,7 +235,7 @@ impl<'z> Generator<'z> {
     ) -> Self {
         assert!(
             !workload.skewed() || zipf.is_some(),
-            "W2 and W3 need a Zipf sampler"
+            "W2, W3 and W8 need a Zipf sampler"
         );
         assert!(thread < threads, "thread {thread} of {threads}");
         Generator {
@@ -224,26 +278,39 @@ impl<'z> Generator<'z> {
         }
     }
 
-    /// Draws the next command and runs it to completion on `engine`.
-    pub fn step(&mut self, engine: &dyn Engine) -> Result<Class> {
+    /// Draws the next command and runs it to completion on `engine`: its class,
+    /// or the engine's documented refusal of it ([`Step::Refused`]); any other
+    /// error stops the run.
+    pub fn step(&mut self, engine: &dyn Engine) -> Result<Step> {
+        let (class, done) = self.command(engine);
+        match done {
+            Ok(()) => Ok(Step::Done(class)),
+            Err(Error::Refused(r)) => Ok(Step::Refused(class, r)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn command(&mut self, engine: &dyn Engine) -> (Class, Result<()>) {
         match self.workload {
             Workload::W1 | Workload::W4Fast | Workload::W5 => {
                 self.draw_distinct(1);
-                rmw(engine, &self.items).map(|()| Class::Write)
+                (Class::Write, rmw(engine, &self.items))
             }
-            Workload::W2 => {
+            Workload::W8Storm if self.rng.below(100) < W8_SLOW_PERCENT => {
+                self.draw_distinct(W8_SLOW_KEYS);
+                (Class::Slow, slow_rmw(engine, &self.items))
+            }
+            Workload::W2 | Workload::W8Fast | Workload::W8Storm => {
                 self.draw_distinct(W2_KEYS);
-                rmw(engine, &self.items).map(|()| Class::Write)
+                (Class::Write, rmw(engine, &self.items))
             }
             Workload::W3 => {
                 self.draw_distinct(1);
                 if self.rng.below(100) < W3_UPDATE_PERCENT {
-                    rmw(engine, &self.items).map(|()| Class::Write)
+                    (Class::Write, rmw(engine, &self.items))
                 } else {
                     let k = key(self.items[0]);
-                    engine
-                        .read(&mut |r| r.get(&k).map(drop))
-                        .map(|()| Class::Read)
+                    (Class::Read, engine.read(&mut |r| r.get(&k).map(drop)))
                 }
             }
             Workload::W4Mixed => {
@@ -254,33 +321,29 @@ impl<'z> Generator<'z> {
                         let i = self.rng.below(self.keys);
                         self.items.push(i);
                     }
-                    slow(engine, &self.items).map(|()| Class::Slow)
+                    (Class::Slow, slow(engine, &self.items))
                 } else {
                     self.draw_distinct(1);
-                    rmw(engine, &self.items).map(|()| Class::Write)
+                    (Class::Write, rmw(engine, &self.items))
                 }
             }
             Workload::W6 => {
                 let i = self.draw_own();
                 let v = value(self.rng.next_u64() >> 1, i);
-                engine
-                    .run(&mut |tx| tx.put(&key(i), &v))
-                    .map(|()| Class::Write)
+                (Class::Write, engine.run(&mut |tx| tx.put(&key(i), &v)))
             }
             Workload::W6Rmw => {
                 self.items.clear();
                 let i = self.draw_own();
                 self.items.push(i);
-                rmw(engine, &self.items).map(|()| Class::Write)
+                (Class::Write, rmw(engine, &self.items))
             }
             Workload::W7 => {
                 let account = self.rng.below(W7_ACCOUNTS.min(self.keys));
                 let amount = 1 + self.rng.below(1000) as i64;
-                order(engine, account, amount).map(|()| Class::Write)
+                (Class::Write, order(engine, account, amount))
             }
-            Workload::Counter => engine
-                .run(&mut |tx| tx.add(HOT_COUNTER, 1))
-                .map(|()| Class::Write),
+            Workload::Counter => (Class::Write, engine.run(&mut |tx| tx.add(HOT_COUNTER, 1))),
         }
     }
 }
@@ -326,4 +389,29 @@ fn slow(engine: &dyn Engine, items: &[u64]) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The slow W8 command: reads its items' counters, works [`W8_SLOW_WORK`]
+/// (on every attempt), then writes each counter back incremented, so every
+/// write depends on a read taken 10 ms earlier.
+fn slow_rmw(engine: &dyn Engine, items: &[u64]) -> Result<()> {
+    engine.run(&mut |tx| {
+        let mut seen = [0u64; W8_SLOW_KEYS];
+        for (n, &i) in seen.iter_mut().zip(items) {
+            *n = tx.get(&key(i))?.unwrap_or(0);
+        }
+        busy(W8_SLOW_WORK);
+        for (&n, &i) in seen.iter().zip(items) {
+            tx.put(&key(i), &value(n + 1, i))?;
+        }
+        Ok(())
+    })
+}
+
+/// Spins on the clock for `span` (CPU work that a scheduler can preempt).
+fn busy(span: Duration) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
 }

@@ -132,6 +132,7 @@ impl Engine for Fjall {
             retries: self.retries.get(),
             escalations: 0,
             page_changes_resolved: None,
+            ..Counters::default()
         }
     }
 

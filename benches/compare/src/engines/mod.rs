@@ -21,14 +21,34 @@ pub enum Error {
     /// The engine refused the commit (or an operation) because of a concurrent
     /// transaction: the adapter re-runs the command.
     Conflict,
+    /// The engine gave up on the command with one of its documented outcomes
+    /// (a lock wait that timed out or would deadlock, admission refused): the
+    /// command is counted as refused and the thread goes on with the next one.
+    // The `base-api` build's shardstone has no such errors.
+    #[cfg_attr(feature = "base-api", allow(dead_code))]
+    Refused(Refusal),
     /// Anything else, with the engine's message: the run stops.
     Engine(String),
+}
+
+/// A documented way for an engine to give up on a command (shardstone's
+/// `Error::Timeout`, `Error::Deadlock`, `Error::Overloaded`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "base-api", allow(dead_code))]
+pub enum Refusal {
+    /// A lock wait reached its limit.
+    Timeout,
+    /// A lock wait would have closed a cycle of waits.
+    Deadlock,
+    /// Admission to the blocking queue was refused.
+    Overloaded,
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Conflict => f.write_str("write conflict"),
+            Error::Refused(r) => write!(f, "refused by the engine: {r:?}"),
             Error::Engine(msg) => f.write_str(msg),
         }
     }
@@ -100,6 +120,12 @@ pub trait Engine: Send + Sync {
     /// Conflicts, re-runs and escalations so far.
     fn counters(&self) -> Counters;
 
+    /// Commands in the engine's blocking queue right now (waiting or running
+    /// escalated); `None` for engines without one. Sampled during a cell.
+    fn queue_depth(&self) -> Option<u64> {
+        None
+    }
+
     /// Makes everything committed so far survive a reopen and keeps the next
     /// open fast (a checkpoint, or a durable commit). Not timed.
     fn settle(&self) -> Result<()>;
@@ -121,6 +147,15 @@ pub struct Counters {
     /// `None` where the engine does not count them (the peers, shardstone
     /// before key-precise validation).
     pub page_changes_resolved: Option<u64>,
+    /// Waits for a key an escalated command held (shardstone's
+    /// `blocking_queue.lock_waits`; 0 elsewhere and in the `base-api` build).
+    pub lock_waits: u64,
+    /// Total time of those waits, in nanoseconds.
+    pub lock_wait_ns: u64,
+    /// Lock waits that ended in a timeout.
+    pub timeouts: u64,
+    /// Lock waits that ended in a deadlock error.
+    pub deadlocks: u64,
 }
 
 /// The retry counter of the peer adapters: one relaxed add per conflict.
@@ -179,8 +214,13 @@ impl Tier {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// shardstone: commands with optimistic validation (page-level detection,
-    /// key-level decision), escalation.
+    /// key-level decision), escalation that locks only the keys it touched
+    /// (`Escalation::KeyLocks`, the default).
     Shardstone,
+    /// shardstone with Bedrock's escalation policy (`Escalation::StopTheWorld`:
+    /// an escalated command stops every other writer). Not in the default set;
+    /// named on the command line to measure the two policies side by side.
+    ShardstoneBedrock,
     /// redb: one writer at a time.
     Redb,
     /// fjall `OptimisticTxDatabase`: key-level optimistic, serializable.
@@ -190,13 +230,28 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Every engine, shardstone first.
-    pub const ALL: [Kind; 4] = [Kind::Shardstone, Kind::Redb, Kind::Fjall, Kind::Canopydb];
+    /// Every engine, shardstone's variants first.
+    pub const ALL: [Kind; 5] = [
+        Kind::Shardstone,
+        Kind::ShardstoneBedrock,
+        Kind::Redb,
+        Kind::Fjall,
+        Kind::Canopydb,
+    ];
+
+    /// The engines a run compares when `--engines` is not given.
+    pub const DEFAULT: [Kind; 4] = [Kind::Shardstone, Kind::Redb, Kind::Fjall, Kind::Canopydb];
+
+    /// Whether it is shardstone (under either escalation policy), not a peer.
+    pub fn is_shardstone(self) -> bool {
+        matches!(self, Kind::Shardstone | Kind::ShardstoneBedrock)
+    }
 
     /// Its name on the command line, in tables and charts.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Shardstone => "shardstone",
+            Kind::ShardstoneBedrock => "shardstone-bedrock",
             Kind::Redb => "redb",
             Kind::Fjall => "fjall",
             Kind::Canopydb => "canopydb",
@@ -211,7 +266,8 @@ impl Kind {
     /// Opens (or creates) this engine's database in `dir`.
     pub fn open(self, dir: &Path, tier: Tier) -> Result<Box<dyn Engine>> {
         Ok(match self {
-            Kind::Shardstone => Box::new(shardstone::Shardstone::open(dir, tier)?),
+            Kind::Shardstone => Box::new(shardstone::Shardstone::open(dir, tier, false)?),
+            Kind::ShardstoneBedrock => Box::new(shardstone::Shardstone::open(dir, tier, true)?),
             Kind::Redb => Box::new(redb::Redb::open(dir, tier)?),
             Kind::Fjall => Box::new(fjall::Fjall::open(dir, tier)?),
             Kind::Canopydb => Box::new(canopy::Canopy::open(dir, tier)?),
