@@ -112,7 +112,9 @@ impl Drop for Running {
 struct RunRecord<'a> {
     counters: &'a Counters,
     all: &'a Counters,
-    started: Instant,
+    /// When it started, on `slow::monotonic_ns`'s clock (the slow-command check
+    /// compares its coarse reads with it, so a run reads the clock once here).
+    started: u64,
     done: bool,
     /// How it ended and how long it took, once `done`.
     ending: Ending,
@@ -121,7 +123,7 @@ struct RunRecord<'a> {
 
 impl RunRecord<'_> {
     fn finish(&mut self, ending: Ending) {
-        let took = self.started.elapsed();
+        let took = Duration::from_nanos(slow::monotonic_ns().saturating_sub(self.started));
         self.counters.finish(ending, took);
         self.all.finish(ending, took);
         self.done = true;
@@ -229,13 +231,13 @@ impl Executor {
         let mut record = RunRecord {
             counters,
             all: &self.telemetry.all,
-            started: Instant::now(),
+            started: slow::monotonic_ns(),
             done: false,
             ending: Ending::Failed,
             took: Duration::ZERO,
         };
         let mut run = RunState {
-            attempts: Attempts::new(self.telemetry.slow.threshold),
+            attempts: Attempts::new(self.telemetry.slow.threshold, record.started),
             conflicts: 0,
             escalated: false,
             storm: None,
