@@ -60,7 +60,7 @@ fn backoff(conflicts: u32) {
         return;
     }
     thread_local! {
-        static SEED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        static SEED: std::cell::Cell<u64> = std::cell::Cell::new(0);
     }
     let r = SEED.with(|s| {
         let mut x = s.get();
