@@ -1,6 +1,8 @@
 //! `Engine`: one open database. Wires the store and the command executor together.
 
-use crate::command::{self, Affinity, CommandHandle, Executor, Stats, Workers};
+use crate::command::{
+    self, Affinity, CommandHandle, Executor, SlowCommand, Stats, StormSignal, Workers,
+};
 use crate::error::Result;
 #[cfg(doc)]
 use crate::feed::FeedControl;
@@ -557,14 +559,72 @@ impl Engine {
         // Free what is already unreachable, so `pinned_versions` counts only what
         // snapshots really hold.
         self.store.collect();
-        let mut stats = self.executor.telemetry.snapshot(
+        let telemetry = &self.executor.telemetry;
+        let (mut stats, crossed) = telemetry.snapshot(
             self.store.clock.visible(),
             self.store.stats(),
             self.journal.stats(),
             self.consumers.stats(&self.store, &self.journal),
         );
         stats.blocking_queue.waiting = self.executor.admission_waiting() as u64;
+        if let Some(signal) = crossed {
+            telemetry.fire_storm(&signal);
+        }
         stats
+    }
+
+    /// Registers `f` to be called with every command run that takes longer
+    /// than `Options::slow_command` (retries and blocking-queue waits
+    /// included), replacing any earlier callback. The same runs are listed in
+    /// `Stats::slow_commands`.
+    ///
+    /// `f` is called on the thread that ran the command, after the run has
+    /// finished and before `run` returns to its caller, with no engine lock
+    /// held: it may read stats or run commands, but it delays that caller. A
+    /// panic in `f` is caught and counted in `Stats::callback_panics`.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// let opts = shardstone::Options {
+    ///     slow_command: Some(Duration::from_millis(10)),
+    ///     ..Default::default()
+    /// };
+    /// let engine = shardstone::Engine::in_memory_with(opts)?;
+    /// let seen = Arc::new(AtomicU32::new(0));
+    /// let counter = seen.clone();
+    /// engine.on_slow_command(move |slow| {
+    ///     assert_eq!(slow.name, "report");
+    ///     counter.fetch_add(1, Ordering::Relaxed);
+    /// });
+    /// engine.run("report", |tx| {
+    ///     std::thread::sleep(Duration::from_millis(50));
+    ///     tx.put(b"k", b"v")
+    /// })?;
+    /// assert_eq!(seen.load(Ordering::Relaxed), 1);
+    /// assert_eq!(engine.stats().slow_commands[0].name, "report");
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn on_slow_command(&self, f: impl Fn(&SlowCommand) + Send + Sync + 'static) {
+        self.executor
+            .telemetry
+            .slow
+            .hook
+            .set(std::sync::Arc::new(f));
+    }
+
+    /// Registers `f` to be called when the engine crosses into a retry storm
+    /// (the thresholds of `Options::storm`), replacing any earlier callback.
+    /// Edge-triggered: called once per crossing, and again only after the
+    /// signal has been seen below the thresholds in between. `Stats::storm`
+    /// shows the same figures at any time.
+    ///
+    /// `f` is called, with no engine lock held, on the thread whose run or
+    /// `Engine::stats` call took the sample that crossed. A panic in `f` is
+    /// caught and counted in `Stats::callback_panics`.
+    pub fn on_storm(&self, f: impl Fn(&StormSignal) + Send + Sync + 'static) {
+        self.executor.telemetry.on_storm.set(std::sync::Arc::new(f));
     }
 
     #[cfg(test)]

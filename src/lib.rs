@@ -74,8 +74,8 @@ mod sync;
 mod txn;
 
 pub use command::{
-    Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotKey, HotPage, Stats,
-    OTHER_COMMANDS,
+    Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotKey, HotPage, RunEnding,
+    SlowCommand, Stats, StormSignal, OTHER_COMMANDS, SLOW_COMMANDS_KEPT,
 };
 pub use engine::Engine;
 pub use error::{Error, Result};
@@ -84,7 +84,7 @@ pub use journal::{
     ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Io, JournalStats, Op, OsIo, PowerLossIo,
     RecoveryReport, Salvage, MAX_COMMIT_ID,
 };
-pub use options::{Durability, Escalation, Options, MAX_KEY_LEN};
+pub use options::{Durability, Escalation, Options, StormThresholds, MAX_KEY_LEN};
 
 /// The group-commit protocol, exposed to the loom models only (its file work is
 /// passed in, so a model runs it with a simulated disk).
@@ -92,4 +92,4 @@ pub use options::{Durability, Escalation, Options, MAX_KEY_LEN};
 #[doc(hidden)]
 pub use journal::{Group, Waited};
 pub use store::{PageId, Snapshot, SnapshotRange, StoreStats, Value};
-pub use txn::{CommitId, Tx, TxRange};
+pub use txn::{CommitId, Footprint, Tx, TxRange};

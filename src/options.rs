@@ -88,6 +88,56 @@ pub struct Options {
     /// snapshot keeps every page version it can read; see
     /// `Stats::store.snapshot_pinned_bytes` for what that costs.
     pub snapshot_warn_age: Option<Duration>,
+    /// A command run (retries and blocking-queue waits included) that takes longer
+    /// than this is a slow command: it is listed in `Stats::slow_commands` and
+    /// passed to the callback of `Engine::on_slow_command` (default 1 s; `None`:
+    /// never). See docs/operations.md.
+    pub slow_command: Option<Duration>,
+    /// When the engine reports a retry storm: `Stats::storm`, and the callback of
+    /// `Engine::on_storm`. See [`StormThresholds`].
+    pub storm: StormThresholds,
+}
+
+/// The thresholds of the storm signal: retry amplification (attempts per commit)
+/// and escalations per second, measured over a sliding window.
+///
+/// The engine is in a storm while, over the last `window`, at least
+/// `min_attempts` attempts were made and either figure reached its threshold.
+/// ```
+/// use std::time::Duration;
+/// let opts = shardstone::Options {
+///     storm: shardstone::StormThresholds { attempts_per_commit: 1.5, ..Default::default() },
+///     slow_command: Some(Duration::from_millis(250)),
+///     ..Default::default()
+/// };
+/// let engine = shardstone::Engine::in_memory_with(opts)?;
+/// assert!(!engine.stats().storm.storming);
+/// # Ok::<(), shardstone::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct StormThresholds {
+    /// The sliding window the figures are measured over (default 10 s; at least
+    /// 10 ms). It advances in steps of a tenth of itself.
+    pub window: Duration,
+    /// Attempts per commit that mean a storm (default 2.0: on average every
+    /// commit lost one conflict first). A healthy engine stays near 1.0.
+    pub attempts_per_commit: f64,
+    /// Escalations to the blocking queue per second that mean a storm (default 50).
+    pub escalations_per_second: f64,
+    /// Fewest attempts in the window for a storm (default 100), so that a quiet
+    /// engine's few conflicts do not count as one.
+    pub min_attempts: u64,
+}
+
+impl Default for StormThresholds {
+    fn default() -> Self {
+        StormThresholds {
+            window: Duration::from_secs(10),
+            attempts_per_commit: 2.0,
+            escalations_per_second: 50.0,
+            min_attempts: 100,
+        }
+    }
 }
 
 /// What a command that lost `Options::max_conflicts` conflicts does next.
@@ -144,6 +194,8 @@ impl Default for Options {
             workers: 0,
             salvage: false,
             snapshot_warn_age: Some(Duration::from_secs(60)),
+            slow_command: Some(Duration::from_secs(1)),
+            storm: StormThresholds::default(),
         }
     }
 }
@@ -191,6 +243,28 @@ impl Options {
                 option: "max_escalated",
                 reason: "0 would never admit an escalated command".to_owned(),
             });
+        }
+        if self.storm.window < Duration::from_millis(10)
+            || self.storm.window > Duration::from_secs(3600)
+        {
+            return Err(Error::InvalidOptions {
+                option: "storm.window",
+                reason: format!("{:?} is not between 10 ms and 1 hour", self.storm.window),
+            });
+        }
+        for (option, v) in [
+            ("storm.attempts_per_commit", self.storm.attempts_per_commit),
+            (
+                "storm.escalations_per_second",
+                self.storm.escalations_per_second,
+            ),
+        ] {
+            if v.is_nan() || v < 0.0 {
+                return Err(Error::InvalidOptions {
+                    option,
+                    reason: format!("{v} is not a number of at least 0"),
+                });
+            }
         }
         if !(1 << 16..=1 << 40).contains(&self.segment_size) {
             return Err(Error::InvalidOptions {

@@ -7,13 +7,21 @@
 //! escalated command at a time, FIFO), which closes the commit gate, waits for
 //! commits in flight to drain, and runs the command alone, where it cannot conflict.
 //! Snapshots and readers are never stopped by the queue.
+//!
+//! Runs also feed the slow-command report and the storm signal (`slow`, `storm`);
+//! their callbacks are called after the run, with no engine lock held.
 
 mod admission;
 mod gate;
+mod hook;
+mod slow;
 mod stats;
+mod storm;
 mod workers;
 
+pub use slow::{RunEnding, SlowCommand, SLOW_COMMANDS_KEPT};
 pub use stats::{BlockingQueueStats, CommandStats, HotKey, HotPage, Stats, OTHER_COMMANDS};
+pub use storm::StormSignal;
 pub(crate) use workers::{handle, panic_message, Workers};
 pub use workers::{Affinity, CommandHandle};
 
@@ -28,10 +36,10 @@ use crate::txn::{
 };
 use admission::Admission;
 use gate::CommitGate;
+use slow::Attempts;
 use stats::{Counters, Ending, Telemetry};
 use std::cell::RefCell;
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 thread_local! {
     /// Commands running on this thread: (executor id, command name). Guards nesting.
@@ -104,17 +112,35 @@ impl Drop for Running {
 struct RunRecord<'a> {
     counters: &'a Counters,
     all: &'a Counters,
-    started: Instant,
+    /// When it started, on `slow::monotonic_ns`'s clock (the slow-command check
+    /// compares its coarse reads with it, so a run reads the clock once here).
+    started: u64,
     done: bool,
+    /// How it ended and how long it took, once `done`.
+    ending: Ending,
+    took: Duration,
 }
 
 impl RunRecord<'_> {
     fn finish(&mut self, ending: Ending) {
-        let took = self.started.elapsed();
+        let took = Duration::from_nanos(slow::monotonic_ns().saturating_sub(self.started));
         self.counters.finish(ending, took);
         self.all.finish(ending, took);
         self.done = true;
+        self.ending = ending;
+        self.took = took;
     }
+}
+
+/// What one run's attempts leave for its slow-command report and for the
+/// callbacks, which are called once the run holds nothing (not even its nesting
+/// mark, so a callback may run commands).
+struct RunState {
+    attempts: Attempts,
+    conflicts: u32,
+    escalated: bool,
+    /// The storm signal, when a sample this run took crossed into a storm.
+    storm: Option<StormSignal>,
 }
 
 impl Drop for RunRecord<'_> {
@@ -138,7 +164,12 @@ impl Executor {
             admission: Admission::new(opts.max_escalated, opts.max_queued),
             gate: CommitGate::new(),
             queue: Mutex::new(()),
-            telemetry: Telemetry::new(opts.hot_pages_tracked, opts.max_command_names),
+            telemetry: Telemetry::new(
+                opts.hot_pages_tracked,
+                opts.max_command_names,
+                opts.slow_command,
+                opts.storm.clone(),
+            ),
         }
     }
 
@@ -196,31 +227,82 @@ impl Executor {
                 inner: name.to_owned(),
             });
         }
-        RUNNING.with(|r| r.borrow_mut().push((self.id, name.to_owned())));
-        let _running = Running { id: self.id };
-
         let counters = self.counters(name);
         let mut record = RunRecord {
             counters,
             all: &self.telemetry.all,
-            started: Instant::now(),
+            started: slow::monotonic_ns(),
             done: false,
+            ending: Ending::Failed,
+            took: Duration::ZERO,
         };
-        let result = self.attempts(
-            store,
-            journal,
-            name,
-            max_conflicts,
-            deadline,
-            counters,
-            &mut f,
-        );
-        record.finish(match &result {
-            Ok((_, true)) => Ending::Committed,
-            Ok((_, false)) => Ending::ReadOnly,
-            Err(_) => Ending::Failed,
-        });
-        result.map(|(v, _)| v)
+        let mut run = RunState {
+            attempts: Attempts::new(self.telemetry.slow.threshold, record.started),
+            conflicts: 0,
+            escalated: false,
+            storm: None,
+        };
+        let result = {
+            RUNNING.with(|r| r.borrow_mut().push((self.id, name.to_owned())));
+            let _running = Running { id: self.id };
+            let result = self.attempts(
+                store,
+                journal,
+                name,
+                max_conflicts,
+                deadline,
+                counters,
+                &mut f,
+                &mut run,
+            );
+            record.finish(match &result {
+                Ok((_, true)) => Ending::Committed,
+                Ok((_, false)) => Ending::ReadOnly,
+                Err(_) => Ending::Failed,
+            });
+            result.map(|(v, _)| v)
+        };
+        // Nothing is held now: the callbacks may take their time, or panic.
+        if let Some(signal) = &run.storm {
+            self.telemetry.fire_storm(signal);
+        }
+        if let Some(threshold) = self.telemetry.slow.threshold {
+            if record.took > threshold {
+                self.report_slow(name, counters, &record, run);
+            }
+        }
+        result
+    }
+
+    /// Reports a run that took longer than `Options::slow_command`.
+    fn report_slow(&self, name: &str, counters: &Counters, record: &RunRecord<'_>, run: RunState) {
+        let report = SlowCommand {
+            name: name.to_owned(),
+            duration: record.took,
+            attempts: run.attempts.count,
+            conflicts: run.conflicts,
+            escalated: run.escalated,
+            ending: match record.ending {
+                Ending::Committed => RunEnding::Committed,
+                Ending::ReadOnly => RunEnding::ReadOnly,
+                Ending::Failed => RunEnding::Failed,
+            },
+            last_attempt: run.attempts.footprint,
+            conflicts_caused: 0,
+            finished_at: SystemTime::now(),
+        };
+        self.telemetry.report_slow(counters, report);
+    }
+
+    /// After a lost conflict, once the commit that beat it is visible: credits
+    /// that commit's command with it, and samples the storm window if due.
+    fn after_loss(&self, journal: &Journal, newer: u64, run: &mut RunState) {
+        if let Some(winner) = journal.command_of(newer) {
+            self.telemetry.caused_by(&winner);
+        }
+        if let Some(s) = self.telemetry.storm_tick(false) {
+            run.storm = Some(s);
+        }
     }
 
     /// How long a wait for a lock (or the gate) may last from now.
@@ -241,20 +323,27 @@ impl Executor {
         deadline: Option<Instant>,
         counters: &Counters,
         f: &mut F,
+        run: &mut RunState,
     ) -> Result<(T, bool)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
-        let mut conflicts = 0u32;
         let max_conflicts = max_conflicts.unwrap_or(self.max_conflicts);
         // What the failed attempts touched: an escalated re-run locks it first.
         let mut footprint: Vec<KeyBounds> = Vec::new();
-        while conflicts < max_conflicts {
+        while run.conflicts < max_conflicts {
             if !self.gate.wait_open(|| self.wait_deadline(deadline)) {
                 return Err(self.gate_timeout(name));
             }
             let mut tx = Tx::begin(store);
-            let value = f(&mut tx)?;
+            let value = match f(&mut tx) {
+                Ok(v) => v,
+                Err(e) => {
+                    run.attempts.failed_attempt();
+                    return Err(e);
+                }
+            };
+            run.attempts.before_commit(&tx);
             let Some(pass) = self.gate.enter(|| self.wait_deadline(deadline)) else {
                 return Err(self.gate_timeout(name));
             };
@@ -283,22 +372,27 @@ impl Executor {
                     self.wait_for_key(name, &key, deadline)?;
                 }
                 Outcome::Conflict(c) => {
-                    conflicts += 1;
-                    let retry = conflicts < max_conflicts;
+                    run.conflicts += 1;
+                    let retry = run.conflicts < max_conflicts;
                     self.lost(counters, name, &c, retry);
                     footprint.extend(c.footprint);
                     // Retry on a snapshot that includes the commit that beat us.
                     if !store.clock.wait_visible(c.newer) {
                         return Err(journal.halted_error());
                     }
+                    self.after_loss(journal, c.newer, run);
                     if retry {
-                        backoff(conflicts);
+                        backoff(run.conflicts);
                     }
                 }
             }
         }
         counters.escalation();
         self.telemetry.all.escalation();
+        run.escalated = true;
+        if let Some(s) = self.telemetry.storm_tick(false) {
+            run.storm = Some(s);
+        }
         self.telemetry.queue_enter();
         struct Leave<'a>(&'a Telemetry, Instant);
         impl Drop for Leave<'_> {
@@ -318,9 +412,11 @@ impl Executor {
             }
         };
         match self.policy {
-            Escalation::StopTheWorld => self.run_exclusive(store, journal, name, deadline, f),
+            Escalation::StopTheWorld => {
+                self.run_exclusive(store, journal, name, deadline, f, &mut run.attempts)
+            }
             Escalation::KeyLocks => {
-                self.run_locked(store, journal, name, deadline, counters, footprint, f)
+                self.run_locked(store, journal, name, deadline, counters, footprint, f, run)
             }
         }
     }
@@ -384,6 +480,7 @@ impl Executor {
         counters: &Counters,
         footprint: Vec<KeyBounds>,
         f: &mut F,
+        run: &mut RunState,
     ) -> Result<(T, bool)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
@@ -420,6 +517,7 @@ impl Executor {
             let value = match f(&mut tx) {
                 Ok(v) => v,
                 Err(e) => {
+                    run.attempts.failed_attempt();
                     // A lock taken on the way in (a deadlock or a timeout), or the
                     // command's own error.
                     match &e {
@@ -430,6 +528,7 @@ impl Executor {
                     return Err(e);
                 }
             };
+            run.attempts.before_commit(&tx);
             let Some(pass) = self.gate.enter(|| self.wait_deadline(deadline)) else {
                 return Err(self.gate_timeout(name));
             };
@@ -456,15 +555,17 @@ impl Executor {
                 Outcome::Conflict(c) => {
                     // It read a key before locking it, and another commit got there
                     // first: the next attempt holds everything this one touched.
+                    run.conflicts += 1;
                     self.lost(counters, name, &c, true);
                     if !store.clock.wait_visible(c.newer) {
                         return Err(journal.halted_error());
                     }
+                    self.after_loss(journal, c.newer, run);
                     lock_all(c.footprint)?;
                 }
             }
         }
-        self.run_exclusive(store, journal, name, deadline, f)
+        self.run_exclusive(store, journal, name, deadline, f, &mut run.attempts)
     }
 
     /// The last resort, and Bedrock's policy: runs `f` with exclusive commit
@@ -477,6 +578,7 @@ impl Executor {
         name: &str,
         deadline: Option<Instant>,
         f: &mut F,
+        attempts: &mut Attempts,
     ) -> Result<(T, bool)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
@@ -486,7 +588,14 @@ impl Executor {
         let _ = deadline;
         loop {
             let mut tx = Tx::begin(store);
-            let value = f(&mut tx)?;
+            let value = match f(&mut tx) {
+                Ok(v) => v,
+                Err(e) => {
+                    attempts.failed_attempt();
+                    return Err(e);
+                }
+            };
+            attempts.before_commit(&tx);
             let log = Log {
                 journal,
                 command: name,

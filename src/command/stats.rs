@@ -10,8 +10,12 @@
 //! later name is counted under the one entry [`OTHER_COMMANDS`]. Every run is
 //! counted in exactly one entry, so the entries always add up to the totals.
 
+use super::hook::Hook;
+use super::slow::{SlowCommand, SlowLog};
+use super::storm::{StormSignal, StormWatch};
 use crate::feed::ConsumerStats;
 use crate::journal::JournalStats;
+use crate::options::StormThresholds;
 use crate::store::{PageId, StoreStats};
 use crate::sync::{thread_shard, Arc, AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
 use crate::txn::WaitError;
@@ -42,6 +46,8 @@ struct Shard {
     errors: AtomicU64,
     total_ns: AtomicU64,
     max_ns: AtomicU64,
+    slow: AtomicU64,
+    caused: AtomicU64,
 }
 
 #[derive(Default)]
@@ -89,6 +95,24 @@ impl Counters {
         self.shard().escalations.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A run that took longer than `Options::slow_command`.
+    pub(crate) fn slow(&self) {
+        self.shard().slow.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A conflict another command lost to a commit of this command.
+    pub(crate) fn caused(&self) {
+        self.shard().caused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Conflicts attributed to this command's commits so far.
+    pub(crate) fn caused_total(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.caused.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub(crate) fn finish(&self, ending: Ending, took: Duration) {
         let s = self.shard();
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
@@ -102,7 +126,7 @@ impl Counters {
         s.max_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
-    fn sum(&self) -> CommandStats {
+    pub(crate) fn sum(&self) -> CommandStats {
         let mut out = CommandStats::default();
         let mut total_ns = 0u64;
         for s in self.shards.iter() {
@@ -114,6 +138,8 @@ impl Counters {
             out.retries += s.retries.load(Ordering::Relaxed);
             out.escalations += s.escalations.load(Ordering::Relaxed);
             out.errors += s.errors.load(Ordering::Relaxed);
+            out.slow_runs += s.slow.load(Ordering::Relaxed);
+            out.conflicts_caused += s.caused.load(Ordering::Relaxed);
             total_ns = total_ns.saturating_add(s.total_ns.load(Ordering::Relaxed));
             out.max_duration = out
                 .max_duration
@@ -149,6 +175,15 @@ pub struct CommandStats {
     pub escalations: u64,
     /// Runs that ended in an error (the closure's own, or an engine error).
     pub errors: u64,
+    /// Runs that took longer than `Options::slow_command`.
+    pub slow_runs: u64,
+    /// Conflicts other runs lost where the commit that beat them was one of this
+    /// command's: the newest commit on a leaf whose change made them conflict,
+    /// looked up by its id in the journal's in-memory window (a conflict whose
+    /// winner has left the window, or was not a command run here, is not
+    /// attributed). A leaf holds many keys, so the winner named is the last
+    /// writer of the leaf, usually but not always of the key that collided.
+    pub conflicts_caused: u64,
     /// Mean wall time of a run, retries and queueing included.
     pub mean_duration: Duration,
     /// Longest run.
@@ -256,6 +291,18 @@ pub struct Stats {
     pub journal: JournalStats,
     /// Every attached feed consumer: position, lag, paused.
     pub feed: Vec<ConsumerStats>,
+    /// The most recent slow command runs (longer than `Options::slow_command`),
+    /// newest first, at most [`crate::SLOW_COMMANDS_KEPT`]. `CommandStats::slow_runs`
+    /// counts all of them.
+    pub slow_commands: Vec<SlowCommand>,
+    /// Runs that took longer than `Options::slow_command`, since the engine opened.
+    pub slow_command_count: u64,
+    /// The retry-storm signal: attempts per commit and escalations per second
+    /// over the sliding window of `Options::storm`.
+    pub storm: StormSignal,
+    /// Calls of the `Engine::on_slow_command` and `Engine::on_storm` callbacks
+    /// that panicked (each panic was caught; the engine carried on).
+    pub callback_panics: u64,
 }
 
 /// A key (first = last) or a scanned key range.
@@ -295,10 +342,21 @@ pub(crate) struct Telemetry {
     deadlocks: AtomicU64,
     timeouts: AtomicU64,
     overloaded: AtomicU64,
+    /// Slow command runs, and the callback told of each.
+    pub(crate) slow: SlowLog,
+    pub(crate) storm: StormWatch,
+    pub(crate) on_storm: Hook<StormSignal>,
+    /// Callbacks that panicked.
+    pub(crate) callback_panics: AtomicU64,
 }
 
 impl Telemetry {
-    pub(crate) fn new(hot_tracked: usize, max_names: usize) -> Self {
+    pub(crate) fn new(
+        hot_tracked: usize,
+        max_names: usize,
+        slow_command: Option<Duration>,
+        storm: StormThresholds,
+    ) -> Self {
         Telemetry {
             all: Counters::new(),
             commands: Mutex::new(HashMap::new()),
@@ -318,6 +376,10 @@ impl Telemetry {
             deadlocks: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
+            slow: SlowLog::new(slow_command),
+            storm: StormWatch::new(storm),
+            on_storm: Hook::new(),
+            callback_panics: AtomicU64::new(0),
         }
     }
 
@@ -340,6 +402,45 @@ impl Telemetry {
 
     pub(crate) fn overloaded(&self) {
         self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters of `name` if it already has an entry (its own, or
+    /// [`OTHER_COMMANDS`] once names overflowed): never creates one.
+    fn existing(&self, name: &str) -> Option<Arc<Counters>> {
+        let map = self.commands.lock();
+        if let Some(c) = map.get(name) {
+            return Some(c.clone());
+        }
+        (map.len() >= self.max_names || name == OTHER_COMMANDS).then(|| self.other.clone())
+    }
+
+    /// A conflict was lost to a commit of command `winner`.
+    pub(crate) fn caused_by(&self, winner: &str) {
+        if let Some(c) = self.existing(winner) {
+            c.caused();
+        }
+    }
+
+    /// Samples the storm window if a step is due (or `force`); returns the signal
+    /// when the engine has just crossed into a storm, for the caller to pass to
+    /// [`Telemetry::fire_storm`] once it holds no lock.
+    pub(crate) fn storm_tick(&self, force: bool) -> Option<StormSignal> {
+        self.storm.tick(&self.all, force).1
+    }
+
+    /// Tells the `Engine::on_storm` callback; call with no engine lock held.
+    pub(crate) fn fire_storm(&self, signal: &StormSignal) {
+        self.on_storm.fire(signal, &self.callback_panics);
+    }
+
+    /// Records a slow run and tells the `Engine::on_slow_command` callback; call
+    /// with no engine lock held.
+    pub(crate) fn report_slow(&self, counters: &Counters, mut report: SlowCommand) {
+        counters.slow();
+        self.all.slow();
+        report.conflicts_caused = counters.caused_total();
+        self.slow.push(report.clone());
+        self.slow.hook.fire(&report, &self.callback_panics);
     }
 
     /// The counters of command `name`: its own (created on first use) while
@@ -424,7 +525,8 @@ impl Telemetry {
         store: StoreStats,
         journal: JournalStats,
         feed: Vec<ConsumerStats>,
-    ) -> Stats {
+    ) -> (Stats, Option<StormSignal>) {
+        let (storm, crossed) = self.storm.tick(&self.all, true);
         let all = self.all.sum();
         let mut commands: Vec<CommandStats> = self
             .commands
@@ -480,7 +582,7 @@ impl Telemetry {
                 .then_with(|| a.first_key.cmp(&b.first_key))
         });
         hot_keys.truncate(self.hot_tracked);
-        Stats {
+        let stats = Stats {
             commit_id,
             commits: all.commits,
             read_only: all.read_only,
@@ -508,7 +610,12 @@ impl Telemetry {
             store,
             journal,
             feed,
-        }
+            slow_commands: self.slow.recent(),
+            slow_command_count: all.slow_runs,
+            storm,
+            callback_panics: self.callback_panics.load(Ordering::Relaxed),
+        };
+        (stats, crossed)
     }
 }
 

@@ -1171,6 +1171,17 @@ impl Journal {
         &self.chain
     }
 
+    /// The command name of commit `id`, if it is hashed and still in the
+    /// in-memory window (telemetry's attribution of conflicts to winners).
+    pub(crate) fn command_of(&self, id: u64) -> Option<String> {
+        let tail = self.chain.tail.lock();
+        let body = tail.get(id)?.frame.get(FRAME_HEADER..)?;
+        // The body starts with the commit id (8 bytes) and the name's length (2).
+        let len = u16::from_le_bytes(body.get(8..10)?.try_into().ok()?) as usize;
+        let name = body.get(10..10 + len)?;
+        Some(String::from_utf8_lossy(name).into_owned())
+    }
+
     /// A reader of the commits after `from` in the journal files; `None` for an
     /// engine without journal files.
     /// `upto` must be visible: frames up to it are whole on disk.

@@ -10,10 +10,12 @@
 //! newest value. [`commit`] says why all of this is serializable.
 
 mod commit;
+mod footprint;
 mod keylock;
 mod range;
 
 pub(crate) use commit::{commit, Conflict, Log, Outcome};
+pub use footprint::Footprint;
 pub(crate) use keylock::{point, start_key, Holding, KeyLocks, Locking, Owner, WaitError};
 pub use range::TxRange;
 
