@@ -45,6 +45,7 @@ use super::{add_to, raise_to, KeyLocks, Owner, Pending, Tx};
 use crate::error::Result;
 use crate::journal::{Frame, Journal, Ticket};
 use crate::store::{Kind, LeafWrites, PageId, PageRead, Store, TreeRange, ValRef};
+use smallvec::SmallVec;
 use std::ops::Bound;
 
 /// What happened to a commit attempt.
@@ -140,8 +141,11 @@ impl Drop for Locks<'_> {
     }
 }
 
+/// The leaves a commit locks; most commits lock a handful, kept inline.
+type Want = SmallVec<[(PageId, Mode); 8]>;
+
 /// Sorts `want` by page id, keeping the stronger mode of a page named twice.
-fn normalize(want: &mut Vec<(PageId, Mode)>) {
+fn normalize(want: &mut Want) {
     want.sort_unstable();
     // After sorting, the strongest mode of a page is its last entry.
     want.reverse();
@@ -411,7 +415,9 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         heads: Vec::new(),
         installed: false,
     };
-    let mut stored: Vec<Option<ValRef<'_>>> = Vec::with_capacity(tx.writes.len());
+    // Merged values (computed under the locks), declared first: `stored` borrows them.
+    let mut merged: Vec<(usize, [u8; 8])> = Vec::new();
+    let mut stored: SmallVec<[Option<ValRef<'_>>; 4]> = SmallVec::with_capacity(tx.writes.len());
     for (key, w) in &tx.writes {
         stored.push(match &w.op {
             Pending::Put(v) => Some(chains.stored(key, v)?),
@@ -420,7 +426,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     }
 
     // The leaves to lock, and where each write lands (a hint until checked).
-    let mut want: Vec<(PageId, Mode)> = tx
+    let mut want: Want = tx
         .reads
         .pages
         .iter()
@@ -428,7 +434,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         .chain(tx.writes.values().map(|w| (w.leaf, Mode::Exclusive)))
         .collect();
     normalize(&mut want);
-    let mut landing: Vec<PageId> = tx.writes.values().map(|w| w.leaf).collect();
+    let mut landing: SmallVec<[PageId; 4]> = tx.writes.values().map(|w| w.leaf).collect();
     // The leaves read, one entry each. Ranges index `pages` by position, so it is
     // only sorted in place when there are none.
     let mut copied: Vec<PageRead>;
@@ -518,7 +524,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
             // The keys kept moving between rounds: give up as a conflict on the
             // leaves that changed; the re-run reads the newest tree.
             let pages = if changed.is_empty() {
-                landing.clone()
+                landing.to_vec()
             } else {
                 changed
             };
@@ -536,7 +542,6 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     };
 
     // Merges, computed against the newest value of the leaf each lands on.
-    let mut merged: Vec<(usize, [u8; 8])> = Vec::new();
     for (i, (key, w)) in tx.writes.iter().enumerate() {
         let base = |store| {
             newest_value(store, landing[i], key).map(|v| match v {

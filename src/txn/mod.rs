@@ -22,6 +22,7 @@ pub use range::TxRange;
 use crate::error::{Error, Result};
 use crate::options::MAX_KEY_LEN;
 use crate::store::{PageId, PagePtr, PageRead, PinSlot, Store, Value};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
@@ -130,8 +131,9 @@ pub(crate) struct RangeRead {
 #[derive(Default)]
 pub(crate) struct ReadSet {
     pub pages: Vec<PageRead>,
-    pub points: Vec<PointRead>,
-    key_bytes: Vec<u8>,
+    /// Inline for the few keys most commands read.
+    pub points: SmallVec<[PointRead; 2]>,
+    key_bytes: SmallVec<[u8; 64]>,
     pub ranges: Vec<RangeRead>,
 }
 
@@ -218,6 +220,9 @@ impl<'e> Tx<'e> {
 
     /// Locks `key` first, for an escalated command.
     fn lock_key(&mut self, key: &[u8]) -> Result<()> {
+        if self.locking.is_none() {
+            return Ok(());
+        }
         self.lock_span(point(key))
     }
 
@@ -388,8 +393,10 @@ impl<'e> Tx<'e> {
             Ok(b) => b,
             Err(e) => return TxRange::failed(e),
         };
-        if let Err(e) = self.lock_span((lo.clone(), hi.clone())) {
-            return TxRange::failed(e);
+        if self.locking.is_some() {
+            if let Err(e) = self.lock_span((lo.clone(), hi.clone())) {
+                return TxRange::failed(e);
+            }
         }
         // Counters and sequences in the range are read like any other key.
         let merges: Vec<Vec<u8>> = if range::is_empty(&lo, &hi) {
