@@ -2,11 +2,14 @@
 //!
 //! A command is a closure run atomically over a transaction. On a conflict it is
 //! re-run on a fresh snapshot — after waiting until that snapshot includes the
-//! commit that beat it, so a retry never loses to the same commit twice. After
-//! `max_conflicts` conflicts it is escalated: it joins the blocking queue (one
-//! escalated command at a time, FIFO), which closes the commit gate, waits for
-//! commits in flight to drain, and runs the command alone, where it cannot conflict.
-//! Snapshots and readers are never stopped by the queue.
+//! commit that beat it, so a retry never loses to the same commit twice (with a
+//! jittered pause from the second conflict on). After `max_conflicts` conflicts it
+//! is escalated: admitted to the blocking queue in arrival order (`admission`), it
+//! re-runs holding locks on the keys and ranges it touched (`txn::keylock`), so it
+//! cannot lose on them again and nothing else is stopped; after a few locked
+//! attempts that still lose, or under `Escalation::StopTheWorld` (Bedrock's policy),
+//! it closes the commit gate, waits for commits in flight to drain, and runs alone.
+//! Snapshots and readers are never stopped.
 //!
 //! Runs also feed the slow-command report and the storm signal (`slow`, `storm`);
 //! their callbacks are called after the run, with no engine lock held.
@@ -29,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::options::{Escalation, Options};
 use crate::store::Store;
-use crate::sync::{thread_local, Arc, Mutex};
+use crate::sync::{thread_local, Arc};
 use crate::txn::{
     commit, point, start_key, Conflict, Holding, KeyBounds, KeyLocks, Locking, Log, Outcome, Tx,
     WaitError,
@@ -87,8 +90,9 @@ pub(crate) struct Executor {
     keys: KeyLocks,
     admission: Admission,
     gate: CommitGate,
-    /// The blocking queue: escalated commands take it in turn.
-    queue: Mutex<()>,
+    /// Exclusive commit rights (the last resort, and `StopTheWorld`): taken one
+    /// command at a time, in arrival order.
+    exclusive: Admission,
     pub(crate) telemetry: Telemetry,
 }
 
@@ -163,7 +167,7 @@ impl Executor {
             keys: KeyLocks::new(),
             admission: Admission::new(opts.max_escalated, opts.max_queued),
             gate: CommitGate::new(),
-            queue: Mutex::new(()),
+            exclusive: Admission::new(1, usize::MAX),
             telemetry: Telemetry::new(
                 opts.hot_pages_tracked,
                 opts.max_command_names,
@@ -583,7 +587,10 @@ impl Executor {
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
-        let _turn = self.queue.lock();
+        let _turn = self
+            .exclusive
+            .enter(None)
+            .expect("waiting without a deadline ends only in admission");
         let _exclusive = self.gate.close();
         let _ = deadline;
         loop {

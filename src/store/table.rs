@@ -22,6 +22,8 @@ const SEGMENT: usize = 8;
 const SEGMENTS: usize = 8;
 
 const EXCLUSIVE: u32 = 1 << 31;
+/// A writer is waiting: new shared lockers wait too (writer preference).
+const WRITER_WAITING: u32 = 1 << 30;
 
 /// One page's newest version and its commit lock (a reader-writer spin lock held
 /// only for the few microseconds of a commit's validate-and-install).
@@ -49,33 +51,51 @@ impl PageSlot {
         self.head.store(version, Ordering::Release);
     }
 
+    /// Takes the lock exclusively. A writer that has to wait raises `WRITER_WAITING`,
+    /// which holds off new shared lockers until a writer gets in: readers of a
+    /// hot page cannot starve the commits that write it.
     pub(crate) fn lock_exclusive(&self) {
         let mut backoff = Backoff::new();
-        while self
-            .lock
-            .compare_exchange_weak(0, EXCLUSIVE, Ordering::SeqCst, Ordering::Relaxed)
-            .is_err()
-        {
+        loop {
+            let v = self.lock.load(Ordering::Relaxed);
+            if v & !WRITER_WAITING == 0
+                && self
+                    .lock
+                    .compare_exchange_weak(v, EXCLUSIVE, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+            if v & WRITER_WAITING == 0 {
+                self.lock.fetch_or(WRITER_WAITING, Ordering::SeqCst);
+            }
             backoff.snooze();
         }
     }
 
     pub(crate) fn try_lock_exclusive(&self) -> bool {
-        self.lock
-            .compare_exchange(0, EXCLUSIVE, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
+        let v = self.lock.load(Ordering::Relaxed);
+        v & !WRITER_WAITING == 0
+            && self
+                .lock
+                .compare_exchange(v, EXCLUSIVE, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub(crate) fn unlock_exclusive(&self) {
-        debug_assert_eq!(self.lock.load(Ordering::Relaxed), EXCLUSIVE);
-        self.lock.store(0, Ordering::SeqCst);
+        debug_assert_eq!(
+            self.lock.load(Ordering::Relaxed) & !WRITER_WAITING,
+            EXCLUSIVE
+        );
+        // A writer waiting meanwhile may have raised its flag: keep it.
+        self.lock.fetch_and(!EXCLUSIVE, Ordering::SeqCst);
     }
 
     pub(crate) fn lock_shared(&self) {
         let mut backoff = Backoff::new();
         loop {
             let v = self.lock.load(Ordering::Relaxed);
-            if v & EXCLUSIVE == 0
+            if v & (EXCLUSIVE | WRITER_WAITING) == 0
                 && self
                     .lock
                     .compare_exchange_weak(v, v + 1, Ordering::SeqCst, Ordering::Relaxed)
@@ -89,7 +109,10 @@ impl PageSlot {
 
     pub(crate) fn unlock_shared(&self) {
         let prev = self.lock.fetch_sub(1, Ordering::SeqCst);
-        debug_assert!(prev & !EXCLUSIVE > 0, "shared unlock without a shared lock");
+        debug_assert!(
+            prev & !(EXCLUSIVE | WRITER_WAITING) > 0,
+            "shared unlock without a shared lock"
+        );
     }
 }
 
@@ -178,5 +201,44 @@ impl Drop for PageTable {
                 drop(unsafe { Box::from_raw(s) });
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    /// A writer waiting on a page read-locked by a committer goes before a reader
+    /// that comes after it.
+    #[test]
+    fn a_waiting_writer_goes_before_later_readers() {
+        let slot = Arc::new(PageSlot::new());
+        let order = Arc::new(StdMutex::new(Vec::new()));
+        slot.lock_shared();
+        let writer = {
+            let (slot, order) = (slot.clone(), order.clone());
+            std::thread::spawn(move || {
+                slot.lock_exclusive();
+                order.lock().unwrap().push("writer");
+                slot.unlock_exclusive();
+            })
+        };
+        while slot.lock.load(Ordering::SeqCst) & WRITER_WAITING == 0 {
+            std::thread::yield_now();
+        }
+        let reader = {
+            let (slot, order) = (slot.clone(), order.clone());
+            std::thread::spawn(move || {
+                slot.lock_shared();
+                order.lock().unwrap().push("reader");
+                slot.unlock_shared();
+            })
+        };
+        slot.unlock_shared();
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["writer", "reader"]);
+        assert_eq!(slot.lock.load(Ordering::SeqCst), 0);
     }
 }
