@@ -301,16 +301,34 @@ fn finish(report: &mut VerifyReport, began: Instant) {
     report.duration = began.elapsed();
 }
 
-/// Whether the pid in `dir/LOCK` is a running process: read as a plain file,
-/// never locked. An engine writes its pid there for as long as it holds it.
+/// Whether an engine holds `dir/LOCK`: looked up in `/proc/locks` (the flock
+/// locks of every process, by inode), never by taking the lock. Where
+/// `/proc/locks` cannot be read, whether the pid written in `LOCK` is running.
 fn lock_holder_alive(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("LOCK")) else {
+    use std::os::unix::fs::MetadataExt;
+    let lock = dir.join("LOCK");
+    let Ok(meta) = std::fs::symlink_metadata(&lock) else {
         return false;
     };
-    match text.trim().parse::<u32>() {
-        Ok(pid) => pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists(),
-        Err(_) => false,
+    if let Ok(locks) = std::fs::read_to_string("/proc/locks") {
+        // `1: FLOCK  ADVISORY  WRITE 1234 08:01:123456 0 EOF`
+        return locks.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&"FLOCK")
+                && fields
+                    .iter()
+                    .find(|f| f.matches(':').count() == 2)
+                    .and_then(|f| f.rsplit(':').next())
+                    .and_then(|ino| ino.parse::<u64>().ok())
+                    == Some(meta.ino())
+        });
     }
+    let Ok(text) = std::fs::read_to_string(&lock) else {
+        return false;
+    };
+    text.trim()
+        .parse::<u32>()
+        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Reads the files of `dir` into `report`. A directory in use changes while it
