@@ -72,6 +72,7 @@ mod options;
 mod store;
 mod sync;
 mod txn;
+mod verify;
 
 pub use command::{
     Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotKey, HotPage, RunEnding,
@@ -93,3 +94,7 @@ pub use options::{Durability, Escalation, Options, StormThresholds, MAX_KEY_LEN}
 pub use journal::{Group, Waited};
 pub use store::{PageId, Snapshot, SnapshotRange, StoreStats, Value};
 pub use txn::{CommitId, Footprint, Tx, TxRange};
+pub use verify::{
+    stat_dir, verify_dir, CheckpointStat, ConsumerPosition, DirStat, Finding, FindingKind,
+    VerifyReport,
+};
