@@ -5,7 +5,6 @@
 //! destination; a second backup copies less; journal searches return exactly
 //! the commits a model says match, on a live directory too.
 
-#[allow(dead_code)]
 mod common;
 
 use common::TempDir;
@@ -14,6 +13,9 @@ use shardstone::{
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One commit of the search model: its id, command and the keys it touched.
+type Written = (u64, String, Vec<Vec<u8>>);
 
 fn opts() -> Options {
     Options {
@@ -76,7 +78,7 @@ fn a_backup_under_load_opens_at_its_commit_with_the_sources_state() {
                                 format!("k{:04}", (i * 7 + t) % 300).as_bytes(),
                                 &i.to_le_bytes(),
                             )?;
-                            if i % 5 == 0 {
+                            if i.is_multiple_of(5) {
                                 tx.delete(format!("k{:04}", (i * 3) % 300).as_bytes())?;
                             }
                             Ok(())
@@ -110,7 +112,7 @@ fn restore_to_a_commit_equals_the_state_there_and_refuses_an_existing_destinatio
             engine
                 .run("w", |tx| {
                     tx.put(format!("k{:03}", i % 150).as_bytes(), &[i as u8; 300])?;
-                    if i % 4 == 0 {
+                    if i.is_multiple_of(4) {
                         tx.delete(format!("k{:03}", (i / 2) % 150).as_bytes())?;
                     }
                     Ok(())
@@ -240,7 +242,7 @@ fn journal_search_returns_exactly_the_matching_commits_on_a_live_directory() {
     let dir = TempDir::new("journal-search");
     let engine = Engine::open_with(dir.path(), opts()).unwrap();
     // The model: per commit, its command and the keys it touched.
-    let mut model: Vec<(u64, String, Vec<Vec<u8>>)> = Vec::new();
+    let mut model: Vec<Written> = Vec::new();
     let mut rng = common::Rng::new(16);
     for _ in 0..400 {
         let command = ["deposit", "withdraw", "audit"][rng.index(3)].to_owned();
@@ -273,7 +275,7 @@ fn journal_search_returns_exactly_the_matching_commits_on_a_live_directory() {
             .map(|r| r.unwrap().commit_id.get())
             .collect()
     };
-    let want = |pred: &dyn Fn(&(u64, String, Vec<Vec<u8>>)) -> bool| -> Vec<u64> {
+    let want = |pred: &dyn Fn(&Written) -> bool| -> Vec<u64> {
         model.iter().filter(|m| pred(m)).map(|m| m.0).collect()
     };
     let key = b"acct:7".to_vec();

@@ -128,13 +128,12 @@ fn put_checkpoint(io: &dyn Io, src: &Path, dir: &Path, copied: &mut Copied) -> R
     Ok(())
 }
 
-/// The chainable commits of `jdir` from `points` on: (start of the last run of
-/// consecutive ids, last id and hash, the hash of `want` if met).
-fn chain_run(
-    jdir: &Path,
-    points: Vec<(u64, ChainHash)>,
-    want: u64,
-) -> Result<(u64, Option<(u64, ChainHash)>, Option<ChainHash>)> {
+/// What `chain_run` found: the start of the last run of consecutive ids
+/// (`u64::MAX`: none), the last id and its hash, the hash of the wanted id.
+type Run = (u64, Option<(u64, ChainHash)>, Option<ChainHash>);
+
+/// The chainable commits of `jdir` from `points` on (see `Run`).
+fn chain_run(jdir: &Path, points: Vec<(u64, ChainHash)>, want: u64) -> Result<Run> {
     if !jdir.is_dir() {
         return Ok((u64::MAX, None, None));
     }

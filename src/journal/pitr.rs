@@ -58,7 +58,7 @@ pub(crate) fn listed(pitr: &Path) -> Result<Vec<(u64, PathBuf, Option<SystemTime
         let written = entry.metadata().ok().and_then(|m| m.modified().ok());
         found.push((id, entry.path(), written));
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     Ok(found)
 }
 
