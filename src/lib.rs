@@ -69,6 +69,8 @@ mod feed;
 mod journal;
 pub mod numa;
 mod options;
+#[cfg(feature = "serde")]
+mod serialize;
 mod store;
 mod sync;
 mod txn;
