@@ -1,0 +1,130 @@
+//! `shardstone`: the command-line tool for a shardstone database directory.
+//!
+//! Every command works on a directory the library wrote: `stat` and `verify`
+//! read it without the directory lock (safe on a database another process has
+//! open); `backup` and `metrics` open it read-only (they share it with readers,
+//! not with a writer); `restore` makes a new database from a backup; `journal`
+//! reads the commit history. Human output by default, `--json` everywhere,
+//! distinct exit codes (`exit.rs`). Each command is one file under `cmd/`.
+
+mod cmd;
+mod database;
+mod exit;
+mod printable;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use exit::{Exit, EXIT_CODES_HELP};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Inspect, verify, back up and restore shardstone databases, and search their journals.
+#[derive(Parser)]
+#[command(name = "shardstone", version, after_help = EXIT_CODES_HELP)]
+struct Cli {
+    /// Write JSON on stdout instead of text (a failure too: {"error", "exit_code", "kind"}).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// What a database directory holds: sizes, last commit and chain hash,
+    /// shards and segments, checkpoint and its age, consumers and their lag.
+    /// Read-only and without the lock: works on a database in use.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Stat {
+        /// The database directory.
+        dir: PathBuf,
+    },
+    /// Checks every checksum, the commit order, the hash chain and the
+    /// checkpoint against the journal. Read-only and without the lock: works on
+    /// a database in use. Exits 3 when anything is damaged, naming the file,
+    /// offset and commit, and says up to which commit the data can be trusted.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify {
+        /// The database directory.
+        dir: PathBuf,
+    },
+    /// Copies a closed database into DEST, which then opens as the database at
+    /// the backup's commit. Into an earlier backup of the same database, only
+    /// what changed is copied. A database another process has open is backed
+    /// up from inside that process, with `Engine::backup(dest)`: here it is
+    /// refused (exit 5).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Backup {
+        /// The database directory (not open in another process).
+        dir: PathBuf,
+        /// The backup directory: missing, empty, or an earlier backup of this database.
+        dest: PathBuf,
+    },
+    /// Makes a new database in DEST from a backup (or a closed database), as of
+    /// commit N (`--to-commit N`) or its newest commit (`--latest`). DEST must
+    /// not exist.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Restore(cmd::restore::Args),
+    /// Reads the commit history: one commit, the commits from N on, or the
+    /// commits that touched a key or prefix or ran a command. Read-only and
+    /// without the lock: works on a database in use.
+    #[command(subcommand)]
+    Journal(cmd::journal::Command),
+    /// The engine's statistics in the Prometheus text format (`--json`: as
+    /// JSON), from a read-only open of a closed database: recovery, journal and
+    /// store figures. A running engine's are `Engine::stats()` in its process.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Metrics {
+        /// The database directory (not open in another process).
+        dir: PathBuf,
+    },
+    /// The state digest at the last commit (open read-only): equal digests at
+    /// equal commits mean equal contents, e.g. a replica and its leader, or a
+    /// restore and its source.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Digest {
+        /// The database directory (not open in another process).
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    restore_sigpipe();
+    let cli = Cli::parse();
+    let json = cli.json;
+    let result = match cli.command {
+        Command::Stat { dir } => cmd::stat::run(&dir, json),
+        Command::Verify { dir } => cmd::verify::run(&dir, json),
+        Command::Backup { dir, dest } => cmd::backup::run(&dir, &dest, json),
+        Command::Restore(args) => cmd::restore::run(&args, json),
+        Command::Journal(command) => cmd::journal::run(&command, json),
+        Command::Metrics { dir } => cmd::metrics::run(&dir, json),
+        Command::Digest { dir } => cmd::metrics::digest(&dir, json),
+    };
+    match result {
+        Ok(cmd::Done::Ok) => ExitCode::SUCCESS,
+        Ok(cmd::Done::Reported(exit)) => ExitCode::from(exit.code()),
+        Err(failure) => {
+            if json {
+                cmd::print_json(&serde_json::json!({
+                    "error": failure.message,
+                    "exit_code": failure.exit.code(),
+                    "kind": failure.exit.name(),
+                }));
+            }
+            eprintln!("shardstone: {failure}");
+            debug_assert_ne!(failure.exit, Exit::BadArguments, "clap owns code 2");
+            ExitCode::from(failure.exit.code())
+        }
+    }
+}
+
+/// Dies quietly on a closed pipe (`shardstone journal tail DIR | head`), as
+/// other command-line tools do, instead of panicking in `println!`.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default before any other
+    // thread exists; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
