@@ -42,7 +42,12 @@ impl Progress<'_> {
                 let bar = self.bar();
                 while finished.recv_timeout(TICK) == Err(mpsc::RecvTimeoutError::Timeout) {
                     if let Some((total, measure)) = self.bytes {
-                        bar.set_position(measure().min(total));
+                        let done = measure();
+                        bar.set_position(done.min(total));
+                        if done >= total {
+                            // Copied; what is left is checking what was written.
+                            bar.set_message(format!("{}: checking", self.label));
+                        }
                     }
                     bar.tick();
                 }
@@ -58,7 +63,7 @@ impl Progress<'_> {
         let bar = match self.bytes {
             Some((total, _)) => ProgressBar::new(total).with_style(
                 ProgressStyle::with_template(
-                    "{msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec})",
+                    "{msg} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             ),

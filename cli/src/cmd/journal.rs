@@ -104,7 +104,9 @@ pub fn run(command: &Command, json: bool) -> Result<Done, Failure> {
             let records = reader
                 .tail(from.saturating_sub(1))
                 .map_err(|e| Failure::of(e, dir))?;
-            list(dir, records, (*from).max(1), *limit, *format, json)
+            let none = "no commits: the journal holds none from there on (newer commits may be \
+                        in a checkpoint only: see `shardstone stat`)";
+            list(dir, records, (*from).max(1), none, *limit, *format, json)
         }
         Command::Search {
             dir,
@@ -143,7 +145,7 @@ pub fn run(command: &Command, json: bool) -> Result<Done, Failure> {
                 note_start(first.commit_id.get(), from.unwrap_or(1).max(1));
             }
             let records = reader.search(&filter).map_err(|e| Failure::of(e, dir))?;
-            list(dir, records, 0, *limit, *format, json)
+            list(dir, records, 0, "no commit matches", *limit, *format, json)
         }
     }
 }
@@ -197,6 +199,7 @@ fn list(
     dir: &Path,
     records: impl Iterator<Item = shardstone::Result<CommitRecord>>,
     asked: u64,
+    none: &str,
     limit: Option<usize>,
     format: Format,
     json: bool,
@@ -224,7 +227,7 @@ fn list(
     if json {
         writeln!(out, "\n]").map_err(w)?;
     } else if shown == 0 {
-        writeln!(out, "no commit matches").map_err(w)?;
+        writeln!(out, "{none}").map_err(w)?;
     }
     Ok(Done::Ok)
 }
