@@ -202,6 +202,19 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     segs
 }
 
+/// The segment whose bytes contain `needle`.
+fn segment_holding(dir: &Path, needle: &[u8]) -> PathBuf {
+    segments(dir)
+        .into_iter()
+        .find(|seg| {
+            std::fs::read(seg)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+        .expect("a segment holding it")
+}
+
 fn checkpoint_file(dir: &Path) -> PathBuf {
     std::fs::read_dir(dir)
         .unwrap()
@@ -311,15 +324,9 @@ fn verify_names_a_flipped_byte_in_a_segment() {
     let mut flipped = None;
     let (_tmp, _copy, v, human) = verify_damaged("verify-flip", |dir| {
         // Inside the body of the repair (commit 41, after the checkpoint).
-        let (seg, at) = segments(dir)
-            .into_iter()
-            .find_map(|seg| {
-                let bytes = std::fs::read(&seg).unwrap();
-                let at = bytes.windows(8).position(|w| w == b"repaired")?;
-                Some((seg, at))
-            })
-            .expect("a segment holding commit 41");
+        let seg = segment_holding(dir, b"repaired");
         let mut bytes = std::fs::read(&seg).unwrap();
+        let at = bytes.windows(8).position(|w| w == b"repaired").unwrap();
         bytes[at] ^= 0x40;
         std::fs::write(&seg, bytes).unwrap();
         flipped = Some((seg, at as u64));
@@ -329,7 +336,9 @@ fn verify_names_a_flipped_byte_in_a_segment() {
     assert!(f["offset"].as_u64().unwrap() <= at, "{f}");
     assert_eq!(v["intact_up_to"]["commit"], 40, "{v:#}");
     assert!(
-        f["commit"].as_u64().is_some_and(|c| (41..=42).contains(&c)),
+        // The next commit promised in that shard, if any: it depends on
+        // which CPUs the commits ran on.
+        f["commit"].as_u64().is_none_or(|c| c > 40),
         "{f}"
     );
     assert!(human.starts_with("DAMAGED"), "{human}");
@@ -341,7 +350,9 @@ fn verify_names_a_flipped_byte_in_a_segment() {
 fn verify_names_a_deleted_segment() {
     let mut deleted = None;
     let (_tmp, _copy, v, human) = verify_damaged("verify-deleted", |dir| {
-        let seg = segments(dir).pop().unwrap();
+        // Which shard a commit lands in depends on the CPU it ran on: delete
+        // the segment that holds commit 41, after the checkpoint.
+        let seg = segment_holding(dir, b"repaired");
         std::fs::remove_file(&seg).unwrap();
         deleted = Some(seg);
     });
