@@ -136,6 +136,10 @@ impl Engine {
         io: std::sync::Arc<dyn Io>,
         read_only: bool,
     ) -> Result<Engine> {
+        // Recovery's events (journal/mod.rs) happen inside it.
+        let _open =
+            tracing::info_span!(target: "shardstone", "open", dir = %dir.display(), read_only)
+                .entered();
         opts.validate()?;
         let shards = if Journal::writes_files(&opts, read_only) {
             (opts.journal_shards > 0).then_some(opts.journal_shards)
@@ -149,8 +153,8 @@ impl Engine {
             builder: None,
             last_id: 0,
         };
-        let (journal, last) =
-            Journal::open(dir, &opts, io, read_only, layout.clone(), &mut loader)?;
+        let (journal, last) = Journal::open(dir, &opts, io, read_only, layout.clone(), &mut loader)
+            .inspect_err(|e| tracing::error!(target: "shardstone", error = %e, "open failed"))?;
         drop(loader);
         debug_assert_eq!(store.clock.visible(), last);
         // Versions replaced during the load are unreachable now.

@@ -56,6 +56,12 @@
 //! ```
 //!
 //! See `docs/architecture.md` for the page, version and validation design.
+//!
+//! **Logs and metrics.** The engine emits `tracing` events (target `shardstone`)
+//! and prints nothing itself: install a subscriber to see them.
+//! [`Stats::to_prometheus`] renders the statistics for a Prometheus scrape; the
+//! `serde` cargo feature makes [`Stats`] `Serialize`. `docs/operations.md`, "Logs
+//! and metrics", lists the events and the metrics.
 
 #![deny(missing_docs)]
 // Thread-locals go through `sync::thread_local!`, which is loom's under `cfg(loom)`;
@@ -69,6 +75,8 @@ mod feed;
 mod journal;
 pub mod numa;
 mod options;
+#[cfg(feature = "serde")]
+mod serialize;
 mod store;
 mod sync;
 mod txn;

@@ -17,6 +17,7 @@
 mod admission;
 mod gate;
 mod hook;
+mod prometheus;
 mod slow;
 mod stats;
 mod storm;
@@ -55,6 +56,38 @@ const COUNTER_CACHE: usize = 64;
 
 /// Escalated attempts under key locks before a command runs alone.
 const LOCKED_ATTEMPTS: u32 = 4;
+
+/// Traces a command that gave up waiting on the escalation path (a lock wait
+/// that timed out or would deadlock, a full blocking queue); returns `e`.
+fn gave_up(e: Error) -> Error {
+    match &e {
+        Error::Deadlock { command, key } => tracing::warn!(
+            target: "shardstone",
+            command = %command,
+            key = %crate::error::show_key(key),
+            "lock wait would deadlock"
+        ),
+        Error::Timeout {
+            command,
+            key,
+            waited,
+        } => tracing::warn!(
+            target: "shardstone",
+            command = %command,
+            key = %crate::error::show_key(key),
+            waited_secs = waited.as_secs_f64(),
+            "lock wait timed out"
+        ),
+        Error::Overloaded { command, waiting } => tracing::warn!(
+            target: "shardstone",
+            command = %command,
+            waiting,
+            "blocking queue overloaded: command turned away"
+        ),
+        _ => {}
+    }
+    e
+}
 
 /// A short, jittered pause before re-running after the second conflict in a row,
 /// growing with each: losers of one hot key spread out instead of re-colliding.
@@ -409,10 +442,10 @@ impl Executor {
             Ok(a) => a,
             Err(waiting) => {
                 self.telemetry.overloaded();
-                return Err(Error::Overloaded {
+                return Err(gave_up(Error::Overloaded {
                     command: name.to_owned(),
                     waiting,
-                });
+                }));
             }
         };
         match self.policy {
@@ -427,11 +460,11 @@ impl Executor {
 
     fn gate_timeout(&self, name: &str) -> Error {
         self.telemetry.timed_out();
-        Error::Timeout {
+        gave_up(Error::Timeout {
             command: name.to_owned(),
             key: Vec::new(),
             waited: self.lock_wait,
-        }
+        })
     }
 
     /// Waits until no escalated command holds `key`.
@@ -443,7 +476,7 @@ impl Executor {
         self.telemetry.lock_waited(started.elapsed());
         r.map_err(|e| {
             self.telemetry.timed_out();
-            e.into_error(name, &point(key))
+            gave_up(e.into_error(name, &point(key)))
         })
     }
 
@@ -503,7 +536,7 @@ impl Executor {
             for span in spans {
                 self.keys.acquire(owner, span.clone(), until).map_err(|e| {
                     self.telemetry.wait_failed(&e);
-                    e.into_error(name, &span)
+                    gave_up(e.into_error(name, &span))
                 })?;
             }
             Ok(())
@@ -527,9 +560,9 @@ impl Executor {
                     match &e {
                         Error::Deadlock { .. } => self.telemetry.wait_failed(&WaitError::Deadlock),
                         Error::Timeout { .. } => self.telemetry.timed_out(),
-                        _ => {}
+                        _ => return Err(e),
                     }
-                    return Err(e);
+                    return Err(gave_up(e));
                 }
             };
             run.attempts.before_commit(&tx);

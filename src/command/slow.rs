@@ -17,6 +17,7 @@ pub const SLOW_COMMANDS_KEPT: usize = 32;
 
 /// How a command run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum RunEnding {
     /// It committed writes.
     Committed,
@@ -29,12 +30,17 @@ pub enum RunEnding {
 /// One command run that took longer than `Options::slow_command`: an entry of
 /// `Stats::slow_commands`, and what `Engine::on_slow_command` callbacks get.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct SlowCommand {
     /// The command's name as given to `Engine::run`.
     pub name: String,
     /// Wall time of the whole run: every attempt, conflict waits and the
     /// blocking queue included.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration")
+    )]
     pub duration: Duration,
     /// Times the closure ran (each lost conflict adds one).
     pub attempts: u32,
@@ -54,6 +60,10 @@ pub struct SlowCommand {
     /// after it, so they can be counted per name only.
     pub conflicts_caused: u64,
     /// When it finished (wall clock).
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::unix_time")
+    )]
     pub finished_at: SystemTime,
 }
 

@@ -154,6 +154,7 @@ impl Counters {
 
 /// Counters of one command name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CommandStats {
     /// The command's name as given to `Engine::run`.
     pub name: String,
@@ -185,21 +186,32 @@ pub struct CommandStats {
     /// writer of the leaf, usually but not always of the key that collided.
     pub conflicts_caused: u64,
     /// Mean wall time of a run, retries and queueing included.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration")
+    )]
     pub mean_duration: Duration,
     /// Longest run.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration")
+    )]
     pub max_duration: Duration,
 }
 
 /// A page that conflicts often, and who lost on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct HotPage {
     /// The page.
     pub page: PageId,
     /// Conflicts on it.
     pub conflicts: u64,
     /// The first and last key the page held at its latest conflict: the key range it covers.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serialize::hex"))]
     pub first_key: Vec<u8>,
     /// See `first_key`.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serialize::hex"))]
     pub last_key: Vec<u8>,
     /// Command names that lost a conflict on it, most frequent first.
     pub losers: Vec<(String, u64)>,
@@ -207,11 +219,14 @@ pub struct HotPage {
 
 /// A key, or a key range a scan read, that real conflicts were lost on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct HotKey {
     /// The key (then `last_key` is the same), or the first key of the range
     /// (empty when the range is unbounded below).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serialize::hex"))]
     pub first_key: Vec<u8>,
     /// The key, or the last key of the range (empty when unbounded above).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serialize::hex"))]
     pub last_key: Vec<u8>,
     /// Conflicts lost because it changed.
     pub conflicts: u64,
@@ -221,14 +236,23 @@ pub struct HotKey {
 
 /// The blocking queue's load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct BlockingQueueStats {
     /// Commands waiting for or holding exclusive commit rights right now.
     pub depth: u64,
     /// Commands that have gone through it.
     pub escalated: u64,
     /// Total time commands spent in it, waiting and running.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration")
+    )]
     pub total_time: Duration,
     /// Longest time one command spent in it.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration")
+    )]
     pub max_time: Duration,
     /// Escalated commands waiting for admission right now (at most
     /// `Options::max_escalated` run at once).
@@ -237,6 +261,10 @@ pub struct BlockingQueueStats {
     /// it, and by escalated commands taking their locks).
     pub lock_waits: u64,
     /// Total time spent in those waits.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration")
+    )]
     pub lock_wait_time: Duration,
     /// Waits that ended in `Error::Deadlock`.
     pub deadlocks: u64,
@@ -248,6 +276,7 @@ pub struct BlockingQueueStats {
 
 /// A point-in-time copy of an engine's counters (`Engine::stats`).
 #[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// Newest commit id visible to snapshots.
@@ -430,6 +459,17 @@ impl Telemetry {
 
     /// Tells the `Engine::on_storm` callback; call with no engine lock held.
     pub(crate) fn fire_storm(&self, signal: &StormSignal) {
+        tracing::warn!(
+            target: "shardstone",
+            attempts_per_commit = signal.attempts_per_commit,
+            escalations_per_second = signal.escalations_per_second,
+            commits = signal.commits,
+            attempts = signal.attempts,
+            escalations = signal.escalations,
+            window_secs = signal.window.as_secs_f64(),
+            storms = signal.storms,
+            "retry storm"
+        );
         self.on_storm.fire(signal, &self.callback_panics);
     }
 
@@ -439,6 +479,22 @@ impl Telemetry {
         counters.slow();
         self.all.slow();
         report.conflicts_caused = counters.caused_total();
+        let footprint = report.last_attempt.as_ref();
+        tracing::warn!(
+            target: "shardstone",
+            command = %report.name,
+            duration_secs = report.duration.as_secs_f64(),
+            attempts = report.attempts,
+            conflicts = report.conflicts,
+            escalated = report.escalated,
+            ending = ?report.ending,
+            conflicts_caused = report.conflicts_caused,
+            pages = footprint.map(|f| f.pages),
+            keys_read = footprint.map(|f| f.keys_read),
+            keys_written = footprint.map(|f| f.keys_written),
+            ranges_read = footprint.map(|f| f.ranges_read),
+            "slow command"
+        );
         self.slow.push(report.clone());
         self.slow.hook.fire(&report, &self.callback_panics);
     }

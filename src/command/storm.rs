@@ -17,11 +17,16 @@ use std::time::{Duration, Instant};
 /// The retry-storm signal (`Stats::storm`, and what `Engine::on_storm`
 /// callbacks get).
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct StormSignal {
     /// The span the figures cover: about `Options::storm.window`; less while the
     /// engine is younger than that, more on the first sample after a quiet spell
     /// (nothing conflicted, so no sample was taken).
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::duration")
+    )]
     pub window: Duration,
     /// Runs that committed writes in the window.
     pub commits: u64,

@@ -96,6 +96,7 @@ impl Consumers {
 
 /// One feed consumer in `Stats::feed`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ConsumerStats {
     /// The name of a named consumer (`Engine::subscribe_as`).
     pub name: Option<String>,
@@ -334,9 +335,8 @@ impl Feed {
                 Some(r) if r.id == want => return self.deliver(r).map(Some),
                 Some(r) => {
                     self.history = None;
-                    return Err(Error::Truncated {
-                        oldest_available: CommitId(self.oldest_in_files(r.id, visible)?),
-                    });
+                    let oldest = self.oldest_in_files(r.id, visible)?;
+                    return Err(self.truncated_at(oldest));
                 }
                 // The files are read up to what was visible when they were opened
                 // or last extended: back in the window, or read on.
@@ -394,10 +394,25 @@ impl Feed {
     }
 
     fn truncated(&self) -> Error {
-        let tail = self.journal.chain().tail.lock();
-        let oldest = tail.span().map_or(
-            self.store.clock.visible().saturating_add(1),
-            |(first, _)| first,
+        let oldest = {
+            let tail = self.journal.chain().tail.lock();
+            tail.span().map_or(
+                self.store.clock.visible().saturating_add(1),
+                |(first, _)| first,
+            )
+        };
+        self.truncated_at(oldest)
+    }
+
+    /// `Error::Truncated`: the commits this feed needs next are gone. Traced,
+    /// since a consumer that falls this far behind needs an operator.
+    fn truncated_at(&self, oldest: u64) -> Error {
+        tracing::warn!(
+            target: "shardstone",
+            consumer = self.state.name.as_deref(),
+            position = self.position,
+            oldest_available = oldest,
+            "feed consumer truncated: the journal it needs next is gone"
         );
         Error::Truncated {
             oldest_available: CommitId(oldest),

@@ -188,6 +188,7 @@ impl Retired {
 
 /// Journal counters, in `Stats::journal`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JournalStats {
     /// Shards appended to (0 for in-memory engines and `Durability::None`).
     pub shards: usize,
@@ -411,6 +412,34 @@ impl Signal {
 }
 
 const HOLDS_FILE: &str = "consumers";
+
+/// The recovery event of an open (inside the engine's `open` span): what was
+/// replayed and cut, and, after a salvage open, what was given up.
+fn trace_recovery(report: &RecoveryReport, checkpoint: u64, last_commit: u64, segments: usize) {
+    tracing::info!(
+        target: "shardstone",
+        checkpoint,
+        last_commit,
+        replayed = report.replayed,
+        promised = report.promised,
+        dropped_commits = report.dropped_commits,
+        dropped_bytes = report.dropped_bytes,
+        removed_segments = report.removed_segments,
+        segments,
+        salvaged = report.salvage.is_some(),
+        "recovered"
+    );
+    if let Some(s) = &report.salvage {
+        tracing::warn!(
+            target: "shardstone",
+            kept_through = s.kept_through,
+            lost_promised = s.lost_promised,
+            findings = ?s.findings,
+            set_aside = ?s.set_aside,
+            "salvage open gave up part of the database"
+        );
+    }
+}
 
 /// Reads the retention holds recorded at the last checkpoint or close.
 fn load_holds(dir: &Path) -> Result<BTreeMap<String, Arc<Hold>>> {
@@ -822,6 +851,7 @@ impl Journal {
         replayed.put_below(&mut next, None, loader)?;
         loader.finish()?;
         drop(replayed);
+        trace_recovery(&report, start.0, last_id, segments.len());
         let retired = Arc::new(Mutex::new(
             segments
                 .into_iter()
@@ -910,6 +940,7 @@ impl Journal {
         let mut cause = self.cause.lock();
         if cause.is_none() {
             *cause = Some(e.to_string());
+            tracing::error!(target: "shardstone", error = %e, "journal halted: nothing more is acknowledged");
         }
         self.halted.store(true, Ordering::SeqCst);
     }
@@ -950,7 +981,12 @@ impl Journal {
             }
             // Nothing was taken (no id, nothing written): the commit fails alone,
             // and a later one may succeed once the disk has room again.
-            Err(e) => Err(e),
+            Err(e) => {
+                if !matches!(e, Error::Halted { .. }) {
+                    tracing::warn!(target: "shardstone", shard, error = %e, "journal append failed; the commit fails alone");
+                }
+                Err(e)
+            }
         }
     }
 
@@ -987,8 +1023,62 @@ impl Journal {
 
     /// Writes a checkpoint at the snapshot `at`, whose entries `entries` yields in
     /// key order, then deletes the checkpoint before it and every journal segment
-    /// it makes unnecessary (down to the lowest retention hold).
+    /// it makes unnecessary (down to the lowest retention hold). Traced: its
+    /// start, its end (bytes, duration) or its failure.
     pub(crate) fn checkpoint<V: AsRef<[u8]>>(
+        &self,
+        at: u64,
+        entries: impl Iterator<Item = Result<(Vec<u8>, V)>>,
+    ) -> Result<u64> {
+        let started = std::time::Instant::now();
+        // Which engine, for processes that open several.
+        let dir = self
+            .dir
+            .as_deref()
+            .map_or_else(String::new, |d| d.display().to_string());
+        tracing::debug!(target: "shardstone", dir = %dir, commit_id = at, "checkpoint started");
+        match self.write_checkpoint(at, entries) {
+            Ok(done) if done < at => {
+                tracing::debug!(
+                    target: "shardstone",
+                    dir = %dir,
+                    commit_id = at,
+                    newest = done,
+                    "checkpoint skipped: a newer one exists"
+                );
+                Ok(done)
+            }
+            Ok(done) => {
+                let bytes = self
+                    .dir
+                    .as_ref()
+                    .and_then(|d| std::fs::metadata(d.join(checkpoint::checkpoint_name(done))).ok())
+                    .map_or(0, |m| m.len());
+                tracing::info!(
+                    target: "shardstone",
+                    dir = %dir,
+                    commit_id = done,
+                    bytes,
+                    duration_secs = started.elapsed().as_secs_f64(),
+                    retired_segments = self.retired.lock().len(),
+                    "checkpoint written"
+                );
+                Ok(done)
+            }
+            Err(e) => {
+                tracing::error!(
+                    target: "shardstone",
+                    dir = %dir,
+                    commit_id = at,
+                    error = %e,
+                    "checkpoint failed"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn write_checkpoint<V: AsRef<[u8]>>(
         &self,
         at: u64,
         entries: impl Iterator<Item = Result<(Vec<u8>, V)>>,
@@ -1035,8 +1125,10 @@ impl Journal {
                     .sum();
                 let keep = kept <= self.retention_limit;
                 if keep {
+                    tracing::debug!(target: "shardstone", consumer = %name, needed = s.0, kept_bytes = kept, limit = self.retention_limit, "retention hold keeps journal");
                     saved.insert(name.clone(), s);
                 } else {
+                    tracing::warn!(target: "shardstone", consumer = %name, needed = s.0, kept_bytes = kept, limit = self.retention_limit, "retention hold lapsed: it would keep more journal than Options::retention_limit_bytes; the consumer will get Error::Truncated");
                     hold.lapsed.store(true, Ordering::SeqCst);
                 }
                 keep

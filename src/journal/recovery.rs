@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 /// What recovery found, dropped and gave up when the engine was opened: in
 /// `Stats::journal.recovery`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RecoveryReport {
     /// Commits replayed from the journal (after the checkpoint).
     pub replayed: u64,
@@ -67,6 +68,7 @@ pub struct RecoveryReport {
 
 /// What a salvage open gave up (see `Options::salvage`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Salvage {
     /// The last commit kept: everything up to it is intact and chained.
     pub kept_through: u64,
@@ -76,6 +78,10 @@ pub struct Salvage {
     /// What a strict open would have reported, in the order found.
     pub findings: Vec<String>,
     /// Where the segment files salvage cut or removed were copied first.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::opt_path")
+    )]
     pub set_aside: Option<PathBuf>,
 }
 

@@ -308,7 +308,10 @@ impl Shard {
         self.group
             .wait_durable(id, prepare, sync)
             .map_err(|w| match w {
-                Waited::Failed(e) => e,
+                Waited::Failed(e) => {
+                    tracing::error!(target: "shardstone", shard = self.index, error = %e, "journal fsync failed");
+                    e
+                }
                 Waited::Earlier(cause) => Self::halted(&cause),
             })
     }

@@ -54,6 +54,7 @@ use table::PageTable;
 
 /// Identifies a page of the store (a newtype: it never mixes with commit ids).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PageId(pub u64);
 
 impl PageId {
@@ -125,6 +126,7 @@ impl fmt::Debug for Value {
 
 /// Memory counters of the store, reported through `Engine::stats`.
 #[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StoreStats {
     /// Page ids in use (live pages of the tree).
     pub pages: u64,
@@ -142,6 +144,10 @@ pub struct StoreStats {
     /// Commit id of the oldest live [`Snapshot`] handle (transactions not counted).
     pub oldest_snapshot: Option<u64>,
     /// How long the oldest live [`Snapshot`] handle has been held.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::opt_duration")
+    )]
     pub oldest_snapshot_age: Option<Duration>,
     /// Bytes of superseded page versions that are still allocated because a
     /// snapshot older than the newest commit may read them, as of the last full
@@ -153,8 +159,8 @@ pub struct StoreStats {
     pub versions_unlinked: u64,
     /// Snapshots reported as held longer than `Options::snapshot_warn_age`: each
     /// snapshot counts once, when a reclamation pass or `Engine::stats` notices it.
-    /// The library does no logging of its own; watch this counter (and
-    /// `oldest_snapshot_age`) instead.
+    /// Each is also a `tracing` warning (docs/operations.md, "Logs and
+    /// metrics"); watch this counter and `oldest_snapshot_age` as well.
     pub old_snapshot_warnings: u64,
 }
 
@@ -473,8 +479,14 @@ impl Store {
     fn notice_old_snapshots(&self) -> Option<(u64, Duration)> {
         let now = self.now_ns();
         let warn_before = self.warn_age_ns.map(|age| now.saturating_sub(age));
-        let oldest = self.pins.snapshots(warn_before, |_| {
+        let oldest = self.pins.snapshots(warn_before, |at| {
             self.old_snapshot_warnings.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target: "shardstone",
+                snapshot = at,
+                warn_age_secs = self.warn_age_ns.map(|ns| Duration::from_nanos(ns).as_secs_f64()),
+                "snapshot held longer than Options::snapshot_warn_age: old versions stay pinned"
+            );
         })?;
         Some((
             oldest.at,

@@ -8,6 +8,7 @@ use crate::store::PageId;
 /// What one attempt of a command touched: the figures of a slow-command report
 /// (`SlowCommand::last_attempt`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Footprint {
     /// Distinct leaf pages read, or that a write lands on.
@@ -20,6 +21,10 @@ pub struct Footprint {
     pub keys_written: usize,
     /// A few of the keys: written keys first, then keys read, in key order
     /// within each, at most `SAMPLE_KEYS` of them.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::serialize::hex_list")
+    )]
     pub sample_keys: Vec<Vec<u8>>,
 }
 

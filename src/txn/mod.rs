@@ -29,6 +29,7 @@ use std::ops::{Bound, RangeBounds};
 
 /// The position of a commit in the one total order of commits; the first commit is 1.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CommitId(pub(crate) u64);
 
 impl CommitId {
