@@ -421,6 +421,28 @@ impl Engine {
         self.journal.checkpoint(at, snap.range(..)).map(CommitId)
     }
 
+    /// Backs the database up into `dest` while commands keep running: a
+    /// checkpoint from a snapshot, the journal after it up to the last commit
+    /// (and, for [`crate::restore`], the older checkpoints kept by
+    /// [`Options::pitr_retention`] with the journal after them). `dest` then
+    /// opens with [`Engine::open`] as the database at [`BackupInfo::commit_id`].
+    ///
+    /// `dest` is created if missing; it must be empty or an earlier backup of
+    /// this database (otherwise [`Error::NotADatabase`]). Into an earlier
+    /// backup, only what changed is written: its checkpoint serves again while
+    /// this engine has not checkpointed past it, and journal segments already
+    /// there are skipped ([`BackupInfo::bytes_skipped`]). Every file is written
+    /// under a temporary name, fsynced and renamed, the manifest last: an
+    /// interrupted backup opens as an earlier state of this database or not at
+    /// all. Checkpoints wait while a backup copies; commands do not.
+    ///
+    /// [`BackupInfo`]: crate::BackupInfo
+    /// [`BackupInfo::commit_id`]: crate::BackupInfo::commit_id
+    /// [`BackupInfo::bytes_skipped`]: crate::BackupInfo::bytes_skipped
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::BackupInfo> {
+        crate::backup::backup(self, &self.journal, dest.as_ref())
+    }
+
     /// Every commit after `from`, in commit order: history first (from the
     /// journal files, or the in-memory window), then live commits as they become
     /// visible. See [`Feed`]. `from` may be at most the last commit (a feed from

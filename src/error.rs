@@ -126,6 +126,20 @@ pub enum Error {
         /// What is wrong, in words.
         reason: String,
     },
+    /// A directory that holds no shardstone database (no manifest) was given
+    /// where one was expected: to [`crate::JournalReader::open`] or
+    /// [`crate::restore`], or as a backup destination that is neither empty nor
+    /// an earlier backup.
+    NotADatabase {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// [`crate::restore`] was given a destination that already exists. Nothing
+    /// was written: a restore never overwrites anything.
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
     /// The database path (or a parent of it) exists and is not a directory.
     NotADirectory {
         /// The path that is not a directory.
@@ -297,6 +311,16 @@ impl fmt::Display for Error {
                 }
                 write!(f, ": {reason}")
             }
+            Error::NotADatabase { path } => write!(
+                f,
+                "{} holds no shardstone database (no manifest)",
+                path.display()
+            ),
+            Error::DestinationExists { path } => write!(
+                f,
+                "{} already exists; a restore writes only into a new directory",
+                path.display()
+            ),
             Error::NotADirectory { path } => {
                 write!(f, "not a directory: {}", path.display())
             }

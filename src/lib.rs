@@ -68,6 +68,7 @@
 // loom's macro takes no `const { .. }` initializers.
 #![allow(clippy::missing_const_for_thread_local)]
 
+mod backup;
 mod command;
 mod engine;
 mod error;
@@ -81,6 +82,7 @@ mod store;
 mod sync;
 mod txn;
 
+pub use backup::{restore, BackupInfo, RestoreInfo, RestoreTo};
 pub use command::{
     Affinity, BlockingQueueStats, CommandHandle, CommandStats, HotKey, HotPage, RunEnding,
     SlowCommand, Stats, StormSignal, OTHER_COMMANDS, SLOW_COMMANDS_KEPT,
@@ -89,10 +91,10 @@ pub use engine::Engine;
 pub use error::{Error, Result};
 pub use feed::{ConsumerStats, Feed, FeedControl, StateDigest};
 pub use journal::{
-    ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Io, JournalStats, Op, OsIo, PowerLossIo,
-    RecoveryReport, Salvage, MAX_COMMIT_ID,
+    ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Filter, Io, JournalReader, JournalStats,
+    Op, OsIo, PowerLossIo, Records, RecoveryReport, Salvage, Search, MAX_COMMIT_ID,
 };
-pub use options::{Durability, Escalation, Options, StormThresholds, MAX_KEY_LEN};
+pub use options::{Durability, Escalation, Options, Retention, StormThresholds, MAX_KEY_LEN};
 
 /// The group-commit protocol, exposed to the loom models only (its file work is
 /// passed in, so a model runs it with a simulated disk).

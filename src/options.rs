@@ -96,6 +96,49 @@ pub struct Options {
     /// When the engine reports a retry storm: `Stats::storm`, and the callback of
     /// `Engine::on_storm`. See [`StormThresholds`].
     pub storm: StormThresholds,
+    /// How much journal checkpoints keep for point-in-time restore (default:
+    /// back to the checkpoint before the newest, at most 1 GiB of journal). See
+    /// [`Retention`].
+    pub pitr_retention: Retention,
+}
+
+/// What a checkpoint keeps for point-in-time restore ([`crate::restore`]): the
+/// older checkpoints (moved into `pitr/` of the database directory instead of
+/// being deleted) and the journal after the oldest of them. A backup
+/// ([`crate::Engine::backup`]) carries them, so any commit from the oldest kept
+/// checkpoint on can be restored. Retention holds of feed consumers are kept
+/// besides this, as before.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = shardstone::Options {
+///     pitr_retention: shardstone::Retention { checkpoints: 3, max_age: Some(Duration::from_secs(86_400)), ..Default::default() },
+///     ..Default::default()
+/// };
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Checkpoints kept, the newest included (default 2: the journal reaches
+    /// back to the checkpoint before the newest). 1 keeps only the newest, as
+    /// before point-in-time restore existed: the journal before it is deleted.
+    pub checkpoints: usize,
+    /// The most journal bytes (written, not preallocated) the older checkpoints
+    /// may keep (default 1 GiB): the oldest ones are dropped until it fits.
+    pub max_bytes: u64,
+    /// Older checkpoints written longer ago than this are dropped, with the
+    /// journal only they needed (default `None`: no age limit).
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            checkpoints: 2,
+            max_bytes: 1 << 30,
+            max_age: None,
+        }
+    }
 }
 
 /// The thresholds of the storm signal: retry amplification (attempts per commit)
@@ -196,6 +239,7 @@ impl Default for Options {
             snapshot_warn_age: Some(Duration::from_secs(60)),
             slow_command: Some(Duration::from_secs(1)),
             storm: StormThresholds::default(),
+            pitr_retention: Retention::default(),
         }
     }
 }
@@ -270,6 +314,12 @@ impl Options {
             return Err(Error::InvalidOptions {
                 option: "segment_size",
                 reason: format!("{} is not between 64 KiB and 1 TiB", self.segment_size),
+            });
+        }
+        if self.pitr_retention.checkpoints == 0 {
+            return Err(Error::InvalidOptions {
+                option: "pitr_retention.checkpoints",
+                reason: "0: the newest checkpoint is always kept (1 keeps only it)".to_owned(),
             });
         }
         Ok(())

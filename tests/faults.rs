@@ -1145,14 +1145,20 @@ fn a_failed_checkpoint_leaves_the_previous_one_usable() {
                                 "fsync",
                                 "rename",
                                 "fsync directory",
-                                "remove"
+                                "remove",
+                                // Moving the previous one into `pitr/`.
+                                "create directory"
                             ]
                             .contains(&op),
                             "{what}: {op}"
                         );
                         // Failures after the rename leave the new checkpoint
                         // in place: either checkpoint may then be the newest.
-                        manifest || matches!(op, "fsync directory" | "remove")
+                        // So do failures moving the previous checkpoint into
+                        // `pitr/` (its path, not the new one's `.tmp`).
+                        let moving =
+                            path.to_string_lossy().ends_with(".ckpt") || op == "create directory";
+                        manifest || moving || matches!(op, "fsync directory" | "remove")
                     }
                     other => panic!("{what}: the checkpoint returned {other:?}"),
                 };
@@ -1214,6 +1220,15 @@ fn segments_a_failed_checkpoint_could_not_delete_are_deleted_by_the_next_one() {
     };
     let dir = TempDir::new("removal");
     let io = Arc::new(FailOneSegmentRemoval(AtomicBool::new(true)));
+    // Only the newest checkpoint is kept: no journal is kept for point-in-time
+    // restore, so the second checkpoint deletes every segment before it.
+    let opts = |shards| Options {
+        pitr_retention: shardstone::Retention {
+            checkpoints: 1,
+            ..Default::default()
+        },
+        ..opts(shards)
+    };
     let engine = Engine::open_with_io(dir.path(), opts(1), io).unwrap();
     let big = |i: usize| Rng::new(i as u64).bytes(2000);
     for i in 0..200 {

@@ -29,10 +29,28 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A segment's bytes: mapped (a reader the engine registered, so no close trims
+/// the file under it), or read into memory (`JournalReader`, which no engine
+/// knows of: a mapping of a file that a close then trims would fault).
+enum SegmentBytes {
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for SegmentBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SegmentBytes::Mapped(m) => m,
+            SegmentBytes::Read(v) => v,
+        }
+    }
+}
+
 struct ShardFiles {
     index: usize,
-    /// Segment number and map, in order.
-    maps: Vec<(u64, Mmap)>,
+    /// Segment number and bytes, in order.
+    maps: Vec<(u64, SegmentBytes)>,
     segment: usize,
     offset: usize,
 }
@@ -111,7 +129,8 @@ pub(crate) struct History {
     /// being written (a shard that meets one leaves the merge), so the reader
     /// stops here.
     upto: u64,
-    _reader: ReaderGuard,
+    /// `None`: the files are read, not mapped (see `SegmentBytes`).
+    _reader: Option<ReaderGuard>,
 }
 
 impl History {
@@ -122,7 +141,7 @@ impl History {
         points: Vec<(u64, ChainHash)>,
         from: u64,
         upto: u64,
-        reader: ReaderGuard,
+        reader: Option<ReaderGuard>,
     ) -> Result<History> {
         let mut points: BTreeMap<u64, ChainHash> = points.into_iter().collect();
         points.insert(0, ChainHash::genesis());
@@ -139,6 +158,21 @@ impl History {
         };
         h.extend(upto)?;
         Ok(h)
+    }
+
+    /// A reader of a journal that has no files: it yields nothing.
+    pub(crate) fn empty() -> History {
+        History {
+            dir: PathBuf::new(),
+            shards: Vec::new(),
+            heap: BinaryHeap::new(),
+            next: Vec::new(),
+            known: None,
+            points: BTreeMap::new(),
+            from: 0,
+            upto: 0,
+            _reader: None,
+        }
     }
 
     /// Reads on up to `upto` (visible now): maps segments created since, and looks
@@ -184,10 +218,17 @@ impl History {
             if file.metadata().map_err(io("stat", &path))?.len() <= SEGMENT_HEADER as u64 {
                 continue;
             }
-            // SAFETY: read-only map of a file this engine only appends to; bytes
-            // not yet written read as zeros, which parse as the end.
-            let map = unsafe { Mmap::map(&file) }.map_err(io("mmap", &path))?;
-            files.maps.push((seq, map));
+            let bytes = if self._reader.is_some() {
+                // SAFETY: read-only map of a file this engine only appends to, and
+                // does not trim while this reader is registered; bytes not yet
+                // written read as zeros, which parse as the end.
+                SegmentBytes::Mapped(unsafe { Mmap::map(&file) }.map_err(io("mmap", &path))?)
+            } else {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io("read", &path))?;
+                SegmentBytes::Read(bytes)
+            };
+            files.maps.push((seq, bytes));
         }
         for i in 0..self.shards.len() {
             if self.next[i].is_none() {

@@ -22,22 +22,27 @@
 
 mod chain;
 mod checkpoint;
+mod copy;
 mod group;
 mod history;
 mod io;
 mod lock;
 mod manifest;
+mod pitr;
 mod power;
+mod reader;
 mod record;
 mod recovery;
 mod shard;
 
 pub(crate) use chain::Retained;
+pub(crate) use copy::restore as restore_files;
 #[cfg(loom)]
 pub use group::{Group, Waited};
 pub(crate) use history::History;
 pub use io::{FaultKind, FaultyIo, Io, OsIo};
 pub use power::{Fate, PowerLossIo};
+pub use reader::{Filter, JournalReader, Records, Search};
 pub(crate) use record::{BodyView, Frame, FRAME_HEADER};
 pub use record::{ChainHash, CommitRecord, Op, MAX_COMMIT_ID};
 pub use recovery::{RecoveryReport, Salvage};
@@ -226,6 +231,8 @@ pub(crate) struct Journal {
     /// would keep more than `retention_limit` bytes (then it lapses).
     holds: Mutex<BTreeMap<String, Arc<Hold>>>,
     retention_limit: u64,
+    /// What checkpoints keep for point-in-time restore (`pitr.rs`).
+    pitr: crate::options::Retention,
     checkpointing: Mutex<()>,
     checkpoint: AtomicU64,
     /// The newest checkpoint's commit and chain hash: where history can start.
@@ -599,6 +606,7 @@ impl Journal {
             retired: Arc::new(Mutex::new(Vec::new())),
             holds: Mutex::new(BTreeMap::new()),
             retention_limit: opts.retention_limit_bytes,
+            pitr: opts.pitr_retention.clone(),
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(0),
             checkpoint_point: Mutex::new((0, ChainHash::genesis())),
@@ -899,6 +907,7 @@ impl Journal {
             retired,
             holds: Mutex::new(load_holds(dir)?),
             retention_limit: opts.retention_limit_bytes,
+            pitr: opts.pitr_retention.clone(),
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(start.0),
             checkpoint_point: Mutex::new(start),
@@ -1102,10 +1111,17 @@ impl Journal {
         checkpoint::write(dir, &*self.io, at, hash, entries)?;
         self.checkpoint.store(at, Ordering::SeqCst);
         *self.checkpoint_point.lock() = (at, hash);
-        if previous > 0 {
-            let old = dir.join(checkpoint::checkpoint_name(previous));
-            self.io.remove(&old).map_err(io_err("remove", &old))?;
-        }
+        // The previous checkpoint goes to `pitr/` or away; the journal back to
+        // the oldest checkpoint kept there stays (point-in-time restore).
+        let pitr_floor = {
+            let segments: Vec<(u64, u64)> = self
+                .retired
+                .lock()
+                .iter()
+                .map(|s| (s.last_id, s.used))
+                .collect();
+            pitr::retire_checkpoint(dir, &*self.io, previous, at, &self.pitr, &segments)?
+        };
         // The positions are read once: what is saved is what bounds the deletion
         // (an `ack` in between must not let segments go that the saved hold needs).
         let saved: BTreeMap<String, SavedHold> = {
@@ -1141,7 +1157,8 @@ impl Journal {
             .map(|&s| hold_floor(s))
             .min()
             .unwrap_or(u64::MAX)
-            .min(at);
+            .min(at)
+            .min(pitr_floor);
         let listed = {
             let mut retired = self.retired.lock();
             let mut result = Ok(());
@@ -1290,7 +1307,7 @@ impl Journal {
         let mut points = vec![*self.checkpoint_point.lock()];
         points.extend(self.holds.lock().values().filter_map(|h| *h.point.lock()));
         let reader = ReaderGuard::register(&self.readers);
-        History::open(&jdir, points, from, upto, reader).map(Some)
+        History::open(&jdir, points, from, upto, Some(reader)).map(Some)
     }
 
     /// The chain hash of commit `id` if it can be known without reading the
