@@ -494,6 +494,54 @@ impl Engine {
         ))
     }
 
+    /// Verifies the engine without stopping it: the B+tree of a snapshot (key
+    /// order, separator keys, every page reached once, page layouts, overflow
+    /// chains), then its directory's files as [`crate::verify_dir`] does, and
+    /// their hash chain against this engine's. Runs on a snapshot and reads
+    /// files only: writers are never blocked, nothing is written. Damage is in
+    /// the report's findings; see docs/operations.md, "Verifying a database".
+    ///
+    /// ```
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("put", |tx| tx.put(b"k", b"v"))?;
+    /// let report = engine.verify()?;
+    /// assert!(report.ok, "{report}");
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn verify(&self) -> Result<crate::VerifyReport> {
+        let last = self.last_commit();
+        let snapshot = self.snapshot();
+        let journal = &self.journal;
+        crate::verify::verify_engine(&snapshot, journal.dir(), last, &|id| journal.known_hash(id))
+    }
+
+    /// [`crate::stat_dir`] for this engine's directory, with the last commit
+    /// and consumer positions as the engine knows them now.
+    /// `Error::Unsupported` for an in-memory engine.
+    pub fn stat(&self) -> Result<crate::DirStat> {
+        let dir = self
+            .journal
+            .dir()
+            .ok_or(Error::Unsupported("stat of an in-memory engine"))?;
+        let last = self.last_commit();
+        let checkpoint = self.journal.stats().checkpoint;
+        let consumers = self
+            .stats()
+            .feed
+            .iter()
+            .filter_map(|c| {
+                let name = c.name.clone()?;
+                let position = self.consumer_position(&name)?;
+                Some((name, position))
+            })
+            .collect();
+        let hash = self
+            .journal
+            .known_hash(checkpoint)
+            .unwrap_or(ChainHash::genesis());
+        crate::verify::stat_engine(dir, last, (checkpoint, hash), consumers)
+    }
+
     /// Drops the named consumer's retention hold; false if it had none.
     pub fn release_consumer(&self, name: &str) -> bool {
         self.journal.release(name)

@@ -81,6 +81,7 @@ mod serialize;
 mod store;
 mod sync;
 mod txn;
+mod verify;
 
 pub use backup::{restore, BackupInfo, RestoreInfo, RestoreTo};
 pub use command::{
@@ -103,3 +104,7 @@ pub use options::{Durability, Escalation, Options, Retention, StormThresholds, M
 pub use journal::{Group, Waited};
 pub use store::{PageId, Snapshot, SnapshotRange, StoreStats, Value};
 pub use txn::{CommitId, Footprint, Tx, TxRange};
+pub use verify::{
+    stat_dir, verify_dir, CheckpointStat, ConsumerPosition, DirStat, Finding, FindingKind,
+    VerifyReport,
+};

@@ -31,7 +31,9 @@
 
 mod common;
 
-use common::{cpus_for_shards, enc, panic_text, par_map, pin, scan, Entries, Rng, TempDir};
+use common::{
+    copy_db, cpus_for_shards, enc, panic_text, par_map, pin, scan, Entries, Rng, TempDir,
+};
 use shardstone::{ChainHash, CommitId, Durability, Engine, Error, Options};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -53,20 +55,6 @@ fn opts() -> Options {
         journal_shards: SHARDS,
         segment_size: SEGMENT_SIZE as u64,
         ..Default::default()
-    }
-}
-
-/// Copies a database directory (its files and `journal/`), without the lock.
-fn copy_db(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("journal")).unwrap();
-    for sub in ["", "journal"] {
-        for entry in std::fs::read_dir(from.join(sub)).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name();
-            if entry.file_type().unwrap().is_file() && name != "LOCK" {
-                std::fs::copy(entry.path(), to.join(sub).join(&name)).unwrap();
-            }
-        }
     }
 }
 

@@ -25,6 +25,7 @@ mod checkpoint;
 mod copy;
 mod group;
 mod history;
+pub(crate) mod inspect;
 mod io;
 mod lock;
 mod manifest;
@@ -498,6 +499,15 @@ fn load_holds(dir: &Path) -> Result<BTreeMap<String, Arc<Hold>>> {
         holds.insert(name.to_owned(), Arc::new(Hold::new(needed, point)));
     }
     Ok(holds)
+}
+
+/// The named consumers in the `consumers` file of `dir` and the oldest commit
+/// each still needs, read without the directory lock (for `stat` and `verify`).
+pub(crate) fn read_consumers(dir: &Path) -> Result<Vec<(String, u64)>> {
+    Ok(load_holds(dir)?
+        .into_iter()
+        .map(|(name, hold)| (name, hold.needed.load(Ordering::Relaxed)))
+        .collect())
 }
 
 /// A chain hash written as 64 hex digits.
@@ -1276,6 +1286,11 @@ impl Journal {
     }
 
     /// The hash chain, with the in-memory window of hashed commits.
+    /// The database directory (`None` in memory).
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     pub(crate) fn chain(&self) -> &Chain {
         &self.chain
     }

@@ -167,6 +167,9 @@ pub(crate) struct Recovered {
     /// Valid commit frames found, before any cut.
     pub frames_found: u64,
     pub report: RecoveryReport,
+    /// Every finding of a salvage read, as the typed error a strict read
+    /// returns (the file, offset and commit): what `verify` reports.
+    pub errors: Vec<Error>,
 }
 
 impl Recovered {
@@ -179,6 +182,7 @@ impl Recovered {
             segments: Vec::new(),
             next_seq: 0,
             frames_found: 0,
+            errors: Vec::new(),
             report: RecoveryReport {
                 promised: promised.max(start.0),
                 salvage: (!finding.is_empty()).then(|| Salvage {
@@ -211,6 +215,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 struct Findings {
     salvage: bool,
     found: Vec<String>,
+    errors: Vec<Error>,
 }
 
 impl Findings {
@@ -219,6 +224,7 @@ impl Findings {
             return Err(e);
         }
         self.found.push(e.to_string());
+        self.errors.push(e);
         Ok(())
     }
 }
@@ -573,6 +579,7 @@ pub(crate) fn recover(
     let mut findings = Findings {
         salvage: rules.salvage,
         found: Vec::new(),
+        errors: Vec::new(),
     };
     let mut logs = list(dir)?;
     let mut acked = 0u64;
@@ -920,6 +927,7 @@ pub(crate) fn recover(
         }
         io.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     }
+    let errors = std::mem::take(&mut findings.errors);
     if salvaging {
         report.salvage = Some(Salvage {
             kept_through: last_id,
@@ -935,6 +943,7 @@ pub(crate) fn recover(
         next_seq,
         frames_found,
         report,
+        errors,
     })
 }
 

@@ -31,7 +31,8 @@ pub(crate) use build::Builder;
 pub(crate) use clock::Clock;
 pub(crate) use cursor::TreeRange;
 pub(crate) use newest::PageRead;
-pub(crate) use page::{Kind, ValRef};
+pub(crate) use overflow::chain_len;
+pub(crate) use page::{check_layout, Kind, ValRef};
 pub(crate) use reclaim::PinSlot;
 pub use snapshot::{Snapshot, SnapshotRange};
 pub(crate) use table::PageSlot;
@@ -42,7 +43,7 @@ use crate::sync::{fence, thread_local, AtomicU64, CachePadded, Mutex, Ordering};
 use arena::Arenas;
 pub(crate) use arena::MemoryHome;
 use interval::Reclaimer;
-use page::Page;
+pub(crate) use page::Page;
 pub(crate) use reclaim::Reading;
 use reclaim::{Garbage, GarbageLists, Pins};
 use sequence::Sequences;
@@ -288,6 +289,35 @@ impl Store {
             #[cfg(loom)]
             crate::sync::yield_now();
         }
+    }
+
+    /// `version_at` for `verify`: never asserts, never follows an id that was
+    /// not handed out; the reason when `id` has no sane version visible at `at`.
+    /// The caller holds a pin `<= at`.
+    pub(crate) fn checked_version_at(&self, id: PageId, at: u64) -> Result<PagePtr, String> {
+        if !self.table.is_allocated(id) {
+            return Err("no such page was ever allocated".to_owned());
+        }
+        let mut v = self.table.slot(id).head();
+        let mut newer = u64::MAX;
+        while !v.is_null() {
+            // SAFETY: as in `version_at`: the caller's pin keeps these versions.
+            let p = unsafe { self.page(v) };
+            if p.stamp() >= newer {
+                return Err("its version chain does not descend in commit ids".to_owned());
+            }
+            if p.stamp() <= at {
+                return Ok(v);
+            }
+            newer = p.stamp();
+            v = p.next_version();
+        }
+        Err(format!("no version of it is visible at commit {at}"))
+    }
+
+    /// The page size: what `verify` checks page layouts against.
+    pub(crate) fn page_size(&self) -> usize {
+        self.page_size
     }
 
     /// The leaf whose range holds `key` at snapshot `at`, with the version seen.

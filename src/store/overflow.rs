@@ -71,6 +71,31 @@ pub(crate) fn read_chain(head: usize, len: usize) -> Vec<u8> {
     out
 }
 
+/// The length of the chain at `head`, walking at most `max_pages` pages: for
+/// `verify`, which must not loop on a cycle nor trust the leaf's length.
+pub(crate) fn chain_len(
+    head: usize,
+    max_pages: usize,
+    page_size: usize,
+) -> Result<(usize, usize), String> {
+    let (mut len, mut pages, mut page) = (0usize, 0usize, head);
+    while page != 0 {
+        if pages == max_pages {
+            return Err(format!(
+                "the chain is longer than {max_pages} pages (a cycle?)"
+            ));
+        }
+        let (next, n) = read_header(page as PagePtr);
+        if n > page_size - CHAIN_HEADER {
+            return Err(format!("a chain page claims {n} bytes"));
+        }
+        len += n;
+        pages += 1;
+        page = next;
+    }
+    Ok((len, pages))
+}
+
 /// Returns every page of the chain at `head` to the arena.
 pub(crate) fn free_chain(arena: &Arenas, head: usize) {
     let mut page = head;

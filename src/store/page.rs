@@ -279,6 +279,90 @@ impl<'a> Page<'a> {
     }
 }
 
+/// Why the page's layout is not self-consistent, if it is not: what `verify`
+/// checks before it trusts any accessor (which index without bounds checks
+/// of their own). Leaves and inner nodes are built densely, so every byte
+/// between the header and `used` belongs to exactly one slot or entry.
+pub(crate) fn check_layout(page: &Page<'_>, page_size: usize) -> Result<(), String> {
+    let byte = |at: usize| page.body.get(at.wrapping_sub(LINK_END)).copied();
+    let u16_at = |at: usize| Some(u16::from_le_bytes([byte(at)?, byte(at + 1)?]) as usize);
+    let u32_at = |at: usize| {
+        Some(u32::from_le_bytes([byte(at)?, byte(at + 1)?, byte(at + 2)?, byte(at + 3)?]) as usize)
+    };
+    let kind = byte(16).ok_or("the page is shorter than its header")?;
+    let (count, used) = (u32_at(20).unwrap_or(0), u32_at(24).unwrap_or(0));
+    if used > page_size || used < HEADER {
+        return Err(format!(
+            "`used` is {used}, outside {HEADER}..={page_size} (the page size)"
+        ));
+    }
+    let (slot, entry_header) = match kind {
+        1 => (LEAF_SLOT, LEAF_ENTRY_HEADER),
+        2 => (INNER_SLOT, INNER_ENTRY_HEADER),
+        3 => {
+            return if count == 0 && used == HEADER {
+                Ok(())
+            } else {
+                Err(format!(
+                    "a dead marker with {count} entries and {used} bytes used"
+                ))
+            }
+        }
+        k => return Err(format!("unknown page kind {k}")),
+    };
+    let slots_end = count
+        .checked_mul(slot)
+        .and_then(|n| n.checked_add(HEADER))
+        .filter(|&n| n <= used)
+        .ok_or_else(|| format!("{count} slots do not fit in the {used} bytes used"))?;
+    // Entries are laid out in slot order right after the slots.
+    let mut at = slots_end;
+    for i in 0..count {
+        let o = u32_at(HEADER + i * slot).ok_or("a slot lies outside the page")?;
+        if o != at {
+            return Err(format!(
+                "entry {i} is at offset {o}, expected {at} (entries are packed in slot order)"
+            ));
+        }
+        let (klen, stored) = if kind == 1 {
+            let klen = u16_at(o).ok_or("an entry header lies outside the page")?;
+            let vlen = u32_at(o + 4).ok_or("an entry header lies outside the page")?;
+            let stored = match byte(o + 2) {
+                Some(TAG_INLINE) => vlen,
+                Some(TAG_OVERFLOW) => 8,
+                t => return Err(format!("entry {i} has an unknown value tag {t:?}")),
+            };
+            (klen, stored)
+        } else {
+            (
+                u16_at(o + 8).ok_or("an entry header lies outside the page")?,
+                0,
+            )
+        };
+        at = o
+            .checked_add(entry_header + klen + stored)
+            .filter(|&end| end <= used)
+            .ok_or_else(|| format!("entry {i} runs past the {used} bytes used"))?;
+    }
+    if at != used {
+        return Err(format!(
+            "entries end at byte {at} but `used` is {used}: {} bytes unaccounted for",
+            used.abs_diff(at)
+        ));
+    }
+    if kind == 1 && count > 0 {
+        let plen = u16_at(28).unwrap_or(0);
+        let (first, last) = (page.leaf_key(0), page.leaf_key(count - 1));
+        if plen > first.len() || plen > last.len() || first[..plen] != last[..plen] {
+            return Err(format!("the shared key prefix length {plen} is not shared"));
+        }
+    }
+    if kind == 2 && count == 0 {
+        return Err("an inner node with no children".to_owned());
+    }
+    Ok(())
+}
+
 /// Writes the version header fields that are set at install time.
 ///
 /// # Safety

@@ -76,6 +76,16 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Runs `f` over the store at this snapshot's commit, inside one reading
+    /// section (which keeps every version the snapshot sees; writers go on):
+    /// for `verify`, which walks the whole tree.
+    pub(crate) fn with_store<R>(&self, f: impl FnOnce(&Store, u64) -> R) -> R {
+        let _reading = self.store.reading(&self.pin);
+        f(&self.store, self.at)
+    }
+}
+
 impl Drop for Snapshot {
     fn drop(&mut self) {
         self.store.unpin(&self.pin);

@@ -184,6 +184,16 @@ impl PageTable {
         unsafe { &(*seg).slots[(id.0 as usize) % SEGMENT] }
     }
 
+    /// Whether `id` was ever handed out (its slot exists): `verify` asks
+    /// before it follows an id read from a page.
+    pub(crate) fn is_allocated(&self, id: PageId) -> bool {
+        id.0 < self.next_id.load(Ordering::Acquire)
+            && (id.0 as usize) / SEGMENT < SEGMENTS
+            && !self.dir[(id.0 as usize) / SEGMENT]
+                .load(Ordering::Acquire)
+                .is_null()
+    }
+
     /// Page ids handed out and not released.
     pub(crate) fn live_ids(&self) -> u64 {
         self.next_id

@@ -440,3 +440,17 @@ pub fn interleave<TA: Send, TB: Send>(
         (ra, attempts, rb)
     })
 }
+
+/// Copies a database directory (its files and `journal/`), without the lock.
+pub fn copy_db(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.join("journal")).unwrap();
+    for sub in ["", "journal"] {
+        for entry in std::fs::read_dir(from.join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            if entry.file_type().unwrap().is_file() && name != "LOCK" {
+                std::fs::copy(entry.path(), to.join(sub).join(&name)).unwrap();
+            }
+        }
+    }
+}
