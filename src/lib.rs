@@ -84,7 +84,7 @@ pub use journal::{
     ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Io, JournalStats, Op, OsIo, PowerLossIo,
     RecoveryReport, Salvage, MAX_COMMIT_ID,
 };
-pub use options::{Durability, Escalation, Options, StormThresholds, MAX_KEY_LEN};
+pub use options::{AutoCheckpoint, Durability, Escalation, Options, StormThresholds, MAX_KEY_LEN};
 
 /// The group-commit protocol, exposed to the loom models only (its file work is
 /// passed in, so a model runs it with a simulated disk).
