@@ -9,7 +9,10 @@ use crate::feed::FeedControl;
 use crate::feed::{self, Consumers, Feed};
 #[cfg(doc)]
 use crate::journal::FaultyIo;
-use crate::journal::{ChainHash, CommitRecord, Io, Journal, Loader, OsIo};
+use crate::journal::{
+    AutoStats, ChainHash, CheckpointTarget, Checkpointer, CommitRecord, Io, Journal, Loader, OsIo,
+    STOP_CHECK_ENTRIES,
+};
 use crate::numa::{Layout, Placement};
 #[cfg(doc)]
 use crate::options::Durability;
@@ -46,7 +49,57 @@ pub struct Engine {
     consumers: Consumers,
     /// Serializes `apply` on a follower.
     applying: Mutex<()>,
+    /// The background checkpoint thread (`Options::auto_checkpoint`), if any;
+    /// stopped before the journal closes.
+    checkpointer: Option<Checkpointer>,
     closed: bool,
+}
+
+/// Writes a checkpoint of `store` into `journal` from a snapshot; gives up
+/// with an error once `stop()` says so (checked every few entries).
+fn write_checkpoint(
+    store: &Arc<Store>,
+    journal: &Journal,
+    stop: &dyn Fn() -> bool,
+) -> Result<CommitId> {
+    let mark = journal.prepare_checkpoint()?;
+    let snap = Snapshot::new(store.clone());
+    let at = snap.commit_id().get();
+    let mut n = 0u64;
+    let entries = snap.range(..).map(|entry| {
+        n += 1;
+        if n.is_multiple_of(STOP_CHECK_ENTRIES) && stop() {
+            return Err(Error::Unsupported(
+                "checkpoint abandoned: the engine is closing",
+            ));
+        }
+        entry
+    });
+    journal.checkpoint(at, mark, entries).map(CommitId)
+}
+
+/// What the background checkpoint thread works on.
+struct AutoTarget {
+    store: Arc<Store>,
+    journal: std::sync::Arc<Journal>,
+}
+
+impl CheckpointTarget for AutoTarget {
+    fn checkpoint_id(&self) -> u64 {
+        self.journal.checkpoint_id()
+    }
+    fn since_checkpoint_bytes(&self) -> u64 {
+        self.journal.since_checkpoint_bytes()
+    }
+    fn visible(&self) -> u64 {
+        self.store.clock.visible()
+    }
+    fn stats(&self) -> &AutoStats {
+        &self.journal.auto
+    }
+    fn checkpoint(&self, stop: &dyn Fn() -> bool) -> Result<u64> {
+        write_checkpoint(&self.store, &self.journal, stop).map(|id| id.get())
+    }
 }
 
 /// Builds the store from the recovered state (the checkpoint merged with the
@@ -159,7 +212,20 @@ impl Engine {
         debug_assert_eq!(store.clock.visible(), last);
         // Versions replaced during the load are unreachable now.
         store.collect();
-        Ok(Engine::assemble(store, journal, layout, &opts))
+        let mut engine = Engine::assemble(store, journal, layout, &opts);
+        if let (Some(policy), false) = (opts.auto_checkpoint, read_only) {
+            let target = AutoTarget {
+                store: engine.store.clone(),
+                journal: engine.journal.clone(),
+            };
+            let thread = Checkpointer::start(policy, target).map_err(|source| Error::Io {
+                op: "start the checkpoint thread",
+                path: dir.to_owned(),
+                source,
+            })?;
+            engine.checkpointer = Some(thread);
+        }
+        Ok(engine)
     }
 
     fn layout(opts: &Options, shards: Option<usize>) -> std::sync::Arc<Layout> {
@@ -185,6 +251,7 @@ impl Engine {
             layout,
             consumers: Consumers::default(),
             applying: Mutex::new(()),
+            checkpointer: None,
             closed: false,
         }
     }
@@ -414,11 +481,11 @@ impl Engine {
     /// taken from a snapshot while commands keep running. Then deletes the previous
     /// checkpoint and the journal segments the new one makes unnecessary. Returns
     /// the checkpoint's commit id. Opening replays only the journal after it.
+    ///
+    /// A durable engine also checkpoints on its own, in the background, as
+    /// `Options::auto_checkpoint` says.
     pub fn checkpoint(&self) -> Result<CommitId> {
-        self.journal.prepare_checkpoint()?;
-        let snap = self.snapshot();
-        let at = snap.commit_id().get();
-        self.journal.checkpoint(at, snap.range(..)).map(CommitId)
+        write_checkpoint(&self.store, &self.journal, &|| false)
     }
 
     /// Backs the database up into `dest` while commands keep running: a
@@ -623,6 +690,8 @@ impl Engine {
             ));
         }
         self.closed = true;
+        // Stopped first: no checkpoint runs while the journal closes.
+        self.checkpointer.take();
         self.workers.stop();
         self.journal.close(self.store.clock.visible())
     }
@@ -715,6 +784,9 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // Stops and joins the background checkpoint thread: it abandons a
+        // checkpoint in progress, so this is prompt.
+        self.checkpointer.take();
         if self.workers.is_own_worker() {
             // The last owner was a command on one of this engine's workers. That
             // worker cannot wait for itself: another thread stops the workers

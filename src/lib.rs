@@ -95,7 +95,9 @@ pub use journal::{
     ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Filter, Io, JournalReader, JournalStats,
     Op, OsIo, PowerLossIo, Records, RecoveryReport, Salvage, Search, MAX_COMMIT_ID,
 };
-pub use options::{Durability, Escalation, Options, Retention, StormThresholds, MAX_KEY_LEN};
+pub use options::{
+    AutoCheckpoint, Durability, Escalation, Options, Retention, StormThresholds, MAX_KEY_LEN,
+};
 
 /// The group-commit protocol, exposed to the loom models only (its file work is
 /// passed in, so a model runs it with a simulated disk).

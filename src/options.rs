@@ -100,6 +100,11 @@ pub struct Options {
     /// back to the checkpoint before the newest, at most 1 GiB of journal). See
     /// [`Retention`].
     pub pitr_retention: Retention,
+    /// When the engine writes checkpoints on its own, from a background thread
+    /// (default: after 256 MiB of journal or 10 minutes, see [`AutoCheckpoint`];
+    /// `None`: only [`crate::Engine::checkpoint`] writes them). In-memory engines
+    /// and read-only opens have no background checkpoints.
+    pub auto_checkpoint: Option<AutoCheckpoint>,
 }
 
 /// What a checkpoint keeps for point-in-time restore ([`crate::restore`]): the
@@ -137,6 +142,44 @@ impl Default for Retention {
             checkpoints: 2,
             max_bytes: 1 << 30,
             max_age: None,
+        }
+    }
+}
+
+/// The thresholds of automatic checkpoints (`Options::auto_checkpoint`): a
+/// background thread checkpoints when either is passed, which bounds both the
+/// journal kept on disk and what the next open replays.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = shardstone::Options {
+///     auto_checkpoint: Some(shardstone::AutoCheckpoint {
+///         bytes: 64 << 20,
+///         interval: Duration::from_secs(60),
+///     }),
+///     ..Default::default()
+/// };
+/// let engine = shardstone::Engine::in_memory_with(opts)?;
+/// assert_eq!(engine.stats().journal.auto_checkpoints, 0);
+/// # Ok::<(), shardstone::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoCheckpoint {
+    /// Journal bytes appended since the newest checkpoint began that start the
+    /// next one (default 256 MiB; at least 1). Compared with
+    /// `Stats::journal.since_checkpoint_bytes` (always 0 under
+    /// [`Durability::None`], which writes no journal).
+    pub bytes: u64,
+    /// Age of the newest checkpoint that starts the next one, if anything was
+    /// committed after it (default 10 minutes; at least 1 ms).
+    pub interval: Duration,
+}
+
+impl Default for AutoCheckpoint {
+    fn default() -> Self {
+        AutoCheckpoint {
+            bytes: 256 << 20,
+            interval: Duration::from_secs(600),
         }
     }
 }
@@ -240,6 +283,7 @@ impl Default for Options {
             slow_command: Some(Duration::from_secs(1)),
             storm: StormThresholds::default(),
             pitr_retention: Retention::default(),
+            auto_checkpoint: Some(AutoCheckpoint::default()),
         }
     }
 }
@@ -307,6 +351,20 @@ impl Options {
                 return Err(Error::InvalidOptions {
                     option,
                     reason: format!("{v} is not a number of at least 0"),
+                });
+            }
+        }
+        if let Some(auto) = &self.auto_checkpoint {
+            if auto.bytes == 0 {
+                return Err(Error::InvalidOptions {
+                    option: "auto_checkpoint.bytes",
+                    reason: "0 would checkpoint without end; use None to disable".to_owned(),
+                });
+            }
+            if auto.interval < Duration::from_millis(1) {
+                return Err(Error::InvalidOptions {
+                    option: "auto_checkpoint.interval",
+                    reason: format!("{:?} is below 1 ms", auto.interval),
                 });
             }
         }

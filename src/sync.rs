@@ -9,6 +9,14 @@
 
 pub(crate) use crossbeam_utils::CachePadded;
 
+/// Locks and threads for work that no loom model explores and that waits in
+/// real time (the background checkpointer, `journal/auto.rs`): `std`'s, also
+/// under `cfg(loom)`.
+pub(crate) mod real {
+    pub(crate) use std::sync::{Condvar, Mutex};
+    pub(crate) use std::thread;
+}
+
 #[cfg(not(loom))]
 mod imp {
     pub(crate) use std::sync::atomic::{

@@ -516,7 +516,16 @@ fn sync_keeper(leader: &Engine, listener: &TcpListener, keeper: &Engine, until: 
 #[test]
 fn a_follower_too_far_behind_is_told_the_journal_is_gone() {
     let dir = TempDir::new("truncated");
-    let mut leader = Engine::open_with(dir.path(), opts()).unwrap();
+    // Keep no journal for point-in-time restore: only the newest checkpoint, so
+    // the checkpoint below deletes the journal before it.
+    let opts = Options {
+        pitr_retention: shardstone::Retention {
+            checkpoints: 1,
+            ..Default::default()
+        },
+        ..opts()
+    };
+    let mut leader = Engine::open_with(dir.path(), opts.clone()).unwrap();
     for i in 0..1000 {
         step(&leader, "load", i);
     }
@@ -533,7 +542,7 @@ fn a_follower_too_far_behind_is_told_the_journal_is_gone() {
     // Restarted, the leader has only its journal files (and the hold, recorded
     // by the checkpoint) to serve history from.
     drop(leader);
-    leader = Engine::open_with(dir.path(), opts()).unwrap();
+    leader = Engine::open_with(dir.path(), opts).unwrap();
     assert_eq!(
         leader.consumer_position("keeper").map(|c| c.get()),
         Some(1000)

@@ -12,10 +12,12 @@ use shardstone::{CommitRecord, Engine, Options, Result};
 use std::path::{Path, PathBuf};
 
 /// Options of every engine the targets open: no NUMA pinning, one shard, the
-/// smallest segments, so that an iteration does little besides parsing.
+/// smallest segments, no background checkpoint thread, so that an iteration
+/// does little besides parsing.
 pub fn options() -> Options {
     Options {
         numa: Numa::Off,
+        auto_checkpoint: None,
         journal_shards: 1,
         workers: 1,
         segment_size: 1 << 16,

@@ -20,6 +20,7 @@
 //! journal/s<shard>-<segment>.log          journal segments
 //! ```
 
+mod auto;
 mod chain;
 mod checkpoint;
 mod copy;
@@ -36,6 +37,7 @@ mod record;
 mod recovery;
 mod shard;
 
+pub(crate) use auto::{AutoStats, Checkpointer, Target as CheckpointTarget, STOP_CHECK_ENTRIES};
 pub(crate) use chain::Retained;
 pub(crate) use copy::restore as restore_files;
 #[cfg(loom)]
@@ -213,6 +215,21 @@ pub struct JournalStats {
     /// when the append finished (it migrated, or its node has no shard): remote
     /// memory writes on the commit path. Counted only with more than one node.
     pub remote_appends: u64,
+    /// Journal bytes appended since the newest checkpoint began (in this
+    /// session): what `AutoCheckpoint::bytes` is compared with.
+    pub since_checkpoint_bytes: u64,
+    /// Checkpoints the background thread wrote (`Options::auto_checkpoint`).
+    pub auto_checkpoints: u64,
+    /// Background checkpoints that failed. Each is retried later, after a
+    /// backoff (1 s, doubling up to 5 min); the engine keeps running.
+    pub auto_checkpoint_failures: u64,
+    /// Commit id of the newest background checkpoint (0: none yet).
+    pub last_auto_checkpoint: u64,
+    /// When the newest background checkpoint was written.
+    pub last_auto_checkpoint_time: Option<std::time::SystemTime>,
+    /// The error of the last background checkpoint if it failed; `None` once
+    /// one succeeds again.
+    pub last_auto_checkpoint_error: Option<String>,
 }
 
 pub(crate) struct Journal {
@@ -236,6 +253,13 @@ pub(crate) struct Journal {
     pitr: crate::options::Retention,
     checkpointing: Mutex<()>,
     checkpoint: AtomicU64,
+    /// Bytes the shards had appended when the newest checkpoint began.
+    checkpoint_mark: AtomicU64,
+    /// Bytes of the journal found on open after the checkpoint, until the next
+    /// checkpoint covers them.
+    carried: AtomicU64,
+    /// What background checkpoints did.
+    pub(crate) auto: AutoStats,
     /// The newest checkpoint's commit and chain hash: where history can start.
     checkpoint_point: Mutex<(u64, ChainHash)>,
     /// `History` readers alive: a close does not trim segments they map.
@@ -619,6 +643,9 @@ impl Journal {
             pitr: opts.pitr_retention.clone(),
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(0),
+            checkpoint_mark: AtomicU64::new(0),
+            carried: AtomicU64::new(0),
+            auto: AutoStats::default(),
             checkpoint_point: Mutex::new((0, ChainHash::genesis())),
             readers: Arc::new(Readers::default()),
             signal: Signal::new(),
@@ -870,18 +897,23 @@ impl Journal {
         loader.finish()?;
         drop(replayed);
         trace_recovery(&report, start.0, last_id, segments.len());
-        let retired = Arc::new(Mutex::new(
-            segments
-                .into_iter()
-                .map(|s| Retired {
-                    shard: s.shard,
-                    seq: s.seq,
-                    used: s.used(),
-                    path: s.path,
-                    last_id: s.last_id,
-                })
-                .collect(),
-        ));
+        let retired: Vec<Retired> = segments
+            .into_iter()
+            .map(|s| Retired {
+                shard: s.shard,
+                seq: s.seq,
+                used: s.used(),
+                path: s.path,
+                last_id: s.last_id,
+            })
+            .collect();
+        // The journal the checkpoint does not cover counts toward the next one.
+        let carried = retired
+            .iter()
+            .filter(|s| s.last_id > start.0)
+            .map(|s| s.used)
+            .sum();
+        let retired = Arc::new(Mutex::new(retired));
         debug_assert_eq!(
             Journal::writes_files(opts, read_only),
             !layout.plan().placement.shards.is_empty()
@@ -920,6 +952,9 @@ impl Journal {
             pitr: opts.pitr_retention.clone(),
             checkpointing: Mutex::new(()),
             checkpoint: AtomicU64::new(start.0),
+            checkpoint_mark: AtomicU64::new(0),
+            carried: AtomicU64::new(carried),
+            auto: AutoStats::default(),
             checkpoint_point: Mutex::new(start),
             readers: Arc::new(Readers::default()),
             signal: Signal::new(),
@@ -1031,22 +1066,45 @@ impl Journal {
 
     /// Starts a checkpoint: retires every shard's current segment, so that the
     /// checkpoint about to be taken can delete them. Then call `checkpoint`.
-    pub(crate) fn prepare_checkpoint(&self) -> Result<()> {
+    /// Returns the journal bytes appended so far, for `checkpoint`.
+    pub(crate) fn prepare_checkpoint(&self) -> Result<u64> {
         // A checkpoint is not a write: followers take them too.
         self.check_writable(true)?;
+        let mark = self.written();
         for shard in self.shards.iter() {
             shard.roll_if_used()?;
         }
-        Ok(())
+        Ok(mark)
+    }
+
+    /// Frame bytes appended to every shard since the engine opened.
+    fn written(&self) -> u64 {
+        self.shards.iter().map(|s| s.written()).sum()
+    }
+
+    /// Journal bytes appended since the newest checkpoint began (its snapshot
+    /// was taken after that, so this counts at least what it does not cover).
+    pub(crate) fn since_checkpoint_bytes(&self) -> u64 {
+        let carried = self.carried.load(Ordering::SeqCst);
+        self.written()
+            .saturating_sub(self.checkpoint_mark.load(Ordering::SeqCst))
+            .saturating_add(carried)
+    }
+
+    /// The newest checkpoint's commit id (0: none).
+    pub(crate) fn checkpoint_id(&self) -> u64 {
+        self.checkpoint.load(Ordering::SeqCst)
     }
 
     /// Writes a checkpoint at the snapshot `at`, whose entries `entries` yields in
     /// key order, then deletes the checkpoint before it and every journal segment
     /// it makes unnecessary (down to the lowest retention hold). Traced: its
-    /// start, its end (bytes, duration) or its failure.
+    /// start, its end (bytes, duration) or its failure. `mark` is what
+    /// `prepare_checkpoint` returned.
     pub(crate) fn checkpoint<V: AsRef<[u8]>>(
         &self,
         at: u64,
+        mark: u64,
         entries: impl Iterator<Item = Result<(Vec<u8>, V)>>,
     ) -> Result<u64> {
         let started = std::time::Instant::now();
@@ -1056,7 +1114,7 @@ impl Journal {
             .as_deref()
             .map_or_else(String::new, |d| d.display().to_string());
         tracing::debug!(target: "shardstone", dir = %dir, commit_id = at, "checkpoint started");
-        match self.write_checkpoint(at, entries) {
+        match self.write_checkpoint(at, mark, entries) {
             Ok(done) if done < at => {
                 tracing::debug!(
                     target: "shardstone",
@@ -1100,6 +1158,7 @@ impl Journal {
     fn write_checkpoint<V: AsRef<[u8]>>(
         &self,
         at: u64,
+        mark: u64,
         entries: impl Iterator<Item = Result<(Vec<u8>, V)>>,
     ) -> Result<u64> {
         let Some(dir) = &self.dir else {
@@ -1113,6 +1172,9 @@ impl Journal {
         let _one = self.checkpointing.lock();
         let previous = self.checkpoint.load(Ordering::SeqCst);
         if at <= previous {
+            // The newest checkpoint covers this snapshot, so it also covers what
+            // was appended before `mark` and became visible by then.
+            self.checkpoint_mark.fetch_max(mark, Ordering::SeqCst);
             return Ok(previous);
         }
         let hash = self.hash_at(at).ok_or(Error::Unsupported(
@@ -1120,6 +1182,8 @@ impl Journal {
         ))?;
         checkpoint::write(dir, &*self.io, at, hash, entries)?;
         self.checkpoint.store(at, Ordering::SeqCst);
+        self.checkpoint_mark.fetch_max(mark, Ordering::SeqCst);
+        self.carried.store(0, Ordering::SeqCst);
         *self.checkpoint_point.lock() = (at, hash);
         // The previous checkpoint goes to `pitr/` or away; the journal back to
         // the oldest checkpoint kept there stays (point-in-time restore).
@@ -1405,6 +1469,7 @@ impl Journal {
         // so `retired` must not be held while a shard's lock is taken.
         let retired = self.retired.lock().len();
         let current = self.shards.iter().filter(|s| s.has_segment()).count();
+        let auto = self.auto.read();
         JournalStats {
             shards: self.shards.len(),
             syncs: self.syncs.load(Ordering::Relaxed),
@@ -1413,6 +1478,12 @@ impl Journal {
             recovery: self.report.clone(),
             segments: retired + current,
             remote_appends: self.shards.iter().map(|s| s.remote_appends()).sum(),
+            since_checkpoint_bytes: self.since_checkpoint_bytes(),
+            auto_checkpoints: auto.done,
+            auto_checkpoint_failures: auto.failures,
+            last_auto_checkpoint: auto.last.map_or(0, |(id, _)| id),
+            last_auto_checkpoint_time: auto.last.map(|(_, t)| t),
+            last_auto_checkpoint_error: auto.last_error,
         }
     }
 }

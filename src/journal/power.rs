@@ -157,7 +157,12 @@ impl PowerLossIo {
                 continue;
             };
             let bytes = survivor(file, fate(path));
-            std::fs::write(dest.join(rel), bytes)?;
+            let to = dest.join(rel);
+            // Files in subdirectories (`pitr/`, salvage copies) keep their place.
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(to, bytes)?;
         }
         Ok(())
     }

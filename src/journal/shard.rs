@@ -120,6 +120,9 @@ pub(crate) struct Shard {
     /// to that node before they are first touched.
     home: (Arc<Layout>, usize),
     remote_appends: AtomicU64,
+    /// Frame bytes appended this session (what automatic checkpoints measure the
+    /// journal by). Written under the shard lock; read without it.
+    written: AtomicU64,
     /// `Durability::Durable`: a retired segment's file stays open until the next
     /// flush syncs it. Otherwise nothing waits to sync it, so it is closed at
     /// the roll (a checkpoint can then free its disk space), and a clean close
@@ -154,6 +157,7 @@ impl Shard {
             syncs,
             home,
             remote_appends: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             keeps_unsynced,
         }
     }
@@ -164,6 +168,11 @@ impl Shard {
 
     pub(crate) fn remote_appends(&self) -> u64 {
         self.remote_appends.load(Ordering::Relaxed)
+    }
+
+    /// Frame bytes appended to this shard since the engine opened.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     fn halted(cause: &str) -> Error {
@@ -204,6 +213,7 @@ impl Shard {
         seg.map[seg.len..seg.len + len].copy_from_slice(&frame.bytes[..len]);
         seg.len += stride;
         seg.last_id = id;
+        self.written.fetch_add(stride as u64, Ordering::Relaxed);
         seg.populate_ahead();
         debug_assert!(id > st.appended, "frames of a shard are in commit order");
         st.appended = id;
