@@ -90,7 +90,20 @@ enum Command {
 
 fn main() -> ExitCode {
     restore_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors are exit 2 (clap's); with --json, in JSON too.
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                cmd::print_json(&serde_json::json!({
+                    "error": e.kind().to_string(),
+                    "exit_code": Exit::BadArguments.code(),
+                    "kind": Exit::BadArguments.name(),
+                }));
+            }
+            e.exit();
+        }
+    };
     let json = cli.json;
     let result = match cli.command {
         Command::Stat { dir } => cmd::stat::run(&dir, json),

@@ -760,6 +760,9 @@ fn help_lists_the_exit_codes_and_bad_arguments_exit_2() {
         2,
     );
     expect(&shardstone(&[&"no-such-command"]), 2);
+    let out = shardstone(&[&"journal", &"search", &"dir", &"--json"]);
+    expect(&out, 2);
+    assert_eq!(json(&out)["kind"], "bad_arguments");
     expect(
         &shardstone(&[&"journal", &"show", &"dir", &"not-a-number"]),
         2,
