@@ -96,7 +96,7 @@ fn main() -> ExitCode {
             // Usage errors are exit 2 (clap's); with --json, in JSON too.
             if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
                 cmd::print_json(&serde_json::json!({
-                    "error": e.kind().to_string(),
+                    "error": e.render().to_string().trim_end(),
                     "exit_code": Exit::BadArguments.code(),
                     "kind": Exit::BadArguments.name(),
                 }));
