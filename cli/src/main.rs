@@ -31,16 +31,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// What a database directory holds: sizes, last commit and chain hash,
-    /// shards and segments, checkpoint and its age, consumers and their lag.
-    /// Read-only and without the lock: works on a database in use.
+    /// What a database directory holds: sizes, last commit, shards, checkpoint, consumers.
+    ///
+    /// Sizes, last commit and chain hash, shards and segments, checkpoint and
+    /// its age, named consumers and their lag, problems found. Read-only and without the lock: works on a database in use.
     #[command(after_help = EXIT_CODES_HELP)]
     Stat {
         /// The database directory.
         dir: PathBuf,
     },
-    /// Checks every checksum, the commit order, the hash chain and the
-    /// checkpoint against the journal. Read-only and without the lock: works on
+    /// Checks every checksum and the hash chain; exit 3 when damaged.
+    ///
+    /// Every checksum, the commit order, the hash chain and the checkpoint
+    /// against the journal. Read-only and without the lock: works on
     /// a database in use. Exits 3 when anything is damaged, naming the file,
     /// offset and commit, and says up to which commit the data can be trusted.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -48,8 +51,9 @@ enum Command {
         /// The database directory.
         dir: PathBuf,
     },
-    /// Copies a closed database into DEST, which then opens as the database at
-    /// the backup's commit. Into an earlier backup of the same database, only
+    /// Backs a closed database up into DEST (exit 5 if another process has it open).
+    ///
+    /// DEST then opens as the database at the backup's commit. Into an earlier backup of the same database, only
     /// what changed is copied. A database another process has open is backed
     /// up from inside that process, with `Engine::backup(dest)`: here it is
     /// refused (exit 5).
@@ -60,27 +64,31 @@ enum Command {
         /// The backup directory: missing, empty, or an earlier backup of this database.
         dest: PathBuf,
     },
-    /// Makes a new database in DEST from a backup (or a closed database), as of
-    /// commit N (`--to-commit N`) or its newest commit (`--latest`). DEST must
-    /// not exist.
+    /// Makes a new database in DEST as of commit N of a backup; DEST must not exist.
+    ///
+    /// From a backup (or a closed database), as of commit N (`--to-commit N`)
+    /// or its newest commit (`--latest`). DEST must not exist: a restore never
+    /// overwrites anything.
     #[command(after_help = EXIT_CODES_HELP)]
     Restore(cmd::restore::Args),
-    /// Reads the commit history: one commit, the commits from N on, or the
-    /// commits that touched a key or prefix or ran a command. Read-only and
+    /// Reads the commit history: show one commit, tail, or search by key, prefix, command.
+    ///
+    /// Read-only and
     /// without the lock: works on a database in use.
     #[command(subcommand)]
     Journal(cmd::journal::Command),
-    /// The engine's statistics in the Prometheus text format (`--json`: as
-    /// JSON), from a read-only open of a closed database: recovery, journal and
-    /// store figures. A running engine's are `Engine::stats()` in its process.
+    /// Statistics of a closed database in the Prometheus text format (or --json).
+    ///
+    /// From a read-only open: recovery, journal and store figures. A running engine's are `Engine::stats()` in its process.
     #[command(after_help = EXIT_CODES_HELP)]
     Metrics {
         /// The database directory (not open in another process).
         dir: PathBuf,
     },
-    /// The state digest at the last commit (open read-only): equal digests at
-    /// equal commits mean equal contents, e.g. a replica and its leader, or a
-    /// restore and its source.
+    /// The last commit, its chain hash and the state digest of a closed database.
+    ///
+    /// From a read-only open. Equal digests at equal commits mean equal
+    /// contents: a replica and its leader, a restore and its source.
     #[command(after_help = EXIT_CODES_HELP)]
     Digest {
         /// The database directory (not open in another process).
