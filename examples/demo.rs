@@ -551,6 +551,13 @@ fn print_summary(cfg: &Config, base: &Stats, end: &Stats, secs: f64, shared: &Sh
 }
 
 fn main() -> ExitCode {
+    // `demo | head` should end the demo when `head` exits, as a command-line tool
+    // does, instead of panicking in `println!` while the workers run on (Rust
+    // ignores SIGPIPE by default).
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let mut cfg = Args::parse().config();
 
     let loading = Instant::now();
