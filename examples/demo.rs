@@ -22,7 +22,10 @@
 //! the hottest pages. The exit status is non-zero if the total was ever wrong or a
 //! command failed.
 
+use clap::builder::RangedU64ValueParser;
+use clap::{Parser, ValueEnum};
 use shardstone::{Durability, Engine, Options, Stats, Value};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -43,60 +46,72 @@ struct Config {
     seconds: f64,
     keys: u64,
     accounts: u64,
-    dir: Option<std::path::PathBuf>,
+    dir: Option<PathBuf>,
     durability: Durability,
 }
 
-const USAGE: &str = "usage: demo [--threads N] [--seconds S] [--keys K] [--accounts A]
-  --threads N    worker threads running commands (default 4; one more thread audits snapshots)
-  --seconds S    how long to run (default 3)
-  --keys K       item keys for the uncontended commands (default 200000)
-  --accounts A   accounts in the hot set the transfers use (default 256, at least 2)
-  --dir PATH     run a durable engine in PATH (default: in memory); rerun to recover and go on
-  --durability D with --dir: none, buffered or durable (default durable)";
+/// The command line; `Args::config` turns it into a [`Config`].
+#[derive(Parser)]
+#[command(
+    name = "demo",
+    about = "shardstone demo: concurrent commands, conflicts, escalation, and an invariant that must hold throughout"
+)]
+struct Args {
+    /// worker threads running commands (one more thread audits snapshots)
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    threads: usize,
+    /// how long to run
+    #[arg(long, value_name = "S", default_value_t = 3.0, value_parser = positive_secs)]
+    seconds: f64,
+    /// item keys for the uncontended commands
+    #[arg(long, value_name = "K", default_value_t = 200_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// accounts in the hot set the transfers use (at least 2)
+    #[arg(long, value_name = "A", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    accounts: u64,
+    /// run a durable engine in PATH (default: in memory); rerun to recover and go on
+    #[arg(long, value_name = "PATH")]
+    dir: Option<PathBuf>,
+    /// with --dir: how each commit reaches the disk
+    #[arg(long, value_name = "D", value_enum, default_value_t = DurabilityArg::Durable)]
+    durability: DurabilityArg,
+}
 
-fn parse_args() -> Result<Config, String> {
-    let mut cfg = Config {
-        threads: 4,
-        seconds: 3.0,
-        keys: 200_000,
-        accounts: 256,
-        dir: None,
-        durability: Durability::Durable,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(String::new());
-        }
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--threads" => cfg.threads = value.parse().map_err(|e| bad(&e))?,
-            "--seconds" => cfg.seconds = value.parse().map_err(|e| bad(&e))?,
-            "--keys" => cfg.keys = value.parse().map_err(|e| bad(&e))?,
-            "--accounts" => cfg.accounts = value.parse().map_err(|e| bad(&e))?,
-            "--dir" => cfg.dir = Some(value.into()),
-            "--durability" => {
-                cfg.durability = match value.as_str() {
-                    "none" => Durability::None,
-                    "buffered" => Durability::Buffered,
-                    "durable" => Durability::Durable,
-                    _ => return Err(bad(&"expected none, buffered or durable")),
-                }
-            }
-            _ => return Err(format!("unknown argument {flag}")),
+/// `--durability`: the values of [`Durability`] on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    None,
+    Buffered,
+    Durable,
+}
+
+/// A number of seconds above zero.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a number of seconds above 0".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Args {
+    fn config(self) -> Config {
+        Config {
+            threads: self.threads,
+            seconds: self.seconds,
+            keys: self.keys,
+            accounts: self.accounts,
+            dir: self.dir,
+            durability: match self.durability {
+                DurabilityArg::None => Durability::None,
+                DurabilityArg::Buffered => Durability::Buffered,
+                DurabilityArg::Durable => Durability::Durable,
+            },
         }
     }
-    if cfg.threads == 0
-        || cfg.keys == 0
-        || cfg.accounts < 2
-        || cfg.seconds.is_nan()
-        || cfg.seconds <= 0.0
-    {
-        return Err("need --threads >= 1, --keys >= 1, --accounts >= 2, --seconds > 0".into());
-    }
-    Ok(cfg)
 }
 
 /// SplitMix64: a small seeded generator, plenty for choosing keys.
@@ -536,17 +551,14 @@ fn print_summary(cfg: &Config, base: &Stats, end: &Stats, secs: f64, shared: &Sh
 }
 
 fn main() -> ExitCode {
-    let mut cfg = match parse_args() {
-        Ok(c) => c,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("demo: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // `demo | head` should end the demo when `head` exits, as a command-line tool
+    // does, instead of panicking in `println!` while the workers run on (Rust
+    // ignores SIGPIPE by default).
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let mut cfg = Args::parse().config();
 
     let loading = Instant::now();
     let opened = match &cfg.dir {

@@ -24,18 +24,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let invocation = match cli::parse(&args) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
-        }
-    };
+    // `--help` and bad arguments: clap prints them and exits (0 or 2).
+    let invocation = cli::parse(&args).unwrap_or_else(|e| e.exit());
     let done = match invocation {
-        Invocation::Help => {
-            print!("{}", cli::USAGE);
-            Ok(())
-        }
         Invocation::Load { engine, keys, dir } => {
             plan::load(engine, keys, &dir).and_then(|r| print_result(&r))
         }
