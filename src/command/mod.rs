@@ -35,8 +35,8 @@ use crate::options::{Escalation, Options};
 use crate::store::Store;
 use crate::sync::{thread_local, Arc};
 use crate::txn::{
-    commit, point, start_key, Conflict, Holding, KeyBounds, KeyLocks, Locking, Log, Outcome, Tx,
-    WaitError,
+    commit, point, start_key, Conflict, Holding, KeyBounds, KeyLocks, Locking, Log, Outcome, Owner,
+    Tx, WaitError,
 };
 use admission::Admission;
 use gate::CommitGate;
@@ -381,20 +381,7 @@ impl Executor {
                 }
             };
             run.attempts.before_commit(&tx);
-            let Some(pass) = self.gate.enter(|| self.wait_deadline(deadline)) else {
-                return Err(self.gate_timeout(name));
-            };
-            let outcome = commit(
-                tx,
-                Log {
-                    journal,
-                    command: name,
-                    apply: false,
-                    locks: Some((&self.keys, 0)),
-                },
-            );
-            drop(pass);
-            match outcome? {
+            match self.commit_at_gate(tx, journal, name, deadline, 0)? {
                 Outcome::Committed {
                     restructured,
                     resolved,
@@ -456,6 +443,31 @@ impl Executor {
                 self.run_locked(store, journal, name, deadline, counters, footprint, f, run)
             }
         }
+    }
+
+    /// Commits `tx` through the commit gate (waiting for it at most until the
+    /// lock-wait deadline), checking the key locks of escalated commands other
+    /// than `owner` (0: an ordinary command).
+    fn commit_at_gate(
+        &self,
+        tx: Tx<'_>,
+        journal: &Journal,
+        name: &str,
+        deadline: Option<Instant>,
+        owner: Owner,
+    ) -> Result<Outcome> {
+        let Some(_pass) = self.gate.enter(|| self.wait_deadline(deadline)) else {
+            return Err(self.gate_timeout(name));
+        };
+        commit(
+            tx,
+            Log {
+                journal,
+                command: name,
+                apply: false,
+                locks: Some((&self.keys, owner)),
+            },
+        )
     }
 
     fn gate_timeout(&self, name: &str) -> Error {
@@ -566,20 +578,7 @@ impl Executor {
                 }
             };
             run.attempts.before_commit(&tx);
-            let Some(pass) = self.gate.enter(|| self.wait_deadline(deadline)) else {
-                return Err(self.gate_timeout(name));
-            };
-            let outcome = commit(
-                tx,
-                Log {
-                    journal,
-                    command: name,
-                    apply: false,
-                    locks: Some((&self.keys, owner)),
-                },
-            );
-            drop(pass);
-            match outcome? {
+            match self.commit_at_gate(tx, journal, name, deadline, owner)? {
                 Outcome::Committed {
                     restructured,
                     resolved,
