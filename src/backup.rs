@@ -43,8 +43,14 @@ pub enum RestoreTo {
     /// The newest commit the backup holds.
     Latest,
     /// Exactly this commit: from the backup's oldest restorable commit to its
-    /// newest. Records carry no time, so there is no restore by time.
+    /// newest.
     Commit(CommitId),
+    /// The database as it was at this time: every commit up to the one before
+    /// the first commit made after it ([`crate::JournalReader::last_before`]).
+    /// Commit times are the source's wall clock, to a few milliseconds. A time
+    /// before the oldest restorable commit is [`Error::Truncated`] (or the
+    /// empty database, when the backup's journal starts at the first commit).
+    Time(std::time::SystemTime),
 }
 
 /// What [`restore`] made.
@@ -141,6 +147,11 @@ pub fn restore(
         let to = match to {
             RestoreTo::Latest => None,
             RestoreTo::Commit(id) => Some(id.get()),
+            RestoreTo::Time(at) => Some(
+                crate::JournalReader::open(backup)?
+                    .last_before(at)?
+                    .map_or(0, CommitId::get),
+            ),
         };
         let done = crate::journal::restore_files(backup, &tmp, to)?;
         // Open it before it is put in place: recovery checks every checksum,

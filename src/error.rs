@@ -198,6 +198,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A restore or search by time met a journal record written without a
+    /// commit time (by a version before times were recorded): name a commit id
+    /// instead.
+    NoCommitTime {
+        /// The first record without a time.
+        commit_id: CommitId,
+    },
     /// No feed consumer has this name.
     UnknownConsumer(String),
     /// The journal failed to write or sync a commit earlier. The engine refuses
@@ -363,6 +370,11 @@ impl fmt::Display for Error {
                 }
                 write!(f, ": {reason}")
             }
+            Error::NoCommitTime { commit_id } => write!(
+                f,
+                "the journal record of {commit_id} has no commit time (written before times \
+                 were recorded): restore or search by commit id instead"
+            ),
             Error::UnknownConsumer(name) => write!(f, "no feed consumer is named {name:?}"),
             Error::Halted { cause } => write!(
                 f,

@@ -92,8 +92,8 @@ pub use engine::Engine;
 pub use error::{Error, Result};
 pub use feed::{ConsumerStats, Feed, FeedControl, StateDigest};
 pub use journal::{
-    ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Filter, Io, JournalReader, JournalStats,
-    Op, OsIo, PowerLossIo, Records, RecoveryReport, Salvage, Search, MAX_COMMIT_ID,
+    ChainHash, CommitRecord, Fate, FaultKind, FaultyIo, Filter, Io, JournalEntry, JournalReader,
+    JournalStats, Op, OsIo, PowerLossIo, Records, RecoveryReport, Salvage, Search, MAX_COMMIT_ID,
 };
 pub use options::{
     AutoCheckpoint, Durability, Escalation, Options, Retention, StormThresholds, MAX_KEY_LEN,

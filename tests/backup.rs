@@ -330,3 +330,97 @@ fn journal_search_returns_exactly_the_matching_commits_on_a_live_directory() {
         Err(Error::NotADatabase { .. })
     ));
 }
+
+/// Sleeps long enough that the kernel's coarse clock (the commit times' source,
+/// a tick of at most 10 ms) moves past the wall clock read before the sleep.
+fn pause() {
+    std::thread::sleep(std::time::Duration::from_millis(60));
+}
+
+#[test]
+fn restore_and_search_by_time_use_the_commit_times() {
+    use std::time::SystemTime;
+    let dir = TempDir::new("backup-time");
+    let src = dir.path().join("db");
+    let engine = Engine::open_with(&src, opts()).unwrap();
+    let batch = |tag: &str, n: u32| {
+        for i in 0..n {
+            engine
+                .run(tag, |tx| tx.put(format!("{tag}{i}").as_bytes(), b"v"))
+                .unwrap();
+        }
+    };
+    let before_all = SystemTime::now();
+    pause();
+    batch("a", 20);
+    let after_a = engine.commit_id().get();
+    let a_state = digest(&engine);
+    pause();
+    let t1 = SystemTime::now();
+    pause();
+    batch("b", 20);
+    let after_b = engine.commit_id().get();
+    let b_state = digest(&engine);
+    pause();
+    let t2 = SystemTime::now();
+    pause();
+    batch("c", 5);
+
+    // Every record has a time, in the window it was made in.
+    let reader = JournalReader::open(&src).unwrap();
+    for e in reader.records().unwrap() {
+        let e = e.unwrap();
+        let t = e.time.expect("a new record has a time");
+        let id = e.commit_id.get();
+        let (lo, hi) = if id <= after_a {
+            (before_all, t1)
+        } else if id <= after_b {
+            (t1, t2)
+        } else {
+            (t2, SystemTime::now())
+        };
+        assert!(t >= lo && t <= hi, "commit {id} at {t:?} outside {lo:?}..{hi:?}");
+        assert_eq!(reader.get(e.commit_id).unwrap().unwrap().time, e.time);
+    }
+    // Search between two times: exactly batch b.
+    let ids: Vec<u64> = reader
+        .search(&Filter {
+            since: Some(t1),
+            until: Some(t2),
+            ..Default::default()
+        })
+        .unwrap()
+        .map(|e| e.unwrap().commit_id.get())
+        .collect();
+    assert_eq!(ids, (after_a + 1..=after_b).collect::<Vec<_>>());
+    assert_eq!(reader.last_before(t1).unwrap(), Some(CommitId::from(after_a)));
+    assert_eq!(reader.last_before(before_all).unwrap(), None);
+
+    // Restore by time from a backup: the state at the end of each batch.
+    let backup = dir.path().join("backup");
+    engine.backup(&backup).unwrap();
+    for (at, want_id, want) in [(t1, after_a, &a_state), (t2, after_b, &b_state)] {
+        let to = dir.path().join(format!("at-{want_id}"));
+        let r = restore(&backup, &to, RestoreTo::Time(at)).unwrap();
+        assert_eq!(r.commit_id.get(), want_id);
+        assert_eq!(&digest(&Engine::open_with(&to, opts()).unwrap()), want);
+    }
+    // Before the first commit, from a journal that starts at commit 1: empty.
+    let empty = restore(&backup, dir.path().join("empty"), RestoreTo::Time(before_all)).unwrap();
+    assert_eq!(empty.commit_id.get(), 0);
+    let opened = Engine::open_with(dir.path().join("empty"), opts()).unwrap();
+    assert_eq!(opened.snapshot().range(..).count(), 0);
+
+    // After a checkpoint, a time before it cannot be restored from a journal
+    // that starts after it (the checkpoint keeps no history).
+    drop(opened);
+    engine.checkpoint().unwrap();
+    engine.checkpoint().unwrap();
+    let backup2 = dir.path().join("backup2");
+    engine.backup(&backup2).unwrap();
+    assert!(matches!(
+        restore(&backup2, dir.path().join("too-old"), RestoreTo::Time(t1)),
+        Err(Error::Truncated { .. })
+    ));
+    assert!(!dir.path().join("too-old").exists());
+}

@@ -12,6 +12,7 @@ mod database;
 mod exit;
 mod printable;
 mod progress;
+mod time;
 
 use clap::{Parser, Subcommand};
 use exit::{Exit, EXIT_CODES_HELP};

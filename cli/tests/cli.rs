@@ -768,3 +768,68 @@ fn help_lists_the_exit_codes_and_bad_arguments_exit_2() {
         2,
     );
 }
+
+#[test]
+fn restore_and_search_by_time() {
+    let tmp = TempDir::new("by-time");
+    let db = tmp.join("db");
+    let engine = Engine::open_with(&db, opts()).unwrap();
+    // Two batches a tick of the coarse clock apart (commit times come from it).
+    for (tag, n) in [("a", 10u32), ("b", 10)] {
+        for i in 0..n {
+            engine
+                .run(tag, |tx| tx.put(format!("{tag}{i}").as_bytes(), b"v"))
+                .unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(60));
+    }
+    let a_digest = {
+        // The state after batch a, from a restore by commit.
+        engine.close().unwrap();
+        let at10 = tmp.join("at-10");
+        expect(
+            &shardstone(&[&"restore", &db, &"--to-commit", &"10", &at10]),
+            0,
+        );
+        let e = Engine::open_with(&at10, opts()).unwrap();
+        e.snapshot().state_digest().unwrap().to_string()
+    };
+    // The time of commit 10, as `journal show` prints it, is a valid --to-time.
+    let out = shardstone(&[&"journal", &"show", &db, &"10", &"--json"]);
+    expect(&out, 0);
+    let t10 = json(&out)["time"].as_str().unwrap().to_owned();
+    let out = shardstone(&[&"journal", &"show", &db, &"10"]);
+    assert!(stdout(&out).contains(&format!("time:            {t10}")), "{}", stdout(&out));
+
+    let dest = tmp.join("at-time");
+    let out = shardstone(&[&"restore", &db, &"--to-time", &t10, &dest, &"--json"]);
+    expect(&out, 0);
+    assert_eq!(json(&out)["commit"], 10);
+    let out = shardstone(&[&"digest", &dest, &"--json"]);
+    assert_eq!(json(&out)["digest"], a_digest.as_str());
+
+    // Search by time: --since the time of commit 11 gives batch b exactly.
+    let out = shardstone(&[&"journal", &"show", &db, &"11", &"--json"]);
+    let t11 = json(&out)["time"].as_str().unwrap().to_owned();
+    let out = shardstone(&[&"journal", &"search", &db, &"--since", &t11, &"--json"]);
+    expect(&out, 0);
+    assert_eq!(commits(&json(&out)), (11..=20).collect::<Vec<_>>());
+    let out = shardstone(&[&"journal", &"search", &db, &"--until", &t10, &"--json"]);
+    assert_eq!(commits(&json(&out)), (1..=10).collect::<Vec<_>>());
+
+    // A time that is not one, and a time before every commit.
+    expect(
+        &shardstone(&[&"restore", &db, &"--to-time", &"yesterday", &tmp.join("x")]),
+        2,
+    );
+    let out = shardstone(&[
+        &"restore",
+        &db,
+        &"--to-time",
+        &"2000-01-01T00:00:00Z",
+        &tmp.join("y"),
+        &"--json",
+    ]);
+    expect(&out, 0);
+    assert_eq!(json(&out)["commit"], 0, "before the first commit: empty");
+}

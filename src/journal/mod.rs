@@ -45,7 +45,7 @@ pub use group::{Group, Waited};
 pub(crate) use history::History;
 pub use io::{FaultKind, FaultyIo, Io, OsIo};
 pub use power::{Fate, PowerLossIo};
-pub use reader::{Filter, JournalReader, Records, Search};
+pub use reader::{Filter, JournalEntry, JournalReader, Records, Search};
 pub(crate) use record::{BodyView, Frame, FRAME_HEADER};
 pub use record::{ChainHash, CommitRecord, Op, MAX_COMMIT_ID};
 pub use recovery::{RecoveryReport, Salvage};
@@ -1018,6 +1018,7 @@ impl Journal {
             if synced {
                 f.set_synced();
             }
+            f.set_time(record::now_ms());
             f.seal(id, durable, anchor)
         };
         let shard = self.layout.plan().shard_for_cpu(crate::sync::current_cpu());

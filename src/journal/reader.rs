@@ -15,16 +15,24 @@
 //! commit it can chain and stops at the first missing id: on a live directory,
 //! a frame still being written (or written and not yet acknowledged) ends what
 //! it shows; frames a crash left beyond a gap are never shown as if they
-//! followed. Records carry no time: there is no search by time.
+//! followed.
+//!
+//! Each record comes with its commit time when its frame recorded one (frames
+//! of versions before times were recorded have none). Times come from the wall
+//! clock when each commit took its id, so they may step back when the clock
+//! is set back; a search by time takes the records whose time is in range, and
+//! [`JournalReader::last_before`] the last commit before the first one past a
+//! time, as PostgreSQL's recovery target does.
 
 use super::checkpoint::{parse_checkpoint_name, Checkpoint};
 use super::history::History;
-use super::record::{BodyView, ChainHash, FRAME_HEADER};
+use super::record::{frame_time, BodyView, ChainHash, FRAME_HEADER};
 use super::{load_holds, manifest};
 use crate::error::{Error, Result};
 use crate::journal::{CommitRecord, Op};
 use crate::txn::CommitId;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// The subdirectory of a database (and of a backup) that holds the older
 /// checkpoints kept for point-in-time restore.
@@ -73,15 +81,47 @@ pub struct Filter {
     pub from: Option<CommitId>,
     /// Its commit id is at most this (inclusive).
     pub to: Option<CommitId>,
+    /// Its commit time is at or after this (a record without a time fails).
+    pub since: Option<SystemTime>,
+    /// Its commit time is at or before this (a record without a time fails).
+    pub until: Option<SystemTime>,
+}
+
+/// One record of the journal with the time its commit was made.
+///
+/// It dereferences to its [`CommitRecord`], so `entry.commit_id` and
+/// `entry.ops` read as on a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// The record, as the feed gives it.
+    pub record: CommitRecord,
+    /// When the commit took its id, by the wall clock of the machine that made
+    /// it (to a few milliseconds); `None` for records written before times
+    /// were recorded.
+    pub time: Option<SystemTime>,
+}
+
+impl std::ops::Deref for JournalEntry {
+    type Target = CommitRecord;
+
+    fn deref(&self) -> &CommitRecord {
+        &self.record
+    }
 }
 
 impl Filter {
-    /// Whether `rec` passes every condition that is set.
-    pub fn matches(&self, rec: &CommitRecord) -> bool {
+    /// Whether `entry` passes every condition that is set.
+    pub fn matches(&self, entry: &JournalEntry) -> bool {
         let op_key = |op: &Op| match op {
             Op::Put { key, .. } | Op::Delete { key } => key.clone(),
         };
-        self.from.is_none_or(|f| rec.commit_id >= f)
+        let rec = &entry.record;
+        let time_ok = |bound: Option<SystemTime>, ok: fn(&SystemTime, &SystemTime) -> bool| {
+            bound.is_none_or(|b| entry.time.is_some_and(|t| ok(&t, &b)))
+        };
+        time_ok(self.since, |t, b| t >= b)
+            && time_ok(self.until, |t, b| t <= b)
+            && self.from.is_none_or(|f| rec.commit_id >= f)
             && self.to.is_none_or(|t| rec.commit_id <= t)
             && self.command.as_deref().is_none_or(|c| rec.command == c)
             && self
@@ -104,9 +144,9 @@ pub struct Records {
 }
 
 impl Iterator for Records {
-    type Item = Result<CommitRecord>;
+    type Item = Result<JournalEntry>;
 
-    fn next(&mut self) -> Option<Result<CommitRecord>> {
+    fn next(&mut self) -> Option<Result<JournalEntry>> {
         let r = self.history.next()?;
         if r.id > self.to || self.last.is_some_and(|l| l.checked_add(1) != Some(r.id)) {
             // A gap: what follows does not continue what was shown.
@@ -116,7 +156,10 @@ impl Iterator for Records {
         self.last = Some(r.id);
         Some(
             BodyView::parse(&r.frame[FRAME_HEADER..])
-                .map(|body| body.to_record(r.prev_hash, r.hash))
+                .map(|body| JournalEntry {
+                    record: body.to_record(r.prev_hash, r.hash),
+                    time: frame_time(&r.frame),
+                })
                 .ok_or(Error::InvalidRecord {
                     commit_id: Some(CommitId(r.id)),
                     reason: "the journal record does not decode".to_owned(),
@@ -132,9 +175,9 @@ pub struct Search {
 }
 
 impl Iterator for Search {
-    type Item = Result<CommitRecord>;
+    type Item = Result<JournalEntry>;
 
-    fn next(&mut self) -> Option<Result<CommitRecord>> {
+    fn next(&mut self) -> Option<Result<JournalEntry>> {
         loop {
             match self.records.next()? {
                 Ok(rec) if !self.filter.matches(&rec) => continue,
@@ -175,7 +218,7 @@ impl JournalReader {
     }
 
     /// The record of commit `id`, if the journal holds it.
-    pub fn get(&self, id: impl Into<CommitId>) -> Result<Option<CommitRecord>> {
+    pub fn get(&self, id: impl Into<CommitId>) -> Result<Option<JournalEntry>> {
         let id = id.into().get();
         let Some(before) = id.checked_sub(1) else {
             return Ok(None);
@@ -191,6 +234,28 @@ impl JournalReader {
             records: self.between(from, to)?,
             filter: filter.clone(),
         })
+    }
+
+    /// The commit to restore to for the point in time `at`: the one before the
+    /// first record whose time is after `at` (so a clock set back later does
+    /// not pull in commits made after `at`). `Ok(None)` when even the first
+    /// record it can read is after `at`. A record without a time before the
+    /// answer is found is [`Error::NoCommitTime`].
+    pub fn last_before(&self, at: SystemTime) -> Result<Option<CommitId>> {
+        let mut last = None;
+        for entry in self.records()? {
+            let entry = entry?;
+            match entry.time {
+                None => {
+                    return Err(Error::NoCommitTime {
+                        commit_id: entry.commit_id,
+                    })
+                }
+                Some(t) if t > at => break,
+                Some(_) => last = Some(entry.commit_id),
+            }
+        }
+        Ok(last)
     }
 
     /// The first and last commit ids it can read (`None`: no records).

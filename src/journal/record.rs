@@ -11,7 +11,7 @@
 //! 4   crc      u32   crc32c over len, then bytes 8..len
 //! 8   kind     u8    1 commit, 2 mark (no body: only the watermark below)
 //! 9   flags    u8    bit 0: `durable` counts only fsynced commits (see below)
-//! 10  reserved 6 bytes, zero
+//! 10  time     u48   commit time, ms since the Unix epoch (0: not recorded)
 //! 16  durable  u64   every commit id <= this was acknowledged when the frame was made
 //! 24  anchor   u64   a commit id whose chain hash follows (0: the genesis hash)
 //! 32  hash     [32]  chain hash of `anchor`, checked by recovery
@@ -23,6 +23,11 @@
 //! and clean-close marks) is a promise that survives a power cut: every commit
 //! up to it was fsynced. Without it (`Buffered`), it survives a process crash
 //! only, and recovery holds the journal to it only within the boot that wrote it.
+//!
+//! The time is the wall clock (the kernel's coarse clock, a few ms of
+//! resolution) when the commit took its id; it serves restores and searches by
+//! time. It is outside the body: not hashed, not replicated, and frames written
+//! before it existed hold zero there.
 //!
 //! The chain hash is over the body only: `hash(n) = BLAKE3(hash(n-1) || body(n))`.
 //! Anchors tie the chain to the disk without serializing appends on it: a frame
@@ -388,6 +393,12 @@ impl Frame {
         self.bytes[9] |= FLAG_SYNCED;
     }
 
+    /// Records the commit time, `ms` milliseconds since the Unix epoch (kept to
+    /// 48 bits: enough for the next 8,000 years).
+    pub(crate) fn set_time(&mut self, ms: u64) {
+        self.bytes[10..16].copy_from_slice(&ms.to_le_bytes()[..6]);
+    }
+
     /// Fills in the commit id only: for a frame that feeds the chain but is never
     /// written to a file.
     pub(crate) fn set_id(&mut self, id: u64) {
@@ -408,6 +419,37 @@ impl Frame {
         let crc = frame_crc(&self.bytes);
         self.bytes[4..8].copy_from_slice(&crc.to_le_bytes());
         len
+    }
+}
+
+/// Milliseconds since the Unix epoch by the kernel's coarse real-time clock
+/// (no system call; its resolution is the scheduler tick), or 0 if the clock
+/// is before the epoch.
+pub(crate) fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if rc != 0 {
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let ms = u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000;
+    (secs * 1000 + ms) & ((1 << 48) - 1)
+}
+
+/// The commit time a frame records (the whole frame, header included), `None`
+/// for a frame written without one.
+pub(crate) fn frame_time(frame: &[u8]) -> Option<std::time::SystemTime> {
+    let mut word = [0u8; 8];
+    word[..6].copy_from_slice(frame.get(10..16)?);
+    match u64::from_le_bytes(word) {
+        0 => None,
+        ms => Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::database::require_database;
 use crate::exit::{Exit, Failure};
 use crate::printable::{self, LISTING_VALUE_BYTES};
 use serde_json::{json, Value};
-use shardstone::{CommitRecord, Filter, JournalReader, Op};
+use shardstone::{Filter, JournalEntry, JournalReader, Op};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -40,11 +40,12 @@ pub enum Command {
         format: Format,
     },
     /// The commits that put or deleted a key, or a key with a prefix, or ran a
-    /// command, between two commit ids (inclusive). Every condition given must hold.
+    /// command, between two commit ids or two times (inclusive). Every condition
+    /// given must hold.
     #[command(
         after_help = crate::exit::EXIT_CODES_HELP,
         group(clap::ArgGroup::new("what").required(true).multiple(true)
-            .args(["key", "key_hex", "prefix", "prefix_hex", "command"]))
+            .args(["key", "key_hex", "prefix", "prefix_hex", "command", "since", "until"]))
     )]
     Search {
         /// The database directory (or a backup).
@@ -70,6 +71,13 @@ pub enum Command {
         /// The last commit id to look at.
         #[arg(long, value_name = "M")]
         to: Option<u64>,
+        /// Commits made at or after this time (RFC 3339, e.g. 2026-12-07T03:00:00Z;
+        /// without a zone it is UTC).
+        #[arg(long, value_name = "TIME", value_parser = crate::time::parse)]
+        since: Option<std::time::SystemTime>,
+        /// Commits made at or before this time (RFC 3339).
+        #[arg(long, value_name = "TIME", value_parser = crate::time::parse)]
+        until: Option<std::time::SystemTime>,
         /// Show at most this many commits.
         #[arg(long, value_name = "K")]
         limit: Option<usize>,
@@ -117,6 +125,8 @@ pub fn run(command: &Command, json: bool) -> Result<Done, Failure> {
             command,
             from,
             to,
+            since,
+            until,
             limit,
             format,
         } => {
@@ -132,6 +142,8 @@ pub fn run(command: &Command, json: bool) -> Result<Done, Failure> {
                 command: command.clone(),
                 from: from.map(Into::into),
                 to: to.map(Into::into),
+                since: *since,
+                until: *until,
             };
             let reader = open(dir)?;
             // Matches need not start where the journal does: look where it does.
@@ -197,7 +209,7 @@ fn note_start(first: u64, asked: u64) {
 /// later (0: no note).
 fn list(
     dir: &Path,
-    records: impl Iterator<Item = shardstone::Result<CommitRecord>>,
+    records: impl Iterator<Item = shardstone::Result<JournalEntry>>,
     asked: u64,
     none: &str,
     limit: Option<usize>,
@@ -234,7 +246,7 @@ fn list(
 
 fn write_record(
     out: &mut impl Write,
-    rec: &CommitRecord,
+    rec: &JournalEntry,
     format: Format,
     limit: Option<usize>,
     full_hashes: bool,
@@ -242,14 +254,16 @@ fn write_record(
     let hash = rec.hash.to_string();
     if full_hashes {
         writeln!(out, "commit {}: {}", rec.commit_id.get(), rec.command)?;
+        writeln!(out, "  time:            {}", crate::time::show(rec.time))?;
         writeln!(out, "  chain hash:      {hash}")?;
         writeln!(out, "  previous hash:   {}", rec.prev_hash)?;
     } else {
         writeln!(
             out,
-            "commit {}: {} (chain {})",
+            "commit {}: {} at {} (chain {})",
             rec.commit_id.get(),
             rec.command,
+            crate::time::show(rec.time),
             &hash[..16.min(hash.len())]
         )?;
     }
@@ -269,10 +283,12 @@ fn write_record(
     Ok(())
 }
 
-fn record_json(rec: &CommitRecord) -> Value {
+fn record_json(rec: &JournalEntry) -> Value {
     json!({
         "commit": rec.commit_id.get(),
         "command": rec.command,
+        "time": rec.time.map(|t| crate::time::show(Some(t))),
+        "time_ms": rec.time.map(crate::time::millis),
         "hash": rec.hash.to_string(),
         "prev_hash": rec.prev_hash.to_string(),
         "ops": rec.ops.iter().map(|op| match op {

@@ -1,5 +1,5 @@
-//! `shardstone restore BACKUP (--to-commit N | --latest) DEST`: a new database
-//! as of a chosen commit (`shardstone::restore`). It never overwrites: DEST
+//! `shardstone restore BACKUP (--to-commit N | --to-time T | --latest) DEST`: a
+//! new database as of a chosen commit or time (`shardstone::restore`). It never overwrites: DEST
 //! must not exist.
 
 use super::{print_json, Done};
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// The arguments of `shardstone restore`.
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("point").required(true).args(["to_commit", "latest"])))]
+#[command(group(clap::ArgGroup::new("point").required(true).args(["to_commit", "to_time", "latest"])))]
 pub struct Args {
     /// The backup (from `shardstone backup` or `Engine::backup`), or a closed database.
     backup: PathBuf,
@@ -22,6 +22,11 @@ pub struct Args {
     /// to its newest; `shardstone journal search` finds it).
     #[arg(long, value_name = "N")]
     to_commit: Option<u64>,
+    /// Restore the database as it was at this time (RFC 3339, e.g.
+    /// 2026-12-07T03:00:00Z; without a zone it is UTC): every commit before
+    /// the first one made after it.
+    #[arg(long, value_name = "TIME", value_parser = crate::time::parse)]
+    to_time: Option<std::time::SystemTime>,
     /// Restore the newest commit the backup holds.
     #[arg(long)]
     latest: bool,
@@ -34,9 +39,14 @@ pub fn run(args: &Args, json: bool) -> Result<Done, Failure> {
         return Err(destination_exists(dest));
     }
     require_database(backup)?;
-    let to = match args.to_commit {
-        Some(n) => RestoreTo::Commit(n.into()),
-        None => RestoreTo::Latest,
+    let to = match (args.to_commit, args.to_time) {
+        (Some(n), _) => RestoreTo::Commit(n.into()),
+        (None, Some(t)) => RestoreTo::Time(t),
+        (None, None) => RestoreTo::Latest,
+    };
+    let asked = match args.to_time {
+        Some(t) => format!("the time {}", crate::time::show(Some(t))),
+        None => format!("commit {}", args.to_commit.unwrap_or(0)),
     };
     let building = building_dir(dest);
     let measure = || dir_size(&building);
@@ -51,18 +61,16 @@ pub fn run(args: &Args, json: bool) -> Result<Done, Failure> {
             Error::Truncated { oldest_available } => Failure::new(
                 Exit::Other,
                 format!(
-                    "{}: cannot restore commit {}: the oldest commit this backup can restore is {}",
+                    "{}: cannot restore {asked}: the oldest commit this backup can restore is {}",
                     backup.display(),
-                    args.to_commit.unwrap_or(0),
                     oldest_available.get()
                 ),
             ),
             Error::AheadOfLastCommit { last, .. } => Failure::new(
                 Exit::Other,
                 format!(
-                    "{}: cannot restore commit {}: the newest commit this backup holds is {}",
+                    "{}: cannot restore {asked}: the newest commit this backup holds is {}",
                     backup.display(),
-                    args.to_commit.unwrap_or(0),
                     last.get()
                 ),
             ),
