@@ -606,7 +606,16 @@ impl Engine {
             .journal
             .known_hash(checkpoint)
             .unwrap_or(ChainHash::genesis());
-        crate::verify::stat_engine(dir, last, (checkpoint, hash), consumers)
+        let store = self.stats().store;
+        let live = crate::verify::LiveStat {
+            pages: store.pages,
+            oldest_snapshot: store
+                .oldest_snapshot
+                .map(CommitId)
+                .zip(store.oldest_snapshot_age),
+            placement: self.placement().shards,
+        };
+        crate::verify::stat_engine(dir, last, (checkpoint, hash), consumers, live)
     }
 
     /// Drops the named consumer's retention hold; false if it had none.

@@ -63,6 +63,10 @@ pub enum FindingKind {
     PageLayout,
     /// An overflow chain that is unreadable or not the length its leaf says.
     OverflowChain,
+    /// The journal kept for point-in-time restore does not continue a
+    /// checkpoint in `pitr/` to the newest checkpoint: restores from that
+    /// checkpoint stop where it breaks.
+    PitrJournal,
     /// A file could not be read at all (permissions, a failing device, a file
     /// that was removed while it was read).
     Unreadable,
@@ -129,6 +133,12 @@ pub struct VerifyReport {
     /// directory holds no tree: the checkpoint and journal it is rebuilt from
     /// are checked entry by entry instead (`tree_checked` is false).
     pub snapshot: Option<CommitId>,
+    /// The oldest commit a point-in-time restore from this directory can
+    /// reach: the oldest checkpoint kept in `pitr/` whose journal verified up
+    /// to the newest checkpoint, else the newest checkpoint itself.
+    pub restorable_from: Option<CommitId>,
+    /// Checkpoints in `pitr/` verified, each with the journal after it.
+    pub pitr_checkpoints: u64,
     /// Whether a B+tree was walked.
     pub tree_checked: bool,
     /// Tree pages (leaves and inner nodes) checked.
@@ -161,6 +171,8 @@ impl VerifyReport {
             promised: None,
             last_commit: None,
             snapshot: None,
+            restorable_from: None,
+            pitr_checkpoints: 0,
             tree_checked: false,
             pages: 0,
             overflow_pages: 0,
@@ -196,6 +208,14 @@ impl fmt::Display for VerifyReport {
         }
         if let Some((id, _)) = &self.promised {
             writeln!(f, "promised durable (manifest): commit {}", id.get())?;
+        }
+        if let Some(id) = self.restorable_from {
+            writeln!(
+                f,
+                "restorable from: commit {} ({} older checkpoint(s) kept for point-in-time restore)",
+                id.get(),
+                self.pitr_checkpoints
+            )?;
         }
         if let Some((id, _)) = &self.last_commit {
             writeln!(f, "live engine at: commit {}", id.get())?;
@@ -357,6 +377,8 @@ fn check_files(
     report.checkpoint = check.checkpoint.map(|(id, h)| (CommitId(id), h));
     report.checkpoint_entries = check.checkpoint_entries.unwrap_or(0);
     report.records = check.records;
+    report.restorable_from = check.restorable_from.map(CommitId);
+    report.pitr_checkpoints = check.pitr_checkpoints;
     report.segments = check.segments;
     report.bytes = check.journal_bytes
         + if check.checkpoint_entries.is_some() {
@@ -426,6 +448,8 @@ fn finding_of(area: Area, e: Error) -> Finding {
                 }
                 Area::Checkpoint => FindingKind::CheckpointDamaged,
                 Area::Journal => journal_kind(&path, &reason),
+                Area::Pitr if path.is_dir() => FindingKind::PitrJournal,
+                Area::Pitr => FindingKind::CheckpointDamaged,
             };
             Finding {
                 what,
@@ -670,6 +694,8 @@ pub struct CheckpointStat {
     pub bytes: u64,
     /// How long ago it was written (its file's modification time).
     pub age: Option<Duration>,
+    /// The keys it holds, as its header says.
+    pub keys: Option<u64>,
 }
 
 /// A named feed consumer, as the `consumers` file (or the live engine) records it.
@@ -716,6 +742,20 @@ pub struct DirStat {
     pub segments_per_shard: BTreeMap<usize, usize>,
     /// The newest checkpoint.
     pub checkpoint: Option<CheckpointStat>,
+    /// The older checkpoints kept in `pitr/` for point-in-time restore, oldest
+    /// first (their bytes count in `checkpoint_bytes`): restores reach back to
+    /// the oldest (`verify_dir` checks the journal from each).
+    pub kept_checkpoints: Vec<CommitId>,
+    /// Journal records after the newest checkpoint: what opening replays.
+    pub records_after_checkpoint: u64,
+    /// Pages of the B+tree (live engine only: a closed directory holds no
+    /// pages, it is rebuilt from the checkpoint and journal when opened).
+    pub pages: Option<u64>,
+    /// The oldest snapshot still held and its age (live engine only).
+    pub oldest_snapshot: Option<(CommitId, Duration)>,
+    /// Where each journal shard runs and keeps its memory (live engine only:
+    /// placement is decided when an engine opens).
+    pub placement: Vec<crate::numa::ShardPlacement>,
     /// Named consumers and their lag behind `last_commit`.
     pub consumers: Vec<ConsumerPosition>,
     /// `salvage-*` directories (copies a salvage open made).
@@ -767,6 +807,34 @@ impl fmt::Display for DirStat {
             )?,
             None => writeln!(f, "checkpoint: none")?,
         }
+        if let Some(c) = &self.checkpoint {
+            if let Some(keys) = c.keys {
+                writeln!(
+                    f,
+                    "  {keys} keys; {} journal records after it",
+                    self.records_after_checkpoint
+                )?;
+            }
+        }
+        if let Some(oldest) = self.kept_checkpoints.first() {
+            writeln!(
+                f,
+                "kept for point-in-time restore: {} older checkpoint(s), from commit {}",
+                self.kept_checkpoints.len(),
+                oldest.get()
+            )?;
+        }
+        if let Some(pages) = self.pages {
+            writeln!(f, "pages: {pages}")?;
+        }
+        match self.oldest_snapshot {
+            Some((id, age)) => writeln!(f, "oldest snapshot: commit {}, held {age:.0?}", id.get())?,
+            None if self.pages.is_some() => writeln!(f, "oldest snapshot: none held")?,
+            None => {}
+        }
+        for p in &self.placement {
+            writeln!(f, "  shard {} on cpu {}, node {}", p.shard, p.cpu, p.node)?;
+        }
         for c in &self.consumers {
             writeln!(
                 f,
@@ -814,6 +882,7 @@ pub fn stat_dir(dir: impl AsRef<Path>) -> Result<DirStat> {
     );
     stat.promised = check.promised.map(|(id, h)| (CommitId(id), h));
     stat.last_commit = check.chain.map(|(id, h)| (CommitId(id), h));
+    stat.records_after_checkpoint = check.records;
     if let (Some(c), Some((id, hash))) = (stat.checkpoint.as_mut(), check.checkpoint) {
         if c.commit.get() == id {
             c.hash = Some(hash);
@@ -842,10 +911,15 @@ pub(crate) fn stat_engine(
     last_commit: (CommitId, ChainHash),
     checkpoint: (u64, ChainHash),
     consumers: Vec<(String, CommitId)>,
+    live: LiveStat,
 ) -> Result<DirStat> {
     let mut stat = stat_files(dir)?;
     stat.in_use = true;
     stat.last_commit = Some(last_commit);
+    stat.records_after_checkpoint = last_commit.0.get().saturating_sub(checkpoint.0);
+    stat.pages = Some(live.pages);
+    stat.oldest_snapshot = live.oldest_snapshot;
+    stat.placement = live.placement;
     if let Some(c) = stat
         .checkpoint
         .as_mut()
@@ -862,6 +936,13 @@ pub(crate) fn stat_engine(
         })
         .collect();
     Ok(stat)
+}
+
+/// What only an open engine knows, for [`stat_engine`].
+pub(crate) struct LiveStat {
+    pub pages: u64,
+    pub oldest_snapshot: Option<(CommitId, Duration)>,
+    pub placement: Vec<crate::numa::ShardPlacement>,
 }
 
 /// The file-level part of a stat: sizes, shards, segments, the checkpoint file.
@@ -882,6 +963,11 @@ fn stat_files(dir: &Path) -> Result<DirStat> {
         shards: 0,
         segments_per_shard: BTreeMap::new(),
         checkpoint: None,
+        kept_checkpoints: Vec::new(),
+        records_after_checkpoint: 0,
+        pages: None,
+        oldest_snapshot: None,
+        placement: Vec::new(),
         consumers: Vec::new(),
         salvage_dirs: Vec::new(),
         in_use: lock_holder_alive(dir),
@@ -936,11 +1022,27 @@ fn stat_files(dir: &Path) -> Result<DirStat> {
                         .modified()
                         .ok()
                         .and_then(|t| SystemTime::now().duration_since(t).ok()),
+                    keys: crate::journal::checkpoint_keys(&dir.join(&name)),
                 });
             }
         } else {
             stat.other_bytes += len;
         }
+    }
+    let pitr = dir.join(crate::journal::PITR_DIR);
+    if pitr.is_dir() {
+        for (name, meta) in files(&pitr, &mut problems) {
+            stat.total_bytes += meta.len();
+            stat.allocated_bytes += meta.blocks() * 512;
+            match inspect::checkpoint_id_of(&name) {
+                Some(id) if meta.is_file() => {
+                    stat.checkpoint_bytes += meta.len();
+                    stat.kept_checkpoints.push(CommitId(id));
+                }
+                _ => stat.other_bytes += meta.len(),
+            }
+        }
+        stat.kept_checkpoints.sort();
     }
     for (name, meta) in files(&dir.join("journal"), &mut problems) {
         let (len, alloc) = (meta.len(), meta.blocks() * 512);

@@ -379,7 +379,10 @@ fn restore_and_search_by_time_use_the_commit_times() {
         } else {
             (t2, SystemTime::now())
         };
-        assert!(t >= lo && t <= hi, "commit {id} at {t:?} outside {lo:?}..{hi:?}");
+        assert!(
+            t >= lo && t <= hi,
+            "commit {id} at {t:?} outside {lo:?}..{hi:?}"
+        );
         assert_eq!(reader.get(e.commit_id).unwrap().unwrap().time, e.time);
     }
     // Search between two times: exactly batch b.
@@ -393,7 +396,10 @@ fn restore_and_search_by_time_use_the_commit_times() {
         .map(|e| e.unwrap().commit_id.get())
         .collect();
     assert_eq!(ids, (after_a + 1..=after_b).collect::<Vec<_>>());
-    assert_eq!(reader.last_before(t1).unwrap(), Some(CommitId::from(after_a)));
+    assert_eq!(
+        reader.last_before(t1).unwrap(),
+        Some(CommitId::from(after_a))
+    );
     assert_eq!(reader.last_before(before_all).unwrap(), None);
 
     // Restore by time from a backup: the state at the end of each batch.
@@ -406,7 +412,12 @@ fn restore_and_search_by_time_use_the_commit_times() {
         assert_eq!(&digest(&Engine::open_with(&to, opts()).unwrap()), want);
     }
     // Before the first commit, from a journal that starts at commit 1: empty.
-    let empty = restore(&backup, dir.path().join("empty"), RestoreTo::Time(before_all)).unwrap();
+    let empty = restore(
+        &backup,
+        dir.path().join("empty"),
+        RestoreTo::Time(before_all),
+    )
+    .unwrap();
     assert_eq!(empty.commit_id.get(), 0);
     let opened = Engine::open_with(dir.path().join("empty"), opts()).unwrap();
     assert_eq!(opened.snapshot().range(..).count(), 0);

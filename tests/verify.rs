@@ -350,9 +350,105 @@ fn stat_dir_matches_the_engine() {
     );
     assert!(stat.salvage_dirs.is_empty());
     assert!(!stat.to_string().is_empty());
+    // The checkpoint at 40 replaced by the one at 80 is kept for restores.
+    assert_eq!(stat.kept_checkpoints, [40.into()]);
+    assert_eq!(live.kept_checkpoints, [40.into()]);
+    assert_eq!(stat.records_after_checkpoint, 1);
+    assert_eq!(live.records_after_checkpoint, 1);
+    // 88 keys (80 `key:`, 8 `big:`) as of the checkpoint at 80.
+    assert_eq!(stat.checkpoint.as_ref().unwrap().keys, Some(88));
+    // What only the live engine knows: pages, snapshots, placement.
+    assert_eq!(stat.pages, None);
+    assert_eq!(live.pages, Some(engine.stats().store.pages));
+    assert_eq!(live.oldest_snapshot, None, "{live}");
+    let held = engine.snapshot();
+    let with_snapshot = engine.stat().unwrap();
+    assert_eq!(
+        with_snapshot.oldest_snapshot.map(|(id, _)| id),
+        Some(held.commit_id())
+    );
+    assert!(with_snapshot
+        .to_string()
+        .contains("oldest snapshot: commit"));
+    assert_eq!(live.placement, engine.placement().shards);
+    drop(held);
     drop(feed);
     engine.close().unwrap();
     let closed = stat_dir(dir.path()).unwrap();
     assert!(!closed.in_use);
     assert_eq!(closed.last_commit, live.last_commit);
+    assert!(closed.placement.is_empty() && closed.oldest_snapshot.is_none());
+}
+
+/// A database with two checkpoints (40 and 80): the older one is kept in
+/// `pitr/` with the journal from it (`Options::pitr_retention`'s default).
+fn build_with_pitr(dir: &Path) {
+    let engine = build(dir);
+    engine.checkpoint().unwrap();
+    for i in 0..10u64 {
+        engine
+            .run("more", |tx| tx.put(format!("more:{i}").as_bytes(), b"x"))
+            .unwrap();
+    }
+    engine.close().unwrap();
+}
+
+/// The segment and offset where `needle` is written.
+fn find_in_segments(dir: &Path, needle: &[u8]) -> (PathBuf, u64) {
+    for seg in segments(dir) {
+        let bytes = std::fs::read(&seg).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            return (seg, at as u64);
+        }
+    }
+    panic!("{needle:?} is in no segment");
+}
+
+#[test]
+fn the_journal_kept_for_point_in_time_restore_is_verified() {
+    let dir = TempDir::new("verify-pitr");
+    build_with_pitr(dir.path());
+    let report = verify_dir(dir.path()).unwrap();
+    assert!(report.ok, "{report}");
+    assert_eq!(report.checkpoint.map(|(id, _)| id.get()), Some(80));
+    assert_eq!(report.restorable_from.map(|c| c.get()), Some(40));
+    assert_eq!(report.pitr_checkpoints, 1);
+    assert!(
+        report.to_string().contains("restorable from: commit 40"),
+        "{report}"
+    );
+
+    // A flipped byte in commit 51's record (it writes key:0050), older than the newest checkpoint:
+    // opening does not need it, a restore to 41..=80 from the pitr/ checkpoint does.
+    let copy = TempDir::new("verify-pitr-frame");
+    copy_db(dir.path(), copy.path());
+    let (seg, at) = find_in_segments(copy.path(), b"key:0050");
+    flip(&seg, at + 5);
+    let report = verify_dir(copy.path()).unwrap();
+    assert!(!report.ok, "{report}");
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.what == FindingKind::PitrJournal)
+        .unwrap_or_else(|| panic!("no PitrJournal finding: {report}"));
+    assert_eq!(f.commit.map(|c| c.get()), Some(51), "{f}");
+    assert_eq!(report.restorable_from.map(|c| c.get()), Some(80));
+    assert!(
+        Engine::open_with(copy.path(), opts()).is_ok(),
+        "opening needs only 80 on"
+    );
+
+    // A flipped byte in the checkpoint kept in pitr/.
+    let copy = TempDir::new("verify-pitr-ckpt");
+    copy_db(dir.path(), copy.path());
+    let kept = checkpoint(&copy.path().join("pitr"));
+    flip(&kept, 64 * 1024 + 500);
+    let report = verify_dir(copy.path()).unwrap();
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.what == FindingKind::CheckpointDamaged)
+        .unwrap_or_else(|| panic!("no CheckpointDamaged finding: {report}"));
+    assert_eq!(f.file.as_deref(), Some(kept.as_path()), "{f}");
+    assert_eq!(report.restorable_from.map(|c| c.get()), Some(80));
 }

@@ -799,7 +799,11 @@ fn restore_and_search_by_time() {
     expect(&out, 0);
     let t10 = json(&out)["time"].as_str().unwrap().to_owned();
     let out = shardstone(&[&"journal", &"show", &db, &"10"]);
-    assert!(stdout(&out).contains(&format!("time:            {t10}")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("time:            {t10}")),
+        "{}",
+        stdout(&out)
+    );
 
     let dest = tmp.join("at-time");
     let out = shardstone(&[&"restore", &db, &"--to-time", &t10, &dest, &"--json"]);

@@ -151,6 +151,11 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The entries (keys) its header says it holds.
+    pub(crate) fn entries(&self) -> u64 {
+        self.entries
+    }
+
     /// Opens and verifies the header of the checkpoint at `path`: a regular
     /// file, a valid checksum, and a commit id in range.
     pub(crate) fn open(path: &Path) -> Result<Checkpoint> {

@@ -23,6 +23,8 @@ pub(crate) enum Area {
     Checkpoint,
     Journal,
     Consumers,
+    /// The checkpoints kept in `pitr/` and the journal that continues them.
+    Pitr,
 }
 
 /// What reading a directory found.
@@ -46,6 +48,12 @@ pub(crate) struct DirCheck {
     pub segments: u64,
     /// Named consumers and the oldest commit each still needs.
     pub consumers: Vec<(String, u64)>,
+    /// Checkpoints in `pitr/` whose header (and, with `load_checkpoint`, every
+    /// block) verified and whose journal reaches the newest checkpoint.
+    pub pitr_checkpoints: u64,
+    /// The oldest commit a restore from this directory can reach: the oldest
+    /// such `pitr/` checkpoint, else the newest checkpoint.
+    pub restorable_from: Option<u64>,
 }
 
 fn corrupt(path: PathBuf, commit: Option<u64>, reason: String) -> Error {
@@ -82,6 +90,11 @@ pub(crate) fn checkpoint_ids(dir: &Path) -> Vec<u64> {
         .collect();
     ids.sort_unstable();
     ids
+}
+
+/// The commit id of a checkpoint file's name.
+pub(crate) fn checkpoint_id_of(name: &str) -> Option<u64> {
+    checkpoint::parse_checkpoint_name(name)
 }
 
 /// The name of a checkpoint file.
@@ -237,9 +250,106 @@ pub(crate) fn check_dir(
             ),
         );
     }
+    if let Some(newest) = out.checkpoint {
+        out.restorable_from = Some(newest.0);
+        check_pitr(dir, newest, max_value_len, load_checkpoint, &mut out);
+    }
     match super::read_consumers(dir) {
         Ok(c) => out.consumers = c,
         Err(e) => out.findings.push((Area::Consumers, e)),
     }
     Ok(out)
+}
+
+/// Checks the checkpoints kept for point-in-time restore: each one's header
+/// (and blocks, with `load_checkpoint`), and that the journal chains from it,
+/// commit by commit, to the newest checkpoint and reaches that checkpoint's
+/// hash. Retention keeps that journal (`pitr.rs`, its invariant), removing a
+/// `pitr/` checkpoint durably before the segments it needs, so a break is
+/// damage, never a crash in between.
+fn check_pitr(
+    dir: &Path,
+    newest: (u64, ChainHash),
+    max_value_len: usize,
+    load_checkpoint: bool,
+    out: &mut DirCheck,
+) {
+    let listed = match super::pitr::listed(&dir.join(super::reader::PITR_DIR)) {
+        Ok(l) => l,
+        Err(e) => return out.findings.push((Area::Pitr, e)),
+    };
+    let jdir = dir.join("journal");
+    // Newest first: the oldest intact one ends up in `restorable_from`.
+    for (id, path, _) in listed {
+        let c = match Checkpoint::open(&path) {
+            Ok(c) if c.id == id => c,
+            Ok(c) => {
+                let why = format!("the file name says commit {id}, the header {}", c.id);
+                out.findings.push((Area::Pitr, corrupt(path, None, why)));
+                continue;
+            }
+            Err(e) => {
+                out.findings.push((Area::Pitr, e));
+                continue;
+            }
+        };
+        if load_checkpoint {
+            if let Err(e) = c.load(max_value_len, |_, _| Ok(())) {
+                out.findings.push((Area::Pitr, e));
+                continue;
+            }
+        }
+        if c.id >= newest.0 {
+            continue;
+        }
+        match chain_between(&jdir, (c.id, c.hash), newest.0) {
+            Err(e) => out.findings.push((Area::Pitr, e)),
+            Ok(Err(missing)) => out.findings.push((
+                Area::Pitr,
+                corrupt(
+                    jdir.clone(),
+                    Some(missing),
+                    format!(
+                        "the journal kept for point-in-time restore from the checkpoint at \
+                         commit {} (pitr/) breaks at commit {missing}: restores from that \
+                         checkpoint reach commit {} at most",
+                        c.id,
+                        missing - 1
+                    ),
+                ),
+            )),
+            Ok(Ok(hash)) if hash != newest.1 => out.findings.push((
+                Area::Pitr,
+                corrupt(
+                    jdir.clone(),
+                    Some(newest.0),
+                    format!(
+                        "hash chain mismatch: the journal kept for point-in-time restore, \
+                         replayed from the checkpoint at commit {} (pitr/), gives commit {} \
+                         the hash {hash}, the newest checkpoint {}",
+                        c.id, newest.0, newest.1
+                    ),
+                ),
+            )),
+            Ok(Ok(_)) => {
+                out.pitr_checkpoints += 1;
+                out.restorable_from = Some(c.id);
+            }
+        }
+    }
+}
+
+/// Chains the journal in `jdir` from `from` up to commit `to`: the hash at
+/// `to`, or `Err(id)` for the first commit that is missing or cannot be
+/// chained.
+fn chain_between(jdir: &Path, from: (u64, ChainHash), to: u64) -> Result<Result<ChainHash, u64>> {
+    let mut history = super::history::History::open(jdir, vec![from], from.0, to, None)?;
+    let mut at = from;
+    while at.0 < to {
+        match history.next() {
+            Some(r) if r.id == at.0 + 1 && r.prev_hash == at.1 => at = (r.id, r.hash),
+            _ => return Ok(Err(at.0 + 1)),
+        }
+    }
+    Ok(Ok(at.1))
 }

@@ -45,6 +45,7 @@ pub use group::{Group, Waited};
 pub(crate) use history::History;
 pub use io::{FaultKind, FaultyIo, Io, OsIo};
 pub use power::{Fate, PowerLossIo};
+pub(crate) use reader::PITR_DIR;
 pub use reader::{Filter, JournalEntry, JournalReader, Records, Search};
 pub(crate) use record::{BodyView, Frame, FRAME_HEADER};
 pub use record::{ChainHash, CommitRecord, Op, MAX_COMMIT_ID};
@@ -527,6 +528,12 @@ fn load_holds(dir: &Path) -> Result<BTreeMap<String, Arc<Hold>>> {
 
 /// The named consumers in the `consumers` file of `dir` and the oldest commit
 /// each still needs, read without the directory lock (for `stat` and `verify`).
+/// The keys the checkpoint file at `path` holds, by its header (`None` when
+/// the header does not verify).
+pub(crate) fn checkpoint_keys(path: &Path) -> Option<u64> {
+    Checkpoint::open(path).ok().map(|c| c.entries())
+}
+
 pub(crate) fn read_consumers(dir: &Path) -> Result<Vec<(String, u64)>> {
     Ok(load_holds(dir)?
         .into_iter()

@@ -444,7 +444,11 @@ pub fn interleave<TA: Send, TB: Send>(
 /// Copies a database directory (its files and `journal/`), without the lock.
 pub fn copy_db(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to.join("journal")).unwrap();
-    for sub in ["", "journal"] {
+    for sub in ["", "journal", "pitr"] {
+        if !from.join(sub).is_dir() {
+            continue;
+        }
+        std::fs::create_dir_all(to.join(sub)).unwrap();
         for entry in std::fs::read_dir(from.join(sub)).unwrap() {
             let entry = entry.unwrap();
             let name = entry.file_name();

@@ -37,6 +37,14 @@ pub fn run(dir: &Path, json: bool) -> Result<Done, Failure> {
                 "hash": c.hash.map(|h| h.to_string()),
                 "bytes": c.bytes,
                 "age_seconds": c.age.map(|a| a.as_secs_f64()),
+                "keys": c.keys,
+            })),
+            "kept_checkpoints": stat.kept_checkpoints.iter().map(|c| c.get()).collect::<Vec<_>>(),
+            "records_after_checkpoint": stat.records_after_checkpoint,
+            "pages": stat.pages,
+            "oldest_snapshot": stat.oldest_snapshot.map(|(id, age)| json!({
+                "commit": id.get(),
+                "age_seconds": age.as_secs_f64(),
             })),
             "consumers": stat.consumers.iter().map(|c| json!({
                 "name": c.name,

@@ -35,6 +35,8 @@ pub fn run(dir: &Path, json: bool) -> Result<Done, Failure> {
             "intact_up_to": point(report.intact_up_to),
             "checkpoint": point(report.checkpoint),
             "promised": point(report.promised),
+            "restorable_from": report.restorable_from.map(|c| c.get()),
+            "pitr_checkpoints": report.pitr_checkpoints,
             "tree_checked": report.tree_checked,
             "checkpoint_entries": report.checkpoint_entries,
             "records": report.records,
