@@ -452,3 +452,28 @@ fn the_journal_kept_for_point_in_time_restore_is_verified() {
     assert_eq!(f.file.as_deref(), Some(kept.as_path()), "{f}");
     assert_eq!(report.restorable_from.map(|c| c.get()), Some(80));
 }
+
+#[test]
+fn a_checkpoint_cut_inside_its_only_block_is_damaged_not_missing() {
+    let dir = TempDir::new("verify-ckpt-one-block");
+    let engine = Engine::open_with(dir.path(), opts()).unwrap();
+    for i in 0..5u32 {
+        engine
+            .run("put", |tx| tx.put(format!("k{i}").as_bytes(), b"v"))
+            .unwrap();
+    }
+    engine.checkpoint().unwrap();
+    engine.close().unwrap();
+    let ckpt = checkpoint(dir.path());
+    let len = std::fs::metadata(&ckpt).unwrap().len();
+    assert!(len <= 2 * 64 * 1024, "one block after the header: {len}");
+    let file = std::fs::OpenOptions::new().write(true).open(&ckpt).unwrap();
+    file.set_len(len - 100).unwrap();
+    let report = verify_dir(dir.path()).unwrap();
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.file.as_deref() == Some(ckpt.as_path()))
+        .unwrap_or_else(|| panic!("no finding names the checkpoint: {report}"));
+    assert_eq!(f.what, FindingKind::CheckpointDamaged, "{f}");
+}
