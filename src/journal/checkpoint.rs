@@ -241,7 +241,7 @@ impl Checkpoint {
             if got < BLOCK_HEADER {
                 return Err(bad(
                     offset,
-                    format!("block {b} of {} is missing", self.blocks),
+                    format!("the file ends before block {b} of {}", self.blocks),
                 ));
             }
             let used = u32::from_le_bytes(block[4..8].try_into().expect("4 bytes")) as usize;
