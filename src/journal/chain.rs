@@ -1,16 +1,27 @@
 //! The hash chain, computed after the fact in commit order.
 //!
 //! Committers append their records to shards in parallel and hand each record to
-//! the chain's ring at slot `id mod RING`. Whoever holds the chain lock hashes the
-//! ring forward over contiguous ids; a committer only ever `try_lock`s it, so
-//! hashing never makes one commit wait for another. The invariant: `state.id` is
-//! the last hashed commit and `state.hash` its chain hash; every commit `<= id` was
-//! hashed exactly once, in id order.
+//! the chain's ring at slot `id mod RING`; that is all a committer does for the
+//! chain. The sequencer, a thread of its own ([`Sequencer`]), hashes the ring
+//! forward over contiguous ids under the chain lock and appends the results to
+//! the feed's tail, so no committer hashes another's record or waits for the
+//! chain lock. Whoever needs a hash sooner helps under the same lock: a feed
+//! reading past what is hashed (`advance_to`), `last_commit` and checkpoints
+//! (`hash_at`), and a committer that finds the ring full (the sequencer is
+//! behind, or was never started). The invariant: `state.id` is the last hashed
+//! commit and `state.hash` its chain hash; every commit `<= id` was hashed
+//! exactly once, in id order.
+//!
+//! Under loom there is no sequencer thread (it parks with a timeout, which loom
+//! does not model): committers `try_lock` and hash what is ready after each push,
+//! as the sequencer would, so the models still race hashing with publication.
 
 use super::record::{ChainHash, FRAME_HEADER};
 use crate::sync::{AtomicU64, Backoff, Mutex, Ordering};
 use std::collections::VecDeque;
 use std::sync::Arc;
+#[cfg(not(loom))]
+use std::time::Duration;
 
 #[cfg(not(loom))]
 const RING: usize = 8192;
@@ -75,6 +86,9 @@ pub(crate) struct Chain {
     pub(crate) tail: Mutex<Tail>,
     /// Record bytes hashed so far (for the feed's lag in bytes).
     total_bytes: AtomicU64,
+    /// The sequencer thread, to wake when the ring fills up.
+    #[cfg(not(loom))]
+    sequencer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Chain {
@@ -95,13 +109,14 @@ impl Chain {
                 limit: window,
             }),
             total_bytes: AtomicU64::new(0),
+            #[cfg(not(loom))]
+            sequencer: std::sync::OnceLock::new(),
         };
         chain.publish_head(id, &hash);
         chain
     }
 
-    /// Hands commit `id`'s frame to the chain, then hashes whatever is ready if no
-    /// one else is doing so.
+    /// Hands commit `id`'s frame to the chain. The sequencer hashes it.
     pub(crate) fn push(&self, id: u64, frame: Vec<u8>) {
         let slot = &self.ring[id as usize % RING];
         let mut backoff = Backoff::new();
@@ -113,15 +128,56 @@ impl Chain {
                     break;
                 }
             }
-            // The slot still holds commit `id - RING`: hash it out of the way.
+            // The slot still holds commit `id - RING`: the sequencer is a whole
+            // ring behind. Wake it, and hash that commit out of the way here.
+            self.wake();
             self.advance_blocking(id - RING as u64);
             backoff.snooze();
         }
+        #[cfg(loom)]
         self.try_advance();
+        #[cfg(not(loom))]
+        if id.saturating_sub(self.head_id.load(Ordering::Relaxed)) >= (RING / 2) as u64 {
+            self.wake();
+        }
+    }
+
+    /// `f` of commit `id`'s frame, hashed (in the feed's window) or still
+    /// waiting in the ring; `None` when it is in neither. Takes the chain lock,
+    /// so a frame between the two (taken from the ring by a pass that has not
+    /// reached the window yet) is not missed: for rare lookups only.
+    pub(crate) fn frame_of<T>(&self, id: u64, f: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+        let _st = self.state.lock();
+        if let Some(r) = self.tail.lock().get(id) {
+            return f(&r.frame);
+        }
+        match &*self.ring[id as usize % RING].lock() {
+            Some((i, frame)) if *i == id => f(frame),
+            _ => None,
+        }
+    }
+
+    /// Wakes the sequencer, if there is one.
+    fn wake(&self) {
+        #[cfg(not(loom))]
+        if let Some(t) = self.sequencer.get() {
+            t.unpark();
+        }
+    }
+
+    /// Hashes every ready frame, waiting for the chain lock: the sequencer's
+    /// step. Returns how many commits it hashed.
+    #[cfg(not(loom))]
+    fn drain(&self) -> u64 {
+        let mut st = self.state.lock();
+        let before = st.id;
+        self.advance_locked(&mut st, u64::MAX);
+        st.id - before
     }
 
     /// Hashes forward if the chain lock is free. Re-checks after unlocking, so a
     /// frame pushed while the holder was finishing is not left behind.
+    #[cfg(loom)]
     fn try_advance(&self) {
         loop {
             let Some(mut st) = self.state.try_lock() else {
@@ -136,6 +192,7 @@ impl Chain {
         }
     }
 
+    #[cfg(loom)]
     fn ready(&self, id: u64) -> bool {
         matches!(&*self.ring[id as usize % RING].lock(), Some((i, _)) if *i == id)
     }
@@ -252,6 +309,84 @@ impl Chain {
             w.store(word, Ordering::SeqCst);
         }
         self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The thread that hashes the chain forward (see the module docs). It hashes
+/// whatever is ready, then looks again after [`Sequencer::POLL`] (at once after
+/// a full batch), and only once a second after [`Sequencer::IDLE`] empty passes; a
+/// committer wakes it only when the ring is half full, so the commit path
+/// makes no system call for it. Dropping it stops and joins the thread, after
+/// a last pass.
+#[cfg(not(loom))]
+pub(crate) struct Sequencer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(not(loom))]
+impl Sequencer {
+    /// How long the sequencer waits between passes while commits come.
+    const POLL: Duration = Duration::from_millis(1);
+    /// Idle passes (each `POLL` apart) after which it looks once a second only.
+    const IDLE: u32 = 1_000;
+    /// A pass that hashed fewer commits than this waits `POLL` before the
+    /// next, so that hashing goes in batches rather than a spin on the ring.
+    const BATCH: u64 = 64;
+
+    /// Starts the sequencer of `chain`. `None` when the thread cannot be
+    /// started: then readers and full rings hash instead, as under loom.
+    pub(crate) fn start(chain: &Arc<Chain>) -> Option<Sequencer> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (chain.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("shardstone-chain".to_owned())
+            .spawn(move || {
+                let mut idle = 0u32;
+                while !s.load(Ordering::Acquire) {
+                    match c.drain() {
+                        n if n >= Self::BATCH => {
+                            idle = 0;
+                            continue;
+                        }
+                        0 => idle = idle.saturating_add(1),
+                        _ => idle = 0,
+                    }
+                    if idle < Self::IDLE {
+                        std::thread::park_timeout(Self::POLL);
+                    } else {
+                        // Nothing for a second: until a full ring or a stop wakes it.
+                        // Readers hash for themselves meanwhile.
+                        std::thread::park_timeout(Duration::from_secs(1));
+                    }
+                }
+                c.drain();
+            });
+        match handle {
+            Ok(handle) => {
+                let _ = chain.sequencer.set(handle.thread().clone());
+                Some(Sequencer {
+                    stop,
+                    handle: Some(handle),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(target: "shardstone", error = %e, "cannot start the chain sequencer thread; committers hash instead");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(not(loom))]
+impl Drop for Sequencer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
     }
 }
 

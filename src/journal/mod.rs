@@ -241,7 +241,12 @@ pub(crate) struct Journal {
     shards: Box<[NodeBox<Shard>]>,
     /// Where shards live and which one a CPU appends to.
     layout: Arc<Layout>,
-    chain: Chain,
+    chain: Arc<Chain>,
+    /// Hashes the chain off the commit path (none under loom, for read-only
+    /// journals, or when its thread could not start). Dropping it joins the
+    /// thread, which holds its own `Arc` of the chain.
+    #[cfg(not(loom))]
+    _sequencer: Option<chain::Sequencer>,
     halted: AtomicBool,
     cause: Mutex<Option<String>>,
     retired: Arc<Mutex<Vec<Retired>>>,
@@ -632,16 +637,29 @@ fn create_dirs(io: &dyn Io, dir: &Path) -> Result<()> {
 }
 
 impl Journal {
+    /// Starts the chain's sequencer thread (see `chain.rs`); a journal that
+    /// never takes commits (read-only) has none.
+    #[cfg_attr(loom, allow(unused_mut))]
+    fn with_sequencer(mut self) -> Journal {
+        #[cfg(not(loom))]
+        if !self.read_only {
+            self._sequencer = chain::Sequencer::start(&self.chain);
+        }
+        self
+    }
+
     /// The journal of an in-memory engine: no files; records feed the chain only.
     pub(crate) fn in_memory(opts: &Options, layout: Arc<Layout>) -> Journal {
-        Journal {
+        let journal = Journal {
             durability: Durability::None,
             read_only: false,
             dir: None,
             io: Arc::new(OsIo),
             shards: Box::new([]),
             layout,
-            chain: Chain::new(0, ChainHash::genesis(), opts.feed_window_bytes),
+            #[cfg(not(loom))]
+            _sequencer: None,
+            chain: Arc::new(Chain::new(0, ChainHash::genesis(), opts.feed_window_bytes)),
             halted: AtomicBool::new(false),
             cause: Mutex::new(None),
             retired: Arc::new(Mutex::new(Vec::new())),
@@ -662,7 +680,8 @@ impl Journal {
             promised: Mutex::new((0, ChainHash::genesis())),
             syncs: Arc::new(AtomicU64::new(0)),
             _lock: None,
-        }
+        };
+        journal.with_sequencer()
     }
 
     /// Opens the journal in `dir` (creating it), locks the directory, loads the
@@ -950,7 +969,9 @@ impl Journal {
             io,
             shards,
             layout,
-            chain: Chain::new(last_id, last_hash, opts.feed_window_bytes),
+            #[cfg(not(loom))]
+            _sequencer: None,
+            chain: Arc::new(Chain::new(last_id, last_hash, opts.feed_window_bytes)),
             halted: AtomicBool::new(false),
             cause: Mutex::new(None),
             retired,
@@ -972,7 +993,7 @@ impl Journal {
             syncs,
             _lock: Some(lock),
         };
-        Ok((journal, last_id))
+        Ok((journal.with_sequencer(), last_id))
     }
 
     /// Refuses a write before any work is done: read-only or halted engines, and
@@ -1370,12 +1391,14 @@ impl Journal {
     /// The command name of commit `id`, if it is hashed and still in the
     /// in-memory window (telemetry's attribution of conflicts to winners).
     pub(crate) fn command_of(&self, id: u64) -> Option<String> {
-        let tail = self.chain.tail.lock();
-        let body = tail.get(id)?.frame.get(FRAME_HEADER..)?;
-        // The body starts with the commit id (8 bytes) and the name's length (2).
-        let len = u16::from_le_bytes(body.get(8..10)?.try_into().ok()?) as usize;
-        let name = body.get(10..10 + len)?;
-        Some(String::from_utf8_lossy(name).into_owned())
+        let name = |frame: &[u8]| {
+            let body = frame.get(FRAME_HEADER..)?;
+            // The body starts with the commit id (8 bytes) and the name's length (2).
+            let len = u16::from_le_bytes(body.get(8..10)?.try_into().ok()?) as usize;
+            let name = body.get(10..10 + len)?;
+            Some(String::from_utf8_lossy(name).into_owned())
+        };
+        self.chain.frame_of(id, name)
     }
 
     /// A reader of the commits after `from` in the journal files; `None` for an
