@@ -402,6 +402,34 @@ mod tests {
         f.bytes
     }
 
+    /// Committers only hand frames over; the sequencer hashes them, and stops
+    /// (after a last pass) when dropped.
+    #[test]
+    fn pushes_do_not_hash_and_the_sequencer_does() {
+        let chain = Arc::new(Chain::new(0, ChainHash::genesis(), 1 << 20));
+        let mut expect = ChainHash::genesis();
+        for id in 1..=100u64 {
+            let f = frame(id);
+            expect = expect.next(&f[FRAME_HEADER..]);
+            chain.push(id, f);
+        }
+        assert_eq!(chain.head().0, 0, "a push hashed on the commit path");
+        let sequencer = Sequencer::start(&chain).expect("the thread starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while chain.head().0 < 100 {
+            assert!(std::time::Instant::now() < deadline, "the sequencer never hashed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(chain.head(), (100, expect));
+        assert_eq!(chain.tail.lock().span(), Some((1, 100)));
+        // Pushed after it stopped: nobody hashes until a reader asks.
+        drop(sequencer);
+        chain.push(101, frame(101));
+        assert_eq!(chain.head().0, 100);
+        assert!(chain.hash_at(101).is_some());
+        assert_eq!(chain.head().0, 101);
+    }
+
     #[test]
     fn out_of_order_pushes_hash_in_order() {
         let chain = Chain::new(0, ChainHash::genesis(), 1 << 20);
