@@ -375,6 +375,14 @@ impl Slot {
                         drop(st);
                         tracing::warn!(target: "shardstone", shard = self.spec.index, error = %e,
                             "preparing a journal segment ahead failed; the next roll prepares inline");
+                        // Its number is not reused: remove what was created.
+                        let path = self.spec.dir.join(segment_name(self.spec.index, seq));
+                        if path.exists() {
+                            if let Err(e) = self.spec.io.remove(&path) {
+                                tracing::warn!(target: "shardstone", path = %path.display(), error = %e,
+                                    "removing a segment whose preparation failed failed; the next open removes it");
+                            }
+                        }
                     }
                 }
             }
@@ -385,7 +393,9 @@ impl Slot {
     /// Removes a spare nobody will use. A failure leaves a file of zeros that
     /// the next open's recovery removes; it is logged, nothing is lost.
     pub(crate) fn discard(&self, p: Prepared) -> Result<()> {
-        let Prepared { path, map, file, .. } = p;
+        let Prepared {
+            path, map, file, ..
+        } = p;
         drop(map);
         drop(file);
         self.spec.io.remove(&path).map_err(|source| Error::Io {

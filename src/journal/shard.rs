@@ -283,7 +283,8 @@ impl Shard {
             Some(p) => p,
             None => {
                 let seq = self.slot.take_seq();
-                spec.prepare(seq, cap).inspect_err(|_| self.slot.give_back_seq(seq))?
+                spec.prepare(seq, cap)
+                    .inspect_err(|_| self.slot.give_back_seq(seq))?
             }
         };
         let mut seg = Segment::from_prepared(prepared);
