@@ -263,11 +263,14 @@ impl Slot {
 
     /// Returns `seq`, taken by a roll that failed, if no number was taken
     /// since: the next roll reuses the name (and replaces the file).
-    pub(crate) fn give_back_seq(&self, seq: u64) {
+    /// False if a later number was taken meanwhile (by the thread).
+    pub(crate) fn give_back_seq(&self, seq: u64) -> bool {
         let mut st = self.state();
-        if st.next_seq == seq + 1 {
+        let back = st.next_seq == seq + 1;
+        if back {
             st.next_seq = seq;
         }
+        back
     }
 
     /// Records that segment `seq`, mapped at `map` and faulted in up to

@@ -283,8 +283,19 @@ impl Shard {
             Some(p) => p,
             None => {
                 let seq = self.slot.take_seq();
-                spec.prepare(seq, cap)
-                    .inspect_err(|_| self.slot.give_back_seq(seq))?
+                spec.prepare(seq, cap).inspect_err(|_| {
+                    if !self.slot.give_back_seq(seq) {
+                        // The thread took a later number: nothing will reuse this
+                        // name. Best effort; the next open removes a leftover.
+                        let path = spec.dir.join(segment_name(self.index, seq));
+                        if path.exists() {
+                            if let Err(e) = self.io.remove(&path) {
+                                tracing::warn!(target: "shardstone", path = %path.display(), error = %e,
+                                    "removing a segment whose roll failed failed");
+                            }
+                        }
+                    }
+                })?
             }
         };
         let mut seg = Segment::from_prepared(prepared);
