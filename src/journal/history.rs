@@ -218,6 +218,15 @@ impl History {
             if file.metadata().map_err(io("stat", &path))?.len() <= SEGMENT_HEADER as u64 {
                 continue;
             }
+            // A segment prepared ahead of need has no header yet, only zeros:
+            // not in use. Read past, the shard's current segment would look
+            // finished; the next `extend` looks at it again.
+            let mut head = [0u8; 8];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+                .map_err(io("read", &path))?;
+            if head == [0; 8] {
+                continue;
+            }
             let bytes = if self._reader.is_some() {
                 // SAFETY: read-only map of a file this engine only appends to, and
                 // does not trim while this reader is registered; bytes not yet

@@ -63,6 +63,16 @@ pub trait Io: Send + Sync + 'static {
     fn boot_id(&self) -> Option<[u8; 16]> {
         boot_id()
     }
+    /// Whether the journal may call this `Io` from background threads that
+    /// create, allocate and fault in segments ahead of need, so that a segment
+    /// roll on the commit path is a pointer swap. `false` (the default): every
+    /// segment is prepared by the roll that needs it, on the committing thread,
+    /// so the operations come in the same order in every run of a scenario (what
+    /// fault-injection and power-loss tests that count operations rely on).
+    /// [`OsIo`] says `true`; a wrapper of it should say so too.
+    fn prepares_ahead(&self) -> bool {
+        false
+    }
 }
 
 /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`, a UUID), as bytes.
@@ -84,7 +94,11 @@ fn boot_id() -> Option<[u8; 16]> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsIo;
 
-impl Io for OsIo {}
+impl Io for OsIo {
+    fn prepares_ahead(&self) -> bool {
+        true
+    }
+}
 
 fn allocate(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;

@@ -32,6 +32,7 @@ mod lock;
 mod manifest;
 mod pitr;
 mod power;
+mod prepare;
 mod reader;
 mod record;
 mod recovery;
@@ -281,7 +282,19 @@ pub(crate) struct Journal {
     /// The newest point the manifest promises durable.
     promised: Mutex<(u64, ChainHash)>,
     syncs: Arc<AtomicU64>,
+    /// The threads that prepare segments ahead of the shards' rolls (`None`:
+    /// rolls prepare inline, see `Io::prepares_ahead`); stopped on close or drop.
+    preparer: Mutex<Option<prepare::Preparer>>,
     _lock: Option<DirLock>,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Before the shards and the directory lock go: no preparation runs on.
+        if let Some(mut preparer) = self.preparer.lock().take() {
+            preparer.stop();
+        }
+    }
 }
 
 /// A named consumer's retention mark.
@@ -679,6 +692,7 @@ impl Journal {
             boot: None,
             promised: Mutex::new((0, ChainHash::genesis())),
             syncs: Arc::new(AtomicU64::new(0)),
+            preparer: Mutex::new(None),
             _lock: None,
         };
         journal.with_sequencer()
@@ -961,7 +975,18 @@ impl Journal {
                 );
                 NodeBox::new(shard, &layout, domain)
             })
-            .collect();
+            .collect::<Box<[NodeBox<Shard>]>>();
+        let preparer = if io.prepares_ahead() && !read_only && !shards.is_empty() {
+            let slots = shards.iter().map(|s| s.slot().clone()).collect();
+            let started = prepare::Preparer::start(slots, &layout).map_err(|source| Error::Io {
+                op: "start the segment preparer thread",
+                path: jdir.clone(),
+                source,
+            })?;
+            Some(started)
+        } else {
+            None
+        };
         let journal = Journal {
             durability: opts.durability,
             read_only,
@@ -991,6 +1016,7 @@ impl Journal {
             boot,
             promised: Mutex::new(promised),
             syncs,
+            preparer: Mutex::new(preparer),
             _lock: Some(lock),
         };
         Ok((journal.with_sequencer(), last_id))
@@ -1304,8 +1330,18 @@ impl Journal {
     /// A clean close: writes each shard's final watermark and syncs and trims it.
     pub(crate) fn close(&self, visible: u64) -> Result<()> {
         self.signal.close();
+        // Stopped first (a preparation in progress finishes): nothing maps,
+        // faults in or creates segment files while they are trimmed.
+        if let Some(mut preparer) = self.preparer.lock().take() {
+            preparer.stop();
+        }
         if self.halted.load(Ordering::SeqCst) {
             return Err(self.halted_error());
+        }
+        // Unused spares: files of zeros, in no manifest; removed so that a
+        // clean close leaves only segments that hold something.
+        for shard in self.shards.iter() {
+            shard.discard_spares()?;
         }
         if let (Some(dir), false) = (&self.dir, self.read_only) {
             let saved: BTreeMap<String, SavedHold> = self

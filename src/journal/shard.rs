@@ -18,12 +18,13 @@
 use super::group::{Group, GroupState, Waited};
 use super::io::Io;
 use super::manifest::Listed;
+use super::prepare::{populate, Prepared, Slot, Spec, POPULATE_CHUNK};
 use super::record::{Frame, FRAME_HEADER};
 use super::Retired;
 use crate::error::{Error, Result};
 use crate::numa::Layout;
 use crate::sync::{AtomicU64, Mutex, Ordering};
-use memmap2::MmapMut;
+use memmap2::MmapRaw;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,33 +63,67 @@ struct Segment {
     seq: u64,
     path: PathBuf,
     file: Arc<File>,
-    map: MmapMut,
+    /// Shared with the preparer thread, which only faults it in.
+    map: Arc<MmapRaw>,
     /// Bytes written, header included.
     len: usize,
-    /// The mapping is faulted in up to here.
+    /// Population of the mapping is asked for (or done, inline) up to here.
     populated: usize,
     /// The last commit appended to it (0: none yet).
     last_id: u64,
 }
 
-/// How much of a segment's mapping is faulted in at a time, ahead of the appends:
-/// one `madvise` per chunk instead of one page fault per 4 KiB on the commit path.
-const POPULATE_CHUNK: usize = 1 << 20;
-
 impl Segment {
-    /// Faults in the next chunk of the mapping once appends come near its end.
-    fn populate_ahead(&mut self) {
+    fn from_prepared(p: Prepared) -> Segment {
+        Segment {
+            seq: p.seq,
+            path: p.path,
+            file: Arc::new(p.file),
+            map: p.map,
+            len: 0,
+            populated: p.populated,
+            last_id: 0,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Copies `bytes` into the mapping at `len` and moves `len` on by `stride`.
+    fn write(&mut self, bytes: &[u8], stride: usize) {
+        assert!(
+            self.len + bytes.len().max(stride) <= self.map.len(),
+            "room was made before writing"
+        );
+        // SAFETY: in bounds (checked above). Only the holder of the shard's
+        // group-commit lock, which owns this `Segment`, writes to the mapping;
+        // the preparer thread only advises it, and readers map the file
+        // separately and read only what the visible watermark covers.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(self.len),
+                bytes.len(),
+            );
+        }
+        self.len += stride;
+    }
+
+    /// Keeps the mapping faulted in ahead of the appends: asks the preparer
+    /// thread when there is one (off the commit path), else faults the next
+    /// chunk in here.
+    fn populate_ahead(&mut self, slot: &Slot) {
         if self.len + POPULATE_CHUNK / 4 < self.populated || self.populated >= self.map.len() {
             return;
         }
-        let end = (self.populated + POPULATE_CHUNK).min(self.map.len());
-        // Best effort: before Linux 5.14 this fails and pages fault in on first write.
-        let _ = self.map.advise_range(
-            memmap2::Advice::PopulateWrite,
-            self.populated,
-            end - self.populated,
-        );
-        self.populated = end;
+        if slot.has_worker() {
+            // Two chunks ahead: the thread has a chunk of appends to do it in.
+            self.populated = (self.len + 2 * POPULATE_CHUNK).min(self.map.len());
+            slot.populate(self.populated);
+        } else {
+            self.populated = populate(&self.map, self.populated, self.populated + POPULATE_CHUNK);
+        }
     }
 }
 
@@ -103,22 +138,19 @@ struct Files {
     current: Option<Segment>,
     /// Files of full segments that may hold frames not yet synced.
     unsynced: Vec<Named>,
-    next_seq: u64,
 }
 
 type State = GroupState<Files>;
 
 pub(crate) struct Shard {
     index: usize,
-    dir: PathBuf,
     segment_size: u64,
     io: Arc<dyn Io>,
+    /// Spares, segment numbers and population, shared with the preparer thread.
+    slot: Arc<Slot>,
     group: Group<Files>,
     retired: Arc<Mutex<Vec<Retired>>>,
     syncs: Arc<AtomicU64>,
-    /// The NUMA layout and this shard's domain in it: segment mappings are bound
-    /// to that node before they are first touched.
-    home: (Arc<Layout>, usize),
     remote_appends: AtomicU64,
     /// Frame bytes appended this session (what automatic checkpoints measure the
     /// journal by). Written under the shard lock; read without it.
@@ -143,19 +175,23 @@ impl Shard {
         home: (Arc<Layout>, usize),
         keeps_unsynced: bool,
     ) -> Shard {
-        Shard {
+        let spec = Spec {
             index,
             dir: dir.to_owned(),
+            io: io.clone(),
+            home,
+        };
+        Shard {
+            index,
             segment_size,
             io,
+            slot: Arc::new(Slot::new(spec, next_seq, segment_size)),
             group: Group::new(Files {
                 current: None,
                 unsynced: Vec::new(),
-                next_seq,
             }),
             retired,
             syncs,
-            home,
             remote_appends: AtomicU64::new(0),
             written: AtomicU64::new(0),
             keeps_unsynced,
@@ -199,7 +235,7 @@ impl Shard {
             .files
             .current
             .as_ref()
-            .is_some_and(|s| s.len + stride <= s.map.len());
+            .is_some_and(|s| s.len + stride <= s.capacity());
         if !room {
             self.roll(&mut st, stride)?;
         }
@@ -210,11 +246,10 @@ impl Shard {
             .current
             .as_mut()
             .expect("a segment with room was made above");
-        seg.map[seg.len..seg.len + len].copy_from_slice(&frame.bytes[..len]);
-        seg.len += stride;
+        seg.write(&frame.bytes[..len], stride);
         seg.last_id = id;
         self.written.fetch_add(stride as u64, Ordering::Relaxed);
-        seg.populate_ahead();
+        seg.populate_ahead(&self.slot);
         debug_assert!(id > st.appended, "frames of a shard are in commit order");
         st.appended = id;
         Ok(id)
@@ -235,33 +270,38 @@ impl Shard {
         self.roll(&mut st, 0)
     }
 
-    /// Starts a new segment with room for at least `stride` bytes of frame.
+    /// Makes a new segment current, with room for at least `stride` bytes of
+    /// frame: the spare the preparer thread made ready when there is one (a
+    /// header written into mapped memory and a pointer swap), else one prepared
+    /// here, as before the thread existed. Never waits for the thread.
     fn roll(&self, st: &mut State, stride: usize) -> Result<()> {
-        let seq = st.files.next_seq;
-        let path = self.dir.join(segment_name(self.index, seq));
-        let io_err = |op: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Io { op, path, source }
+        let need = (SEGMENT_HEADER + stride) as u64;
+        let cap = self.segment_size.max(need);
+        let spec = &self.slot.spec;
+        let prepared = match self.slot.take_spare() {
+            Some(p) if (p.map.len() as u64) < need => spec.grow(p, cap)?,
+            Some(p) => p,
+            None => {
+                let seq = self.slot.take_seq();
+                spec.prepare(seq, cap).inspect_err(|_| {
+                    if !self.slot.give_back_seq(seq) {
+                        // The thread took a later number: nothing will reuse this
+                        // name. Best effort; the next open removes a leftover.
+                        let path = spec.dir.join(segment_name(self.index, seq));
+                        if path.exists() {
+                            if let Err(e) = self.io.remove(&path) {
+                                tracing::warn!(target: "shardstone", path = %path.display(), error = %e,
+                                    "removing a segment whose roll failed failed");
+                            }
+                        }
+                    }
+                })?
+            }
         };
-        let cap = self.segment_size.max((SEGMENT_HEADER + stride) as u64);
-        let file = self.io.create(&path).map_err(io_err("create", &path))?;
-        self.io
-            .allocate(&file, cap)
-            .map_err(io_err("allocate", &path))?;
-        // SAFETY: the engine holds the directory's exclusive lock, so no other
-        // process maps or writes this file; we never truncate it while mapped.
-        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err("mmap", &path))?;
-        // On tmpfs the binding places the pages; on disk file systems the page
-        // cache follows the faulting thread, which is a committer of this shard,
-        // running on its node (`populate_ahead`).
-        let (layout, domain) = &self.home;
-        layout.bind_to_domain(map.as_mut_ptr(), map.len(), *domain);
-        map[..SEGMENT_HEADER].copy_from_slice(&segment_header(self.index, seq));
-        self.io
-            .sync_dir(&self.dir)
-            .map_err(io_err("fsync directory", &self.dir))?;
-        st.files.next_seq = seq + 1;
-        if let Some(old) = st.files.current.take() {
+        let mut seg = Segment::from_prepared(prepared);
+        seg.write(&segment_header(self.index, seg.seq), SEGMENT_HEADER);
+        self.slot.made_current(seg.seq, &seg.map, seg.populated);
+        if let Some(old) = st.files.current.replace(seg) {
             self.retired.lock().push(Retired {
                 shard: self.index,
                 seq: old.seq,
@@ -273,15 +313,6 @@ impl Shard {
                 st.files.unsynced.push((old.file, old.path));
             }
         }
-        st.files.current = Some(Segment {
-            seq,
-            path,
-            file: Arc::new(file),
-            map,
-            len: SEGMENT_HEADER,
-            populated: 0,
-            last_id: 0,
-        });
         Ok(())
     }
 
@@ -348,13 +379,14 @@ impl Shard {
         let Some(mut seg) = st.files.current.take() else {
             return Ok(None);
         };
-        if seg.len + FRAME_HEADER <= seg.map.len() {
+        if seg.len + FRAME_HEADER <= seg.capacity() {
             let mut frame = Frame::mark();
             frame.set_synced();
             let len = seal(&mut frame);
-            seg.map[seg.len..seg.len + len].copy_from_slice(&frame.bytes[..len]);
-            seg.len += len.next_multiple_of(8);
+            seg.write(&frame.bytes[..len], len.next_multiple_of(8));
         }
+        // The preparer thread is stopped; this drops its handle on the mapping.
+        self.slot.clear_current();
         let listed = Listed {
             shard: self.index,
             seq: seg.seq,
@@ -372,6 +404,8 @@ impl Shard {
             path: path.clone(),
             source,
         })?;
+        // The last handle on the mapping: unmapped before the trim below.
+        debug_assert_eq!(Arc::strong_count(&map), 1);
         drop(map);
         let trimmed = if trim {
             self.io.truncate(&file, len as u64)
@@ -393,6 +427,20 @@ impl Shard {
         let st = self.group.lock();
         let seg = st.files.current.as_ref()?;
         Some((seg.map.as_ptr() as usize, seg.map.len()))
+    }
+
+    /// The shard's side of segment preparation, for the preparer thread.
+    pub(crate) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    /// Removes the shard's unused spare segments (closing, once the preparer
+    /// thread is stopped).
+    pub(crate) fn discard_spares(&self) -> Result<()> {
+        for p in self.slot.take_unused() {
+            self.slot.discard(p)?;
+        }
+        Ok(())
     }
 
     /// Whether the shard has a segment file open.
