@@ -200,7 +200,7 @@ impl Engine {
             Some(0)
         };
         let layout = Engine::layout(&opts, shards);
-        let store = Arc::new(Store::with_home(&opts, layout.clone())?);
+        let store = Arc::new(Store::with_home(&opts, layout.clone(), layout.cpu_count())?);
         let mut loader = StoreLoader {
             store: &store,
             builder: None,
@@ -245,7 +245,7 @@ impl Engine {
     ) -> Engine {
         Engine {
             store,
-            executor: std::sync::Arc::new(Executor::new(opts)),
+            executor: std::sync::Arc::new(Executor::new(opts, layout.shards())),
             journal: std::sync::Arc::new(journal),
             workers: std::sync::Arc::new(Workers::new(layout.clone())),
             layout,
@@ -266,7 +266,7 @@ impl Engine {
     pub fn in_memory_with(opts: Options) -> Result<Engine> {
         opts.validate()?;
         let layout = Engine::layout(&opts, Some(0));
-        let store = Arc::new(Store::with_home(&opts, layout.clone())?);
+        let store = Arc::new(Store::with_home(&opts, layout.clone(), layout.cpu_count())?);
         let journal = Journal::in_memory(&opts, layout.clone());
         Ok(Engine::assemble(store, journal, layout, &opts))
     }

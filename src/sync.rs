@@ -193,31 +193,142 @@ pub(crate) fn cpu_count() -> usize {
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
-/// A small per-thread index used to pick a shard of a sharded structure
-/// (counters, garbage lists, page free lists) without a shared cache line.
+/// How many shards a per-thread structure (stats counters, garbage lists, the
+/// commit gate's counters, page free lists) gets on a machine with `cpus` CPUs:
+/// one per CPU, rounded up to a power of two (2 CPUs: 2 shards, 96: 128, 256:
+/// 256). Thread indices are dense (see [`thread_shard`]), so while no more
+/// threads are alive than there are CPUs, no two threads share a shard.
+pub(crate) fn shards_for(cpus: usize) -> usize {
+    cpus.clamp(1, MAX_SHARDS).next_power_of_two()
+}
+
+/// Upper bound of [`shards_for`]: beyond it a machine's threads share shards
+/// rather than every command name's counters growing without bound.
+const MAX_SHARDS: usize = 4096;
+
+/// The calling thread's index, used to pick its shard of a sharded structure
+/// (`thread_shard() % shards`).
+///
+/// Indices are dense and recycled: a thread takes the lowest index no live
+/// thread holds and gives it back when it exits. So a server that spawns
+/// short-lived threads keeps its indices below the number of live threads, and
+/// with at most [`shards_for`]`(cpus)` live threads each has a shard of its own.
+/// A thread index rather than `current_cpu()`: it costs one thread-local read
+/// (no `sched_getcpu`), and a thread keeps its line when the scheduler moves
+/// it, so a thread's garbage list stays in its commit order and its free list
+/// stays the one it filled.
 pub(crate) fn thread_shard() -> usize {
     #[cfg(not(loom))]
     {
         use std::cell::Cell;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
             static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+            static LEASE: ThreadIndex = ThreadIndex::take();
         }
-        SHARD.with(|s| {
-            let v = s.get();
-            if v != usize::MAX {
-                return v;
-            }
-            let v = NEXT.fetch_add(1, Ordering::Relaxed);
-            s.set(v);
-            v
-        })
+        let v = SHARD.with(Cell::get);
+        if v != usize::MAX {
+            return v;
+        }
+        // First call on this thread: take an index, held until the thread exits.
+        // During thread teardown (LEASE already gone) fall back to a fresh index.
+        let v = LEASE
+            .try_with(|l| l.0)
+            .unwrap_or_else(|_| ThreadIndex::take().leak());
+        SHARD.with(|s| s.set(v));
+        v
     }
     #[cfg(loom)]
     {
         // Under loom every thread may share one shard: the protocols do not rely
         // on shard separation for correctness, only for speed.
         0
+    }
+}
+
+/// A thread's index, returned to the free set when the thread exits.
+#[cfg(not(loom))]
+struct ThreadIndex(usize);
+
+#[cfg(not(loom))]
+static FREE_INDICES: std::sync::Mutex<std::collections::BTreeSet<usize>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+#[cfg(not(loom))]
+static NEXT_INDEX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(not(loom))]
+impl ThreadIndex {
+    /// The lowest index no live thread holds (taken once per thread, not on a
+    /// hot path: a plain mutex is fine).
+    fn take() -> ThreadIndex {
+        let mut free = FREE_INDICES.lock().unwrap_or_else(|p| p.into_inner());
+        match free.pop_first() {
+            Some(i) => ThreadIndex(i),
+            None => ThreadIndex(NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+
+    /// Keeps the index forever (a thread already past its thread-locals).
+    fn leak(self) -> usize {
+        let i = self.0;
+        std::mem::forget(self);
+        i
+    }
+}
+
+#[cfg(not(loom))]
+impl Drop for ThreadIndex {
+    fn drop(&mut self) {
+        FREE_INDICES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.0);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_counts_follow_the_cpu_count() {
+        assert_eq!(shards_for(0), 1);
+        assert_eq!(shards_for(1), 1);
+        assert_eq!(shards_for(2), 2);
+        assert_eq!(shards_for(3), 4);
+        assert_eq!(shards_for(96), 128);
+        assert_eq!(shards_for(256), 256);
+        assert_eq!(shards_for(1 << 20), MAX_SHARDS);
+    }
+
+    /// Indices of exited threads are reused: threads started one after another
+    /// never climb past the number alive at once (other tests' threads aside,
+    /// which is why the bound is loose but fixed).
+    #[test]
+    fn thread_indices_are_recycled() {
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            seen.push(std::thread::spawn(thread_shard).join().expect("thread ran"));
+        }
+        let max = seen.iter().copied().max().expect("200 indices");
+        assert!(max < 128, "indices climbed to {max}: not recycled");
+        // Two threads alive together never share an index.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    let i = thread_shard();
+                    b.wait();
+                    i
+                })
+            })
+            .collect();
+        let mut ids: Vec<usize> = handles
+            .into_iter()
+            .map(|h| h.join().expect("ran"))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 8);
     }
 }

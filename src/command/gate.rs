@@ -1,7 +1,8 @@
 //! The commit gate: how an escalated command gets exclusive commit rights without
 //! putting a shared lock on every other commit's path.
 //!
-//! Ordinary commits announce themselves in a per-thread-shard counter and then check
+//! Ordinary commits announce themselves in a per-thread-shard counter (one per CPU
+//! of the topology, indexed by `sync::thread_shard`) and then check
 //! that the gate is open (two cache lines that other cores rarely write). The
 //! blocking queue closes the gate and waits for the announced commits to drain.
 //! Both sides store, then fence (`SeqCst`), then load, so at least one of them
@@ -11,11 +12,6 @@ use crate::sync::{
     fence, thread_shard, yield_now, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering,
 };
 use std::time::Instant;
-
-#[cfg(not(loom))]
-const SHARDS: usize = 64;
-#[cfg(loom)]
-const SHARDS: usize = 2;
 
 pub(crate) struct CommitGate {
     closed: AtomicBool,
@@ -33,10 +29,14 @@ pub(crate) struct Exclusive<'g> {
 }
 
 impl CommitGate {
-    pub(crate) fn new() -> Self {
+    /// A gate with `shards` in-flight counters: one per CPU of the engine's
+    /// topology (`sync::shards_for`), so commits on different threads announce
+    /// themselves on different lines; two under loom.
+    pub(crate) fn new(shards: usize) -> Self {
+        let shards = if cfg!(loom) { 2 } else { shards.max(1) };
         CommitGate {
             closed: AtomicBool::new(false),
-            in_flight: (0..SHARDS)
+            in_flight: (0..shards)
                 .map(|_| CachePadded::new(AtomicUsize::new(0)))
                 .collect(),
         }
@@ -128,5 +128,32 @@ impl Drop for Pass<'_> {
 impl Drop for Exclusive<'_> {
     fn drop(&mut self) {
         self.gate.closed.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_in_flight_counter_per_cpu() {
+        for cpus in [1, 2, 64, 256] {
+            let gate = CommitGate::new(crate::sync::shards_for(cpus));
+            assert_eq!(gate.in_flight.len(), crate::sync::shards_for(cpus));
+        }
+        // Passes drain whatever counter their thread uses.
+        let gate = CommitGate::new(256);
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        drop(gate.enter(|| far).expect("the gate is open"));
+                    }
+                });
+            }
+        });
+        drop(gate.close());
+        assert!(gate.in_flight.iter().all(|c| c.load(Ordering::SeqCst) == 0));
     }
 }

@@ -189,7 +189,9 @@ impl Drop for RunRecord<'_> {
 }
 
 impl Executor {
-    pub(crate) fn new(opts: &Options) -> Self {
+    /// `shards`: shards of the commit gate and the counters, one per CPU of the
+    /// engine's topology (`sync::shards_for`).
+    pub(crate) fn new(opts: &Options, shards: usize) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Executor {
@@ -199,9 +201,10 @@ impl Executor {
             lock_wait: opts.lock_wait,
             keys: KeyLocks::new(),
             admission: Admission::new(opts.max_escalated, opts.max_queued),
-            gate: CommitGate::new(),
+            gate: CommitGate::new(shards),
             exclusive: Admission::new(1, usize::MAX),
             telemetry: Telemetry::new(
+                shards,
                 opts.hot_pages_tracked,
                 opts.max_command_names,
                 opts.slow_command,

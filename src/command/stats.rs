@@ -1,6 +1,7 @@
 //! Telemetry of commands: what operators lacked in Bedrock's retry-storm outage.
 //!
-//! Counters are sharded per thread (one cache line per shard) so that counting
+//! Counters are sharded per thread (one cache line per shard, one shard per CPU
+//! of the engine's topology, indexed by `sync::thread_shard`) so that counting
 //! does not become the contended cache line on a many-core machine. Conflicts,
 //! which are rare next to commits, go to a small table of the hottest pages with
 //! the command names that lost on each.
@@ -27,11 +28,6 @@ use std::time::Duration;
 /// `Options::max_command_names` distinct ones, and a command that is itself
 /// named this. It is listed last, from the first run given to it on.
 pub const OTHER_COMMANDS: &str = "(other commands)";
-
-#[cfg(not(loom))]
-const SHARDS: usize = 32;
-#[cfg(loom)]
-const SHARDS: usize = 1;
 
 /// Counters of one command name (or of all commands), per shard.
 #[derive(Default)]
@@ -64,9 +60,12 @@ pub(crate) enum Ending {
 }
 
 impl Counters {
-    fn new() -> Self {
+    /// Counters with `shards` shards (one per CPU, from `sync::shards_for`; one
+    /// under loom, whose models count nothing concurrently that they check).
+    fn new(shards: usize) -> Self {
+        let shards = if cfg!(loom) { 1 } else { shards.max(1) };
         Counters {
-            shards: (0..SHARDS)
+            shards: (0..shards)
                 .map(|_| CachePadded::new(Shard::default()))
                 .collect(),
         }
@@ -380,17 +379,21 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
+    /// `shards`: shards of every counter set, one per CPU of the engine's
+    /// topology (`sync::shards_for`). Each command name's counters take
+    /// `shards` cache lines.
     pub(crate) fn new(
+        shards: usize,
         hot_tracked: usize,
         max_names: usize,
         slow_command: Option<Duration>,
         storm: StormThresholds,
     ) -> Self {
         Telemetry {
-            all: Counters::new(),
+            all: Counters::new(shards),
             commands: Mutex::new(HashMap::new()),
             max_names,
-            other: Arc::new(Counters::new()),
+            other: Arc::new(Counters::new(shards)),
             other_used: AtomicBool::new(false),
             hot: Mutex::new(HashMap::new()),
             hot_keys: Mutex::new(HashMap::new()),
@@ -510,7 +513,7 @@ impl Telemetry {
             self.other_used.store(true, Ordering::Relaxed);
             return self.other.clone();
         }
-        let c = Arc::new(Counters::new());
+        let c = Arc::new(Counters::new(self.all.shards.len()));
         map.insert(name.to_owned(), c.clone());
         c
     }
@@ -680,4 +683,35 @@ fn sorted_losers(losers: &HashMap<String, u64>) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = losers.iter().map(|(n, c)| (n.clone(), *c)).collect();
     out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     out
+}
+
+#[cfg(all(test, not(loom)))]
+mod sizing_tests {
+    use super::*;
+
+    /// Counters get one shard per CPU, and sums stay exact whatever shard each
+    /// thread counts in.
+    #[test]
+    fn counters_have_one_shard_per_cpu_and_add_up() {
+        let telemetry = Telemetry::new(256, 8, 4, None, StormThresholds::default());
+        assert_eq!(telemetry.all.shards.len(), 256);
+        let c = telemetry.command("put");
+        assert_eq!(c.shards.len(), 256);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        c.finish(Ending::Committed, Duration::from_nanos(10));
+                        c.conflict(true);
+                    }
+                });
+            }
+        });
+        let sum = c.sum();
+        assert_eq!(
+            (sum.runs, sum.commits, sum.conflicts, sum.retries),
+            (8000, 8000, 8000, 8000)
+        );
+        assert_eq!(Counters::new(crate::sync::shards_for(2)).shards.len(), 2);
+    }
 }

@@ -113,6 +113,17 @@ impl Layout {
         &self.plan
     }
 
+    /// CPUs of the topology the engine planned on.
+    pub(crate) fn cpu_count(&self) -> usize {
+        self.plan.placement.topology.cpu_count()
+    }
+
+    /// Shards of each per-thread structure (counters, the commit gate, garbage
+    /// and free lists): one per CPU of the topology, see `sync::shards_for`.
+    pub(crate) fn shards(&self) -> usize {
+        crate::sync::shards_for(self.cpu_count())
+    }
+
     /// The placement with the binding outcome so far.
     pub(crate) fn placement(&self) -> Placement {
         let mut p = self.plan.placement.clone();

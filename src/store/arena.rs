@@ -2,22 +2,31 @@
 //!
 //! Owns every byte of page memory of an engine. Pages come from `memmap2` anonymous
 //! mappings (so a later layer can bind each mapping to a NUMA node) and are recycled
-//! through per-thread-shard free lists, so allocation on the commit path takes an
-//! uncontended lock and no system call. When many pages sit free, batches are handed
-//! back to the kernel with `madvise(MADV_DONTNEED)`: a tree that grew and shrank
-//! gives its resident memory back.
+//! through per-thread-shard free lists (one shard per CPU of the engine's
+//! topology, indexed by `sync::thread_shard`), so allocation on the commit path
+//! takes an uncontended lock and no system call. A shard list trades batches of
+//! pages with its arena's pool, a lock-free queue: no lock is shared between
+//! threads on the allocation and free paths; only growing the arena (a new
+//! mapping, once per `BATCH` fresh pages) takes the arena's mapping lock. When
+//! many pages sit free, batches are handed back to the kernel with
+//! `madvise(MADV_DONTNEED)`: a tree that grew and shrank gives its resident
+//! memory back.
 //!
 //! With several memory domains (NUMA nodes, as the engine's `MemoryHome` says),
 //! there is one `Arena` per domain and `Arenas` routes: an allocation comes from
 //! the caller's domain, and a freed page goes back to the arena whose mapping it
 //! lies in (found through `Owners`, a two-level table over 2 MiB blocks; chunks
-//! are 2 MiB aligned so no block is shared by two domains).
+//! are 2 MiB aligned so no block is shared by two domains). A domain that can
+//! map no more memory takes free pages from the other domains' pools before
+//! reporting `Error::OutOfMemory`; those pages still go back to their own
+//! domain when freed, so each arena's accounting stays exact.
 //!
 //! Invariant: a page pointer is either in exactly one free list or owned by exactly
 //! one holder (a page version, an overflow chain, or a commit being prepared).
 
 use crate::error::{Error, Result};
-use crate::sync::{thread_shard, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
+use crate::sync::{spin_hint, thread_shard, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
+use crossbeam_deque::{Injector, Steal};
 use std::sync::Arc;
 
 /// Where page memory lives: the engine's NUMA layout, seen by the store as
@@ -134,14 +143,36 @@ pub(crate) struct Arenas {
 }
 
 impl Arenas {
-    pub(crate) fn new(page_size: usize, home: Arc<dyn MemoryHome>) -> Arenas {
+    /// One arena per domain of `home`, each with `shards` free lists (one per
+    /// CPU, `sync::shards_for`).
+    pub(crate) fn new(page_size: usize, home: Arc<dyn MemoryHome>, shards: usize) -> Arenas {
+        Arenas::with_map_limit(page_size, home, shards, usize::MAX)
+    }
+
+    /// As `new`, each arena mapping at most `map_limit` bytes (tests: an arena
+    /// that cannot grow).
+    fn with_map_limit(
+        page_size: usize,
+        home: Arc<dyn MemoryHome>,
+        shards: usize,
+        map_limit: usize,
+    ) -> Arenas {
         // At most 255 domains fit the owner table's bytes; more would be a
         // machine with over 255 NUMA nodes.
         let domains = home.domains().clamp(1, 255);
         let owners = (domains > 1).then(|| Arc::new(Owners::new()));
         Arenas {
             arenas: (0..domains)
-                .map(|d| Arena::new(page_size, d, home.clone(), owners.clone()))
+                .map(|d| {
+                    Arena::new(
+                        page_size,
+                        d,
+                        home.clone(),
+                        owners.clone(),
+                        shards,
+                        map_limit,
+                    )
+                })
                 .collect(),
             home,
             owners,
@@ -152,13 +183,21 @@ impl Arenas {
         self.arenas[0].page_size
     }
 
-    /// A page buffer from the caller's domain. Its contents are unspecified.
+    /// A page buffer from the caller's domain; from another domain's free pages
+    /// only when the caller's can neither supply one nor map more. Its contents
+    /// are unspecified.
     pub(crate) fn alloc(&self) -> Result<PagePtr> {
-        if self.arenas.len() == 1 {
+        let n = self.arenas.len();
+        if n == 1 {
             return self.arenas[0].alloc();
         }
-        let d = self.home.domain_of_caller().min(self.arenas.len() - 1);
-        self.arenas[d].alloc()
+        let d = self.home.domain_of_caller().min(n - 1);
+        match self.arenas[d].alloc() {
+            Ok(page) => Ok(page),
+            Err(e) => (1..n)
+                .find_map(|i| self.arenas[(d + i) % n].alloc_free())
+                .ok_or(e),
+        }
     }
 
     /// Returns a page to the arena whose memory it is.
@@ -213,7 +252,6 @@ const RESIDENT_FREE_LIMIT: usize = 1024;
 /// Pages in the first mapping; each further mapping doubles, up to `MAX_CHUNK_PAGES`.
 const FIRST_CHUNK_PAGES: usize = 256;
 const MAX_CHUNK_PAGES: usize = 16384;
-const SHARDS: usize = 64;
 
 /// A page buffer's address. Plain data: ownership is tracked by the holder.
 pub(crate) type PagePtr = *mut u8;
@@ -230,11 +268,28 @@ struct Chunks {
     limit: usize,
 }
 
+/// Free pages of one arena, in batches, shared by its shard lists without a
+/// lock: a batch is pushed and stolen whole.
 struct Pool {
-    /// Free pages still resident (recently freed).
-    resident: Vec<usize>,
+    /// Free pages still resident (recently freed), oldest batch first.
+    resident: Injector<Vec<usize>>,
+    /// Pages in `resident`, for the release decision only (it may lag a push
+    /// or a steal by one batch; nothing is counted from it).
+    resident_pages: AtomicUsize,
     /// Free pages already returned to the kernel (they read as zero when reused).
-    released: Vec<usize>,
+    released: Injector<Vec<usize>>,
+}
+
+/// One batch from `queue`, if it has any.
+fn steal(queue: &Injector<Vec<usize>>) -> Option<Vec<usize>> {
+    loop {
+        match queue.steal() {
+            Steal::Success(batch) => return Some(batch),
+            Steal::Empty => return None,
+            // Another thread is mid-operation on the same end: try again.
+            Steal::Retry => spin_hint(),
+        }
+    }
 }
 
 pub(crate) struct Arena {
@@ -243,8 +298,11 @@ pub(crate) struct Arena {
     home: Arc<dyn MemoryHome>,
     /// Present with several domains: chunks are then block aligned and recorded.
     owners: Option<Arc<Owners>>,
+    /// The mappings; locked only to grow the arena.
     chunks: Mutex<Chunks>,
-    pool: Mutex<Pool>,
+    /// Bytes this arena may map (`usize::MAX` but in tests).
+    map_limit: usize,
+    pool: Pool,
     shards: Box<[CachePadded<Mutex<Vec<usize>>>]>,
     /// Pages handed out and not yet freed, summed over shards for stats.
     in_use: Box<[CachePadded<AtomicU64>]>,
@@ -262,7 +320,10 @@ impl Arena {
         domain: usize,
         home: Arc<dyn MemoryHome>,
         owners: Option<Arc<Owners>>,
+        shards: usize,
+        map_limit: usize,
     ) -> Self {
+        let shards = if cfg!(loom) { 2 } else { shards.max(1) };
         Arena {
             page_size,
             domain,
@@ -275,14 +336,16 @@ impl Arena {
                 bump: 0,
                 limit: 0,
             }),
-            pool: Mutex::new(Pool {
-                resident: Vec::new(),
-                released: Vec::new(),
-            }),
-            shards: (0..SHARDS)
+            map_limit,
+            pool: Pool {
+                resident: Injector::new(),
+                resident_pages: AtomicUsize::new(0),
+                released: Injector::new(),
+            },
+            shards: (0..shards)
                 .map(|_| CachePadded::new(Mutex::new(Vec::new())))
                 .collect(),
-            in_use: (0..SHARDS)
+            in_use: (0..shards)
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
             mapped_bytes: AtomicUsize::new(0),
@@ -291,7 +354,7 @@ impl Arena {
 
     /// A page buffer of `page_size` bytes. Its contents are unspecified.
     fn alloc(&self) -> Result<PagePtr> {
-        let shard = thread_shard() % SHARDS;
+        let shard = thread_shard() % self.shards.len();
         let mut local = self.shards[shard].lock();
         if local.is_empty() {
             self.refill(&mut local)?;
@@ -307,7 +370,7 @@ impl Arena {
     /// # Safety
     /// `page` came from `alloc` of this arena and nothing reads or writes it any more.
     unsafe fn free(&self, page: PagePtr) {
-        let shard = thread_shard() % SHARDS;
+        let shard = thread_shard() % self.shards.len();
         self.in_use[shard].fetch_sub(1, Ordering::Relaxed);
         let mut local = self.shards[shard].lock();
         local.push(page as usize);
@@ -318,22 +381,40 @@ impl Arena {
         }
     }
 
+    /// A page from this arena's free pages only (no new mapping): the fallback
+    /// of another domain that could not map more.
+    fn alloc_free(&self) -> Option<PagePtr> {
+        let shard = thread_shard() % self.shards.len();
+        let mut local = self.shards[shard].lock();
+        if local.is_empty() && !self.take_free(&mut local) {
+            return None;
+        }
+        let page = local.pop()?;
+        drop(local);
+        self.in_use[shard].fetch_add(1, Ordering::Relaxed);
+        Some(page as PagePtr)
+    }
+
+    /// Moves a batch of free pages from the pool into `local`, if it has any:
+    /// resident ones first, then released ones.
+    fn take_free(&self, local: &mut Vec<usize>) -> bool {
+        if let Some(batch) = steal(&self.pool.resident) {
+            self.pool
+                .resident_pages
+                .fetch_sub(batch.len(), Ordering::Relaxed);
+            local.extend(batch);
+            return true;
+        }
+        if let Some(batch) = steal(&self.pool.released) {
+            local.extend(batch);
+            return true;
+        }
+        false
+    }
+
     fn refill(&self, local: &mut Vec<usize>) -> Result<()> {
-        {
-            let mut pool = self.pool.lock();
-            for list in [0, 1] {
-                let source = if list == 0 {
-                    &mut pool.resident
-                } else {
-                    &mut pool.released
-                };
-                if !source.is_empty() {
-                    let take = source.len().min(BATCH);
-                    let at = source.len() - take;
-                    local.extend(source.drain(at..));
-                    return Ok(());
-                }
-            }
+        if self.take_free(local) {
+            return Ok(());
         }
         let mut chunks = self.chunks.lock();
         if chunks.bump == chunks.limit {
@@ -348,6 +429,12 @@ impl Arena {
             } else {
                 0
             };
+            if self.mapped_bytes().saturating_add(bytes) > self.map_limit {
+                return Err(Error::OutOfMemory {
+                    requested: bytes,
+                    source: std::io::Error::other("over the arena's mapping limit"),
+                });
+            }
             let map = memmap2::MmapOptions::new()
                 .len(bytes + align)
                 .map_anon()
@@ -387,23 +474,31 @@ impl Arena {
 
     fn spill(&self, pages: Vec<usize>) {
         let allowance = RESIDENT_FREE_LIMIT.max(self.pages_in_use() as usize / 4);
-        let mut pool = self.pool.lock();
-        pool.resident.extend(pages);
-        if pool.resident.len() > allowance + BATCH {
-            let release: Vec<usize> = pool.resident.drain(..BATCH).collect();
-            for &page in &release {
-                // SAFETY: every page in the pool is free and lies inside one of our
-                // live mappings; MADV_DONTNEED only drops its contents, the mapping stays.
-                unsafe {
-                    libc::madvise(
-                        page as *mut libc::c_void,
-                        self.page_size,
-                        libc::MADV_DONTNEED,
-                    );
-                }
-            }
-            pool.released.extend(release);
+        let n = pages.len();
+        self.pool.resident.push(pages);
+        let resident = self.pool.resident_pages.fetch_add(n, Ordering::Relaxed) + n;
+        if resident <= allowance + BATCH {
+            return;
         }
+        // Over the allowance: the oldest batch goes back to the kernel.
+        let Some(release) = steal(&self.pool.resident) else {
+            return;
+        };
+        self.pool
+            .resident_pages
+            .fetch_sub(release.len(), Ordering::Relaxed);
+        for &page in &release {
+            // SAFETY: every page in the pool is free and lies inside one of our
+            // live mappings; MADV_DONTNEED only drops its contents, the mapping stays.
+            unsafe {
+                libc::madvise(
+                    page as *mut libc::c_void,
+                    self.page_size,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+        self.pool.released.push(release);
     }
 
     /// Pages currently handed out.
@@ -419,5 +514,158 @@ impl Arena {
     /// Bytes of address space mapped for pages (resident or not).
     pub(crate) fn mapped_bytes(&self) -> usize {
         self.mapped_bytes.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Two domains; the caller's is whatever the test says.
+    struct TwoNodes {
+        caller: std::sync::atomic::AtomicUsize,
+    }
+
+    impl MemoryHome for TwoNodes {
+        fn domains(&self) -> usize {
+            2
+        }
+        fn domain_of_caller(&self) -> usize {
+            self.caller.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn prepare(&self, _: usize, _: *mut u8, _: usize) {}
+    }
+
+    fn two_nodes() -> Arc<TwoNodes> {
+        Arc::new(TwoNodes {
+            caller: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    const PAGE: usize = 4096;
+
+    #[test]
+    fn free_lists_follow_the_cpu_count() {
+        for cpus in [1, 2, 64, 256] {
+            let arenas = Arenas::new(PAGE, two_nodes(), crate::sync::shards_for(cpus));
+            for a in arenas.arenas.iter() {
+                assert_eq!(a.shards.len(), crate::sync::shards_for(cpus));
+                assert_eq!(a.in_use.len(), crate::sync::shards_for(cpus));
+            }
+        }
+    }
+
+    /// Each node allocates from its own memory while it can; a node that can map
+    /// no more takes the other node's free pages, which go back to that node
+    /// when freed; the counts stay exact throughout.
+    #[test]
+    fn nodes_allocate_their_own_pages_first_and_fall_back() {
+        let home = two_nodes();
+        // One 2 MiB block per node: 512 pages each.
+        let arenas = Arenas::with_map_limit(PAGE, home.clone(), 4, 1 << BLOCK_SHIFT);
+        let set = |d: usize| home.caller.store(d, std::sync::atomic::Ordering::Relaxed);
+
+        set(0);
+        let mut zero: Vec<PagePtr> = (0..512).map(|_| arenas.alloc().expect("room")).collect();
+        assert!(zero.iter().all(|&p| arenas.domain_of(p) == Some(0)));
+        set(1);
+        let mut one: Vec<PagePtr> = (0..100).map(|_| arenas.alloc().expect("room")).collect();
+        assert!(one.iter().all(|&p| arenas.domain_of(p) == Some(1)));
+        assert_eq!(arenas.arenas[0].pages_in_use(), 512);
+        assert_eq!(arenas.arenas[1].pages_in_use(), 100);
+
+        // Node 0 is full and cannot map more: it takes node 1's free pages, here
+        // 100 freed on node 1 (from a thread whose own domain is 1, as a commit
+        // on node 1 would).
+        set(1);
+        for p in one.drain(..) {
+            // SAFETY: allocated above, never used.
+            unsafe { arenas.free(p) };
+        }
+        let in_use_1 = arenas.arenas[1].pages_in_use();
+        set(0);
+        let borrowed: Vec<PagePtr> = (0..10).map(|_| arenas.alloc().expect("fallback")).collect();
+        assert!(borrowed.iter().all(|&p| arenas.domain_of(p) == Some(1)));
+        assert_eq!(arenas.arenas[0].pages_in_use(), 512);
+        assert_eq!(arenas.arenas[1].pages_in_use(), in_use_1 + 10);
+        // Freed from node 0, they go back to node 1.
+        for p in borrowed {
+            // SAFETY: as above.
+            unsafe { arenas.free(p) };
+        }
+        assert_eq!(arenas.arenas[1].pages_in_use(), in_use_1);
+        // Node 0's own freed page is preferred over node 1's again.
+        let p = zero.pop().expect("512 pages");
+        // SAFETY: as above.
+        unsafe { arenas.free(p) };
+        let again = arenas.alloc().expect("own page");
+        assert_eq!(arenas.domain_of(again), Some(0));
+        zero.push(again);
+        for p in zero {
+            // SAFETY: as above.
+            unsafe { arenas.free(p) };
+        }
+        assert_eq!(arenas.pages_in_use(), in_use_1);
+        assert_eq!(arenas.mapped_bytes(), 2 << BLOCK_SHIFT);
+        // Everything free: node 0 gets its 512 pages, then node 1's 128 carved
+        // ones (two batches), then a typed error.
+        set(0);
+        let mut all = Vec::new();
+        let err = loop {
+            match arenas.alloc() {
+                Ok(p) => all.push(p),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+        assert_eq!(all.len(), 512 + 2 * BATCH);
+        assert_eq!(
+            all.iter()
+                .filter(|&&p| arenas.domain_of(p) == Some(0))
+                .count(),
+            512
+        );
+        assert_eq!(arenas.pages_in_use(), all.len() as u64);
+        for p in all {
+            // SAFETY: as above.
+            unsafe { arenas.free(p) };
+        }
+        assert_eq!(arenas.pages_in_use(), 0);
+    }
+
+    /// Frees spill batches to the lock-free pool and allocations take them back
+    /// from other threads; nothing is lost or counted twice.
+    #[test]
+    fn pages_move_between_threads_through_the_pool() {
+        let arenas = Arenas::new(PAGE, two_nodes(), 8);
+        let pages: Vec<usize> = (0..4 * BATCH)
+            .map(|_| arenas.alloc().expect("room") as usize)
+            .collect();
+        let mapped = arenas.mapped_bytes();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for &p in &pages {
+                    // SAFETY: allocated above, never used.
+                    unsafe { arenas.free(p as PagePtr) };
+                }
+            });
+        });
+        assert_eq!(arenas.pages_in_use(), 0);
+        // The other thread spilled at least two batches; they come back here
+        // without a new mapping.
+        let again: Vec<PagePtr> = (0..2 * BATCH)
+            .map(|_| arenas.alloc().expect("room"))
+            .collect();
+        assert_eq!(arenas.mapped_bytes(), mapped);
+        let mut distinct: Vec<usize> = again.iter().map(|&p| p as usize).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 2 * BATCH);
+        assert_eq!(arenas.pages_in_use(), 2 * BATCH as u64);
+        for p in again {
+            // SAFETY: as above.
+            unsafe { arenas.free(p) };
+        }
+        assert_eq!(arenas.pages_in_use(), 0);
     }
 }

@@ -196,21 +196,28 @@ pub(crate) struct Store {
 
 impl Store {
     /// A store whose page memory is placed as `home` says.
-    pub(crate) fn with_home(opts: &Options, home: std::sync::Arc<dyn MemoryHome>) -> Result<Store> {
+    /// `cpus`: CPUs of the engine's topology, which size the per-thread
+    /// structures (pin slots, garbage lists, page free lists).
+    pub(crate) fn with_home(
+        opts: &Options,
+        home: std::sync::Arc<dyn MemoryHome>,
+        cpus: usize,
+    ) -> Result<Store> {
         opts.validate()?;
         let pin_slots = if cfg!(loom) {
             4
         } else {
-            64.max(std::thread::available_parallelism().map_or(8, |n| n.get()) * 4)
+            64.max(cpus.saturating_mul(4))
         };
+        let shards = crate::sync::shards_for(cpus);
         let store = Store {
             page_size: opts.page_size,
             max_value_len: opts.max_value_len,
-            arena: Arenas::new(opts.page_size, home),
+            arena: Arenas::new(opts.page_size, home, shards),
             table: PageTable::new(),
             clock: Clock::new(),
             pins: Pins::new(pin_slots),
-            garbage: GarbageLists::new(),
+            garbage: GarbageLists::new(shards),
             reclaimer: Mutex::new(Reclaimer::default()),
             walk_floor: CachePadded::new(AtomicU64::new(u64::MAX)),
             epoch: Instant::now(),
