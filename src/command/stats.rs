@@ -378,10 +378,16 @@ pub(crate) struct Telemetry {
     pub(crate) callback_panics: AtomicU64,
 }
 
+/// The most shards one command name's counters get: with the 100,000 names
+/// `Options::max_command_names` allows, about 400 MiB.
+const NAME_SHARDS: usize = 32;
+
 impl Telemetry {
-    /// `shards`: shards of every counter set, one per CPU of the engine's
-    /// topology (`sync::shards_for`). Each command name's counters take
-    /// `shards` cache lines.
+    /// `shards`: shards of the engine-wide counters, one per CPU of the
+    /// engine's topology (`sync::shards_for`). Each command name's counters
+    /// take at most [`NAME_SHARDS`] of them, which bounds their memory by
+    /// `Options::max_command_names` whatever the CPU count (threads beyond it
+    /// share lines of one name's counters).
     pub(crate) fn new(
         shards: usize,
         hot_tracked: usize,
@@ -513,7 +519,7 @@ impl Telemetry {
             self.other_used.store(true, Ordering::Relaxed);
             return self.other.clone();
         }
-        let c = Arc::new(Counters::new(self.all.shards.len()));
+        let c = Arc::new(Counters::new(self.all.shards.len().min(NAME_SHARDS)));
         map.insert(name.to_owned(), c.clone());
         c
     }
@@ -696,7 +702,7 @@ mod sizing_tests {
         let telemetry = Telemetry::new(256, 8, 4, None, StormThresholds::default());
         assert_eq!(telemetry.all.shards.len(), 256);
         let c = telemetry.command("put");
-        assert_eq!(c.shards.len(), 256);
+        assert_eq!(c.shards.len(), NAME_SHARDS, "per-name counters are bounded");
         std::thread::scope(|s| {
             for _ in 0..8 {
                 s.spawn(|| {

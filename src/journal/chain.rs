@@ -417,7 +417,10 @@ mod tests {
         let sequencer = Sequencer::start(&chain).expect("the thread starts");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while chain.head().0 < 100 {
-            assert!(std::time::Instant::now() < deadline, "the sequencer never hashed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sequencer never hashed"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(chain.head(), (100, expect));
