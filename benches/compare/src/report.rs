@@ -680,10 +680,16 @@ impl Report {
                 ),
                 _ => ("—".to_string(), "not measured"),
             };
+            // 0.95 as 0.95×, 3 as 3.0×.
+            let required = if (t.required * 10.0).fract() == 0.0 {
+                format!("{:.1}", t.required)
+            } else {
+                format!("{:.2}", t.required)
+            };
             let _ = writeln!(
                 md,
-                "| {} ({}) | {:.1}× | {measured} | {met} |",
-                t.name, t.detail, t.required
+                "| {} ({}) | {required}× | {measured} | {met} |",
+                t.name, t.detail
             );
         }
         md.push('\n');
