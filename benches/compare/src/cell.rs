@@ -8,17 +8,22 @@
 //! workload's counter is read before and after the measured run: it must have
 //! grown by exactly the commands that committed (no lost update).
 //!
+//! A sharing-tax cell of N engines ([`Workload::engine_per_thread`]) opens
+//! the N preloaded parts beside the engine's directory (`plan::part_dir`) and
+//! runs thread `t` on part `t`; its counters are the parts' summed.
+//!
 //! While the measured run goes, the parent thread samples the engine's
 //! blocking-queue depth every [`DEPTH_SAMPLE_EVERY`] (engines that have one).
 //! Commands the engine refuses with a documented outcome (a lock wait that
 //! timed out or would deadlock, admission refused) are counted, not fatal; a
 //! refused fast command's time counts as fast-command time.
 
-use crate::engines::{Engine, Kind, Refusal};
+use crate::engines::{Counters, Engine, Kind, Refusal};
 use crate::keys::Zipf;
+use crate::plan::part_dir;
 use crate::report::{CellResult, Latency, QueueDepth, Refusals};
 use crate::rss;
-use crate::workload::{Class, Generator, Step, Workload, HOT_COUNTER, ZIPF_THETA};
+use crate::workload::{part, Class, Generator, Step, Workload, HOT_COUNTER, ZIPF_THETA};
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,32 +101,70 @@ impl ThreadTally {
     }
 }
 
+/// Opens the cell's engines, each with the items it must hold: one engine with
+/// every item, or (the sharing tax's N engines) one per thread with its part.
+/// Returns them and the time their opens took (their scans not included).
+fn open_all(spec: &CellSpec) -> Result<(Vec<Box<dyn Engine>>, Duration), String> {
+    let parts: Vec<(PathBuf, u64)> = if spec.workload.engine_per_thread() {
+        (0..spec.threads)
+            .map(|i| {
+                let items = part(spec.keys, i, spec.threads);
+                (
+                    part_dir(&spec.dir, i, spec.threads),
+                    items.end - items.start,
+                )
+            })
+            .collect()
+    } else {
+        vec![(spec.dir.clone(), spec.keys)]
+    };
+    let mut engines = Vec::with_capacity(parts.len());
+    let mut opening = Duration::ZERO;
+    for (dir, keys) in parts {
+        let started = Instant::now();
+        let engine = spec
+            .engine
+            .open(&dir, spec.workload.tier())
+            .map_err(|e| format!("open {}: {e}", dir.display()))?;
+        opening += started.elapsed();
+        let scanned = engine.scan().map_err(|e| format!("scan: {e}"))?;
+        if scanned != keys {
+            return Err(format!(
+                "scan of {} found {scanned} keys, {keys} expected",
+                dir.display()
+            ));
+        }
+        engines.push(engine);
+    }
+    Ok((engines, opening))
+}
+
+/// Every engine's counters, summed.
+fn counters(engines: &[&dyn Engine]) -> Counters {
+    engines
+        .iter()
+        .fold(Counters::default(), |sum, e| sum.plus(e.counters()))
+}
+
 /// Opens, warms, measures and settles one cell.
 pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
-    let started = Instant::now();
-    let engine = spec
-        .engine
-        .open(&spec.dir, spec.workload.tier())
-        .map_err(|e| format!("open: {e}"))?;
-    let opened = started.elapsed();
-    let scanned = engine.scan().map_err(|e| format!("scan: {e}"))?;
-    if scanned != spec.keys {
-        return Err(format!("scan found {scanned} keys, {} expected", spec.keys));
-    }
+    let (opened_engines, opened) = open_all(spec)?;
+    let engines: Vec<&dyn Engine> = opened_engines.iter().map(|e| &**e).collect();
+    let engine = engines[0];
     let zipf = Zipf::new(spec.keys, ZIPF_THETA, 0x5eed);
-    drive(&*engine, spec, &zipf, spec.warmup, 1)?;
+    drive(&engines, spec, &zipf, spec.warmup, 1)?;
 
     let counted = spec.workload == Workload::Counter;
-    let counter_before = if counted { read_counter(&*engine)? } else { 0 };
-    let before = engine.counters();
+    let counter_before = if counted { read_counter(engine)? } else { 0 };
+    let before = counters(&engines);
     let rss_reset = rss::reset_peak();
     let cpu_before = rss::cpu_time();
-    let (tally, elapsed, depth) = drive(&*engine, spec, &zipf, spec.measure, 2)?;
+    let (tally, elapsed, depth) = drive(&engines, spec, &zipf, spec.measure, 2)?;
     let cpu = rss::cpu_time().saturating_sub(cpu_before);
     let peak_rss_mib = rss::peak_mib();
-    let after = engine.counters();
+    let after = counters(&engines);
     let counter_added = if counted {
-        let added = read_counter(&*engine)? - counter_before;
+        let added = read_counter(engine)? - counter_before;
         if added != tally.writes {
             return Err(format!(
                 "lost update: the counter grew by {added}, {} commands committed",
@@ -132,8 +175,11 @@ pub fn run(spec: &CellSpec) -> Result<CellResult, String> {
     } else {
         None
     };
-    engine.settle().map_err(|e| format!("settle: {e}"))?;
-    drop(engine);
+    for e in &engines {
+        e.settle().map_err(|e| format!("settle: {e}"))?;
+    }
+    drop(engines);
+    drop(opened_engines);
 
     let secs = elapsed.as_secs_f64();
     let commands = tally.writes + tally.reads;
@@ -195,11 +241,12 @@ fn read_counter(engine: &dyn Engine) -> Result<u64, String> {
     Ok(value)
 }
 
-/// Runs the workload on `spec.threads` threads for `span`; returns the merged
-/// tally, the time from the common start until the last thread stopped, and
-/// the blocking-queue depth sampled meanwhile.
+/// Runs the workload on `spec.threads` threads for `span`, thread `t` on
+/// `engines[t % engines.len()]`; returns the merged tally, the time from the
+/// common start until the last thread stopped, and the blocking-queue depth
+/// (summed over the engines) sampled meanwhile.
 fn drive(
-    engine: &dyn Engine,
+    engines: &[&dyn Engine],
     spec: &CellSpec,
     zipf: &Zipf,
     span: Duration,
@@ -211,8 +258,9 @@ fn drive(
         let workers: Vec<_> = (0..spec.threads)
             .map(|t| {
                 let (stop, start) = (&stop, &start);
+                let engine = engines[t % engines.len()];
                 s.spawn(move || {
-                    let seed = (round << 32) ^ (t as u64) << 8 ^ spec.workload as u64;
+                    let seed = (round << 32) ^ (t as u64) << 8 ^ spec.workload.stream();
                     let mut generator = Generator::new(
                         spec.workload,
                         spec.keys,
@@ -255,7 +303,7 @@ fn drive(
             .collect();
         start.wait();
         let began = Instant::now();
-        let depth = sample_depth(engine, began + span);
+        let depth = sample_depth(engines, began + span);
         stop.store(true, Ordering::Relaxed);
         let mut total = ThreadTally::new();
         for w in workers {
@@ -268,9 +316,9 @@ fn drive(
     })
 }
 
-/// Samples the engine's blocking-queue depth until `until`; `None` (after
-/// sleeping until then) for an engine without a blocking queue.
-fn sample_depth(engine: &dyn Engine, until: Instant) -> Option<QueueDepth> {
+/// Samples the engines' blocking-queue depth (their sum) until `until`; `None`
+/// (after sleeping until then) for engines without a blocking queue.
+fn sample_depth(engines: &[&dyn Engine], until: Instant) -> Option<QueueDepth> {
     let mut depth = QueueDepth::default();
     let mut sum = 0u64;
     loop {
@@ -278,7 +326,7 @@ fn sample_depth(engine: &dyn Engine, until: Instant) -> Option<QueueDepth> {
         if now >= until {
             break;
         }
-        match engine.queue_depth() {
+        match engines.iter().map(|e| e.queue_depth()).sum::<Option<u64>>() {
             Some(d) => {
                 sum += d;
                 depth.samples += 1;

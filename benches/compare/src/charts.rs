@@ -21,6 +21,8 @@ fn color(k: Kind) -> RGBColor {
         Kind::Redb => RGBColor(31, 119, 180),
         Kind::Fjall => RGBColor(44, 160, 44),
         Kind::Canopydb => RGBColor(148, 103, 189),
+        Kind::Lmdb => RGBColor(140, 86, 75),
+        Kind::Rocksdb => RGBColor(23, 190, 207),
     }
 }
 
@@ -39,6 +41,8 @@ fn title(w: Workload) -> &'static str {
         Workload::W8Fast => "W8 fast commands alone",
         Workload::W8Storm => "W8 storm: 1% slow on hot keys",
         Workload::Counter => "Counter: one hot counter",
+        Workload::TaxMany => "Sharing tax: N engines x 1 thread",
+        Workload::TaxOne => "Sharing tax: 1 engine x N threads",
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     name = "shardstone-compare",
-    about = "shardstone-compare: the same workloads on shardstone, redb, fjall and canopydb",
+    about = "shardstone-compare: the same workloads on shardstone, redb, fjall, canopydb, \
+             LMDB and (feature `rocksdb`) RocksDB",
     args_conflicts_with_subcommands = true,
     disable_help_subcommand = true,
     // A repeated flag takes its last value, as it always has.
@@ -36,10 +37,17 @@ struct RunFlags {
     threads: Vec<usize>,
     /// any of w1 w2 w3 w4 (both halves) w4-fast w4-mixed w5 w6 (shared-leaf blind
     /// writes) w6-rmw w7 (order service) w8 (storm: both halves) w8-fast w8-storm
-    /// counter [default: all]
+    /// counter tax (the sharing tax: both halves) tax-many tax-one [default: all but
+    /// the sharing tax]
     #[arg(long, value_name = "w1,w4", value_delimiter = ',', value_parser = workload_group)]
     workloads: Vec<String>,
-    /// any of shardstone redb fjall canopydb (the default set) and shardstone-bedrock
+    /// also measure the sharing tax at each thread count from 2: one engine with N
+    /// threads on disjoint key ranges (tax-one) against N engines with one thread
+    /// each (tax-many), the same commands; reports tax-one / tax-many
+    #[arg(long)]
+    sharing_tax: bool,
+    /// any of shardstone redb fjall canopydb lmdb, rocksdb (built with --features
+    /// rocksdb) (the default set: those this build has) and shardstone-bedrock
     /// (shardstone with Escalation::StopTheWorld)
     #[arg(long, value_name = "a,b", value_delimiter = ',', value_parser = engine)]
     engines: Vec<Kind>,
@@ -69,13 +77,17 @@ struct RunFlags {
 /// The child processes the parent starts (see `cell_args` and `plan::run`).
 #[derive(Subcommand, Debug)]
 enum Child {
-    /// Preload one engine.
+    /// Preload one engine: every item, or part `--part` of `--parts` of them.
     #[command(hide = true)]
     Load {
         #[arg(long, value_parser = engine)]
         engine: Kind,
         #[arg(long, value_parser = keys, default_value = "1000000")]
         keys: u64,
+        #[arg(long, value_parser = number, default_value = "0")]
+        part: u64,
+        #[arg(long, value_parser = number, default_value = "1")]
+        parts: u64,
         #[arg(long)]
         dir: PathBuf,
     },
@@ -134,8 +146,11 @@ pub enum Invocation {
     Load {
         /// The engine.
         engine: Kind,
-        /// Items.
+        /// Items of the whole data set.
         keys: u64,
+        /// Which part of them it loads, and of how many ([`crate::workload::part`]);
+        /// `(0, 1)`: all of them.
+        part: (usize, usize),
         /// Its database directory.
         dir: PathBuf,
     },
@@ -178,7 +193,15 @@ fn workload(s: &str) -> Result<Workload, String> {
 }
 
 fn engine(s: &str) -> Result<Kind, String> {
-    Kind::parse(s.trim()).ok_or_else(|| format!("unknown engine `{s}`"))
+    let kind = Kind::parse(s.trim()).ok_or_else(|| format!("unknown engine `{s}`"))?;
+    if kind.built() {
+        Ok(kind)
+    } else {
+        Err(format!(
+            "engine `{s}` needs the harness built with `--features {}`",
+            kind.name()
+        ))
+    }
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -212,7 +235,26 @@ pub fn parse(args: &[String]) -> Result<Invocation, clap::Error> {
         std::iter::once("shardstone-compare").chain(args.iter().map(String::as_str)),
     )?;
     Ok(match cli.child {
-        Some(Child::Load { engine, keys, dir }) => Invocation::Load { engine, keys, dir },
+        Some(Child::Load {
+            engine,
+            keys,
+            part,
+            parts,
+            dir,
+        }) => {
+            if parts == 0 || part >= parts || parts > keys {
+                return Err(clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--part {part} of --parts {parts} (of {keys} keys) is no part\n"),
+                ));
+            }
+            Invocation::Load {
+                engine,
+                keys,
+                part: (part as usize, parts as usize),
+                dir,
+            }
+        }
         Some(Child::Cell {
             engine,
             workload,
@@ -246,15 +288,19 @@ impl RunFlags {
         };
         threads.sort_unstable();
         threads.dedup();
-        let workloads = if self.workloads.is_empty() {
-            Workload::ALL.to_vec()
-        } else {
-            let picked: Vec<Workload> = self
-                .workloads
-                .iter()
-                .filter_map(|name| Workload::parse_list(name))
-                .flatten()
-                .collect();
+        let workloads = {
+            let mut picked: Vec<Workload> = if self.workloads.is_empty() {
+                Workload::DEFAULT.to_vec()
+            } else {
+                self.workloads
+                    .iter()
+                    .filter_map(|name| Workload::parse_list(name))
+                    .flatten()
+                    .collect()
+            };
+            if self.sharing_tax {
+                picked.extend(Workload::TAX);
+            }
             Workload::ALL
                 .into_iter()
                 .filter(|w| picked.contains(w))
@@ -328,7 +374,7 @@ mod tests {
         let r = run("");
         assert!(!r.quick);
         assert_eq!(r.threads, default_threads());
-        assert_eq!(r.workloads, Workload::ALL.to_vec());
+        assert_eq!(r.workloads, Workload::DEFAULT.to_vec());
         assert_eq!(r.engines, Kind::DEFAULT.to_vec());
         assert_eq!(r.keys, 1_000_000);
         assert_eq!(r.measure, Duration::from_secs(3));
@@ -373,6 +419,40 @@ mod tests {
         let r = run("--workloads w6-rmw,w6 --engines shardstone-bedrock");
         assert_eq!(r.workloads, vec![Workload::W6, Workload::W6Rmw]);
         assert_eq!(r.engines, vec![Kind::ShardstoneBedrock]);
+    }
+
+    #[test]
+    fn sharing_tax_flag_adds_both_halves() {
+        let r = run("--sharing-tax");
+        let mut all = Workload::DEFAULT.to_vec();
+        all.extend(Workload::TAX);
+        assert_eq!(r.workloads, all);
+        let r = run("--workloads w1 --sharing-tax");
+        assert_eq!(
+            r.workloads,
+            vec![Workload::W1, Workload::TaxMany, Workload::TaxOne]
+        );
+        assert_eq!(run("--workloads tax").workloads, Workload::TAX.to_vec());
+        assert_eq!(
+            run("--workloads tax-one,tax --sharing-tax").workloads,
+            Workload::TAX.to_vec()
+        );
+    }
+
+    #[test]
+    fn lmdb_is_a_default_engine_and_rocksdb_needs_its_feature() {
+        assert!(Kind::DEFAULT.contains(&Kind::Lmdb));
+        assert_eq!(run("--engines lmdb").engines, vec![Kind::Lmdb]);
+        let rocks = parse_str("--engines rocksdb");
+        if cfg!(feature = "rocksdb") {
+            assert!(Kind::DEFAULT.contains(&Kind::Rocksdb));
+            assert!(matches!(rocks, Ok(Invocation::Run(r)) if r.engines == vec![Kind::Rocksdb]));
+        } else {
+            assert!(!Kind::DEFAULT.contains(&Kind::Rocksdb));
+            let e = rocks.err().expect("rocksdb refused without its feature");
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--features rocksdb"), "{e}");
+        }
     }
 
     #[test]
@@ -455,12 +535,32 @@ mod tests {
     #[test]
     fn load_child() {
         match parse_str("load --engine canopydb --keys 1_000 --dir /tmp/l") {
-            Ok(Invocation::Load { engine, keys, dir }) => {
+            Ok(Invocation::Load {
+                engine,
+                keys,
+                part,
+                dir,
+            }) => {
                 assert_eq!(engine, Kind::Canopydb);
                 assert_eq!(keys, 1000);
+                assert_eq!(part, (0, 1));
                 assert_eq!(dir, PathBuf::from("/tmp/l"));
             }
             _ => panic!("not a load"),
+        }
+        match parse_str("load --engine lmdb --keys 2000 --part 1 --parts 2 --dir /tmp/p") {
+            Ok(Invocation::Load { engine, part, .. }) => {
+                assert_eq!(engine, Kind::Lmdb);
+                assert_eq!(part, (1, 2));
+            }
+            _ => panic!("not a load"),
+        }
+        for bad in ["--part 2 --parts 2", "--parts 0", "--part 0 --parts 5000"] {
+            let line = format!("load --engine redb --keys 1000 {bad} --dir /d");
+            let e = parse_str(&line)
+                .err()
+                .unwrap_or_else(|| panic!("`{line}` parsed"));
+            assert_eq!(e.exit_code(), 2, "`{line}`");
         }
         assert!(parse_str("load --engine redb --keys 1000").is_err());
         assert!(parse_str("load --keys 1000 --dir /d").is_err());

@@ -1,8 +1,10 @@
-//! shardstone-compare: issue 7's harness. Runs the same workloads (W1–W8) on
-//! shardstone and on the engines a Rust user would pick instead (redb, fjall's
-//! `OptimisticTxDatabase`, canopydb's concurrent writers), each wrapped in the
-//! same retry adapter, with durability set equal per run; prints a Markdown
-//! table, writes JSON and PNG charts.
+//! shardstone-compare: issue 7's harness. Runs the same workloads (W1–W8, the
+//! hot counter, the sharing tax) on shardstone and on the engines a user would
+//! pick instead (redb, fjall's `OptimisticTxDatabase`, canopydb's concurrent
+//! writers, LMDB through heed, and with the `rocksdb` feature RocksDB's
+//! `OptimisticTransactionDB`), each wrapped in the same retry adapter, with
+//! durability set equal per run; prints a Markdown table, writes JSON and PNG
+//! charts.
 //!
 //! Layout: `engines/` (one adapter per engine behind one trait), `workload`
 //! (the commands), `cell` (one measured cell, in a child process), `plan` (the
@@ -27,9 +29,12 @@ fn main() -> ExitCode {
     // `--help` and bad arguments: clap prints them and exits (0 or 2).
     let invocation = cli::parse(&args).unwrap_or_else(|e| e.exit());
     let done = match invocation {
-        Invocation::Load { engine, keys, dir } => {
-            plan::load(engine, keys, &dir).and_then(|r| print_result(&r))
-        }
+        Invocation::Load {
+            engine,
+            keys,
+            part,
+            dir,
+        } => plan::load(engine, keys, part, &dir).and_then(|r| print_result(&r)),
         Invocation::Cell(spec) => cell::run(&spec).and_then(|r| print_result(&r)),
         Invocation::Run(run) => compare(&run, &args),
     };

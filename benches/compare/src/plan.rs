@@ -82,22 +82,42 @@ pub fn run(args: &RunArgs, command: String) -> Result<Report, String> {
         ),
     };
     let dir_of = |k: Kind| data.join(k.name());
+    // The sharing tax's engines of one thread each: one set per thread count.
+    let tax_threads: Vec<usize> = if args.workloads.iter().any(|w| w.engine_per_thread()) {
+        args.threads.iter().copied().filter(|&t| t >= 2).collect()
+    } else {
+        Vec::new()
+    };
     let mut loads = Vec::new();
     for &k in &args.engines {
-        let dir = dir_of(k);
-        let _ = std::fs::remove_dir_all(&dir);
-        eprintln!("preloading {} keys into {} ...", args.keys, k.name());
-        let load: LoadResult = child(&[
-            "load".into(),
-            "--engine".into(),
-            k.name().into(),
-            "--keys".into(),
-            args.keys.to_string(),
-            "--dir".into(),
-            dir.display().to_string(),
-        ])?;
-        eprintln!("  {:.2} s", load.seconds);
-        loads.push(load);
+        let mut parts = vec![(dir_of(k), (0, 1))];
+        for &n in &tax_threads {
+            parts.extend((0..n).map(|i| (part_dir(&dir_of(k), i, n), (i, n))));
+        }
+        for (dir, (part, of)) in parts {
+            let _ = std::fs::remove_dir_all(&dir);
+            let items = crate::workload::part(args.keys, part, of);
+            eprintln!(
+                "preloading {} keys into {} ...",
+                items.end - items.start,
+                dir.display()
+            );
+            let load: LoadResult = child(&[
+                "load".into(),
+                "--engine".into(),
+                k.name().into(),
+                "--keys".into(),
+                args.keys.to_string(),
+                "--part".into(),
+                part.to_string(),
+                "--parts".into(),
+                of.to_string(),
+                "--dir".into(),
+                dir.display().to_string(),
+            ])?;
+            eprintln!("  {:.2} s", load.seconds);
+            loads.push(load);
+        }
     }
 
     let mut cells: Vec<CellResult> = Vec::new();
@@ -107,6 +127,10 @@ pub fn run(args: &RunArgs, command: String) -> Result<Report, String> {
             for i in 0..args.engines.len() {
                 let engine = args.engines[(i + rotation) % args.engines.len()];
                 for &workload in &group {
+                    if workload.is_tax() && threads < 2 {
+                        // One thread on one engine either way: nothing shared.
+                        continue;
+                    }
                     let spec = CellSpec {
                         engine,
                         workload,
@@ -160,26 +184,44 @@ pub fn run(args: &RunArgs, command: String) -> Result<Report, String> {
     Ok(report)
 }
 
-/// The child side of `load`: inserts `keys` items, 1,000 per transaction, then
-/// settles (checkpoint or durable commit) so that cells open it quickly.
-pub fn load(engine: Kind, keys: u64, dir: &Path) -> Result<LoadResult, String> {
+/// The child side of `load`: inserts part `part.0` of `part.1` of the `keys`
+/// items ([`crate::workload::part`]; `(0, 1)`: all of them), 1,000 per
+/// transaction, then settles (checkpoint or durable commit) so that cells open
+/// it quickly.
+pub fn load(
+    engine: Kind,
+    keys: u64,
+    part: (usize, usize),
+    dir: &Path,
+) -> Result<LoadResult, String> {
     let started = Instant::now();
     let db = engine
         .open(dir, Tier::NoSync)
         .map_err(|e| format!("open {}: {e}", dir.display()))?;
     const BATCH: u64 = 1000;
-    for start in (0..keys).step_by(BATCH as usize) {
-        db.load(start..(start + BATCH).min(keys))
+    let items = crate::workload::part(keys, part.0, part.1);
+    for start in items.clone().step_by(BATCH as usize) {
+        db.load(start..(start + BATCH).min(items.end))
             .map_err(|e| format!("load: {e}"))?;
     }
     db.settle().map_err(|e| format!("settle: {e}"))?;
     drop(db);
     Ok(LoadResult {
         engine,
-        keys,
+        keys: items.end - items.start,
+        part: (part.1 > 1).then_some(part),
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_mib: crate::rss::peak_mib(),
     })
+}
+
+/// The database directory of part `part` of `parts` beside an engine's
+/// directory `dir` (the sharing tax's engines of one thread each).
+pub fn part_dir(dir: &Path, part: usize, parts: usize) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map_or_else(|| "engine".into(), |n| n.to_string_lossy().into_owned());
+    dir.with_file_name(format!("{name}-part{part}of{parts}"))
 }
 
 /// Where `results.json` goes.

@@ -179,6 +179,9 @@ pub struct LoadResult {
     pub engine: Kind,
     /// Items loaded.
     pub keys: u64,
+    /// For a sharing-tax engine: which part of the items it holds, of how many.
+    #[serde(default)]
+    pub part: Option<(usize, usize)>,
     /// Seconds, settle (checkpoint or durable commit) included.
     pub seconds: f64,
     /// Peak resident memory of the loading process, in MiB.
@@ -293,6 +296,15 @@ impl Report {
         Some(mixed.per_fast_second() / alone.per_fast_second())
     }
 
+    /// The sharing tax of `engine` at `threads`: commands/s of one engine with
+    /// `threads` threads on disjoint key ranges over `threads` engines with one
+    /// thread each, the same commands (1.0: sharing one engine costs nothing).
+    pub fn sharing_tax(&self, engine: Kind, threads: usize) -> Option<f64> {
+        let one = self.cell(engine, Workload::TaxOne, threads)?;
+        let many = self.cell(engine, Workload::TaxMany, threads)?;
+        Some(one.commands_per_sec / many.commands_per_sec)
+    }
+
     /// Computes the issue's targets at [`TARGET_THREADS`] from the cells.
     pub fn compute_targets(&mut self) {
         let t = TARGET_THREADS;
@@ -341,6 +353,15 @@ impl Report {
                 measured: self.ratio_per_fast_second(Kind::Shardstone, Workload::W8Storm, t),
                 detail: "shardstone (key locks), w8-storm / w8-fast".to_string(),
             },
+            Target {
+                name: format!(
+                    "Sharing tax: one engine with {t} threads on disjoint key ranges over {t} \
+                     engines with one thread each"
+                ),
+                required: 0.95,
+                measured: self.sharing_tax(Kind::Shardstone, t),
+                detail: "shardstone, tax-one / tax-many".to_string(),
+            },
         ];
     }
 
@@ -371,6 +392,7 @@ impl Report {
         }
         self.conflict_table(&mut md);
         self.storm_table(&mut md);
+        self.tax_table(&mut md);
         self.ratio_tables(&mut md);
         md
     }
@@ -596,6 +618,54 @@ impl Report {
         md.push('\n');
     }
 
+    /// The sharing tax per engine and thread count.
+    fn tax_table(&self, md: &mut String) {
+        let threads = self.threads_of(Workload::TaxOne);
+        if threads.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "#### Sharing tax, per engine\n");
+        let _ = writeln!(
+            md,
+            "W1's command (1-key read-modify-write), thread `t` of N on items \
+             `[t·K/N, (t+1)·K/N)` (uniform): all N threads on one engine holding the K items \
+             (tax-one), against N engines in the same process, each holding one range and \
+             driven by one thread (tax-many). Ratio = tax-one / tax-many commands/s (1.0: \
+             sharing one engine costs nothing). CPU µs per command: the process's CPU time \
+             (every thread, the engines' own included) per command.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| threads | engine | one engine commands/s | N engines commands/s | ratio \
+             | one engine p99 µs | N engines p99 µs | one engine CPU µs/cmd \
+             | N engines CPU µs/cmd |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for t in threads {
+            for k in self.engines() {
+                let (Some(one), Some(many)) = (
+                    self.cell(k, Workload::TaxOne, t),
+                    self.cell(k, Workload::TaxMany, t),
+                ) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    md,
+                    "| {t} | {} | {} | {} | {:.3} | {} | {} | {:.2} | {:.2} |",
+                    k.name(),
+                    rate(one.commands_per_sec),
+                    rate(many.commands_per_sec),
+                    one.commands_per_sec / many.commands_per_sec,
+                    us(one.latency.p99_us),
+                    us(many.latency.p99_us),
+                    one.cpu_us_per_command,
+                    many.cpu_us_per_command,
+                );
+            }
+        }
+        md.push('\n');
+    }
+
     fn ratio_tables(&self, md: &mut String) {
         let _ = writeln!(md, "#### Targets (at {TARGET_THREADS} threads)\n");
         let _ = writeln!(
@@ -610,10 +680,16 @@ impl Report {
                 ),
                 _ => ("—".to_string(), "not measured"),
             };
+            // 0.95 as 0.95×, 3 as 3.0×.
+            let required = if (t.required * 10.0).fract() == 0.0 {
+                format!("{:.1}", t.required)
+            } else {
+                format!("{:.2}", t.required)
+            };
             let _ = writeln!(
                 md,
-                "| {} ({}) | {:.1}× | {measured} | {met} |",
-                t.name, t.detail, t.required
+                "| {} ({}) | {required}× | {measured} | {met} |",
+                t.name, t.detail
             );
         }
         md.push('\n');

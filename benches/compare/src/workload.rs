@@ -1,5 +1,5 @@
-//! The workloads, W1–W8 and the hot counter, as commands over the [`Engine`]
-//! traits. A command's keys are drawn before it runs, so a re-run after a
+//! The workloads, W1–W8, the hot counter and the sharing tax, as commands over
+//! the [`Engine`] traits. A command's keys are drawn before it runs, so a re-run after a
 //! conflict repeats the same command, as an application's retry would.
 
 use crate::engines::{Engine, Error, Refusal, Result, Tier};
@@ -74,11 +74,38 @@ pub enum Workload {
     W8Storm,
     /// Every thread adds 1 to one counter; the final value is checked.
     Counter,
+    /// The sharing tax's reference: W1's command on disjoint key ranges, each
+    /// thread on an engine of its own holding only its range's items (N
+    /// engines, one thread each, in one process).
+    TaxMany,
+    /// The sharing tax: the same commands, the same ranges, every thread on one
+    /// engine holding all the items. Measured against [`Workload::TaxMany`].
+    TaxOne,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 12] = [
+    pub const ALL: [Workload; 14] = [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::W4Fast,
+        Workload::W4Mixed,
+        Workload::W5,
+        Workload::W6,
+        Workload::W6Rmw,
+        Workload::W7,
+        Workload::W8Fast,
+        Workload::W8Storm,
+        Workload::Counter,
+        Workload::TaxMany,
+        Workload::TaxOne,
+    ];
+
+    /// The workloads a run has when `--workloads` is not given: all but the
+    /// sharing tax (`--sharing-tax`, or `--workloads tax`), which preloads
+    /// engines of its own.
+    pub const DEFAULT: [Workload; 12] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -92,6 +119,9 @@ impl Workload {
         Workload::W8Storm,
         Workload::Counter,
     ];
+
+    /// The sharing tax's two halves, in the order they run.
+    pub const TAX: [Workload; 2] = [Workload::TaxMany, Workload::TaxOne];
 
     /// Its name on the command line and in the JSON.
     pub fn name(self) -> &'static str {
@@ -108,14 +138,17 @@ impl Workload {
             Workload::W8Fast => "w8-fast",
             Workload::W8Storm => "w8-storm",
             Workload::Counter => "counter",
+            Workload::TaxMany => "tax-many",
+            Workload::TaxOne => "tax-one",
         }
     }
 
-    /// Parses [`Workload::name`]; `w4` and `w8` mean both halves.
+    /// Parses [`Workload::name`]; `w4`, `w8` and `tax` mean both halves.
     pub fn parse_list(s: &str) -> Option<Vec<Workload>> {
         match s {
             "w4" => Some(vec![Workload::W4Fast, Workload::W4Mixed]),
             "w8" => Some(vec![Workload::W8Fast, Workload::W8Storm]),
+            "tax" => Some(Workload::TAX.to_vec()),
             _ => Workload::ALL
                 .into_iter()
                 .find(|w| w.name() == s)
@@ -156,6 +189,14 @@ impl Workload {
             Workload::Counter => {
                 "Counter: every thread adds 1 to one counter (final value checked)"
             }
+            Workload::TaxMany => {
+                "Sharing tax, N engines: W1's command on disjoint key ranges, each thread on \
+                 an engine of its own that holds only its range"
+            }
+            Workload::TaxOne => {
+                "Sharing tax, one engine: the same commands and ranges, all threads on one \
+                 engine that holds every range"
+            }
         }
     }
 
@@ -180,14 +221,44 @@ impl Workload {
         matches!(self, Workload::W4Mixed | Workload::W8Storm)
     }
 
-    /// The workload it is measured against: the same fast commands, no slow ones.
+    /// The workload it is measured against: the same fast commands, no slow
+    /// ones (W4, W8); the same commands on one engine per thread (the sharing
+    /// tax).
     pub fn baseline(self) -> Option<Workload> {
         match self {
             Workload::W4Mixed => Some(Workload::W4Fast),
             Workload::W8Storm => Some(Workload::W8Fast),
+            Workload::TaxOne => Some(Workload::TaxMany),
             _ => None,
         }
     }
+
+    /// Whether each thread runs on an engine of its own (one preloaded part
+    /// of the items per thread, see [`part`]).
+    pub fn engine_per_thread(self) -> bool {
+        self == Workload::TaxMany
+    }
+
+    /// Whether it is a half of the sharing tax (run at 2 threads or more).
+    pub fn is_tax(self) -> bool {
+        matches!(self, Workload::TaxMany | Workload::TaxOne)
+    }
+
+    /// The seed stream of its commands: the two halves of the sharing tax draw
+    /// the same commands.
+    pub fn stream(self) -> u64 {
+        match self {
+            Workload::TaxMany => Workload::TaxOne as u64,
+            w => w as u64,
+        }
+    }
+}
+
+/// Part `part` of `parts` of the items `0..keys`: the sharing tax's key range
+/// of thread `part`, and the items of its own engine in [`Workload::TaxMany`].
+pub fn part(keys: u64, part: usize, parts: usize) -> std::ops::Range<u64> {
+    let at = |i: usize| (u128::from(keys) * i as u128 / parts as u128) as u64;
+    at(part)..at(part + 1)
 }
 
 /// How a command counts in a cell.
@@ -344,6 +415,13 @@ impl<'z> Generator<'z> {
                 (Class::Write, order(engine, account, amount))
             }
             Workload::Counter => (Class::Write, engine.run(&mut |tx| tx.add(HOT_COUNTER, 1))),
+            Workload::TaxMany | Workload::TaxOne => {
+                let range = part(self.keys, self.thread as usize, self.threads as usize);
+                self.items.clear();
+                self.items
+                    .push(range.start + self.rng.below(range.end - range.start));
+                (Class::Write, rmw(engine, &self.items))
+            }
         }
     }
 }
@@ -413,5 +491,89 @@ fn busy(span: Duration) {
     let until = Instant::now() + span;
     while Instant::now() < until {
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_the_items_without_overlap() {
+        for (keys, parts) in [(1000, 1), (1000, 2), (1001, 3), (100_000, 7), (5, 5)] {
+            let mut next = 0;
+            for p in 0..parts {
+                let r = part(keys, p, parts);
+                assert_eq!(r.start, next, "{keys} keys, part {p} of {parts}");
+                assert!(r.end > r.start, "{keys} keys, part {p} of {parts} is empty");
+                next = r.end;
+            }
+            assert_eq!(next, keys);
+        }
+    }
+
+    /// A recording engine: the keys each command wrote.
+    struct Recorder(std::sync::Mutex<Vec<Vec<u8>>>);
+
+    struct RecordTx<'a>(&'a Recorder);
+
+    impl crate::engines::Read for RecordTx<'_> {
+        fn get(&mut self, _key: &[u8]) -> Result<Option<u64>> {
+            Ok(None)
+        }
+    }
+
+    impl crate::engines::Tx for RecordTx<'_> {
+        fn put(&mut self, key: &[u8], _value: &[u8]) -> Result<()> {
+            self.0 .0.lock().expect("not poisoned").push(key.to_vec());
+            Ok(())
+        }
+    }
+
+    impl Engine for Recorder {
+        fn run(&self, command: crate::engines::Command<'_>) -> Result<()> {
+            command(&mut RecordTx(self))
+        }
+        fn read(&self, query: crate::engines::Query<'_>) -> Result<()> {
+            query(&mut RecordTx(self))
+        }
+        fn scan(&self) -> Result<u64> {
+            Ok(0)
+        }
+        fn load(&self, _items: std::ops::Range<u64>) -> Result<()> {
+            Ok(())
+        }
+        fn counters(&self) -> crate::engines::Counters {
+            crate::engines::Counters::default()
+        }
+        fn settle(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn both_halves_of_the_tax_draw_the_same_commands_in_the_thread_range() {
+        let keys = 10_000;
+        for t in 0..3 {
+            let range = part(keys, t, 3);
+            let mut written = Vec::new();
+            for w in Workload::TAX {
+                let engine = Recorder(std::sync::Mutex::new(Vec::new()));
+                let mut g = Generator::new(w, keys, (t, 3), 42 ^ w.stream(), None);
+                for _ in 0..500 {
+                    assert_eq!(g.step(&engine).expect("step"), Step::Done(Class::Write));
+                }
+                let keys_written = engine.0.into_inner().expect("not poisoned");
+                assert_eq!(keys_written.len(), 500);
+                for k in &keys_written {
+                    let i = (range.start..range.end)
+                        .find(|&i| key(i)[..] == k[..])
+                        .unwrap_or_else(|| panic!("{w:?} thread {t} wrote outside {range:?}"));
+                    assert!(range.contains(&i));
+                }
+                written.push(keys_written);
+            }
+            assert_eq!(written[0], written[1], "thread {t}");
+        }
     }
 }

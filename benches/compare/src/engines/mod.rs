@@ -8,7 +8,10 @@
 
 mod canopy;
 mod fjall;
+mod lmdb;
 mod redb;
+#[cfg(feature = "rocksdb")]
+mod rocks;
 mod shardstone;
 
 use std::fmt;
@@ -158,6 +161,26 @@ pub struct Counters {
     pub deadlocks: u64,
 }
 
+impl Counters {
+    /// The counts of two engines together (the sharing tax's engines of one
+    /// thread each); `page_changes_resolved` only where both count it.
+    pub fn plus(self, other: Counters) -> Counters {
+        Counters {
+            conflicts: self.conflicts + other.conflicts,
+            retries: self.retries + other.retries,
+            escalations: self.escalations + other.escalations,
+            page_changes_resolved: self
+                .page_changes_resolved
+                .zip(other.page_changes_resolved)
+                .map(|(a, b)| a + b),
+            lock_waits: self.lock_waits + other.lock_waits,
+            lock_wait_ns: self.lock_wait_ns + other.lock_wait_ns,
+            timeouts: self.timeouts + other.timeouts,
+            deadlocks: self.deadlocks + other.deadlocks,
+        }
+    }
+}
+
 /// The retry counter of the peer adapters: one relaxed add per conflict.
 #[derive(Default)]
 pub(crate) struct RetryCount(AtomicU64);
@@ -199,12 +222,19 @@ impl Tier {
                  OS through a shared mapping); redb `Durability::None` (commit kept in memory, \
                  not written until a later durable commit); fjall `PersistMode::Buffer` per \
                  transaction (journal written to the OS); canopydb `commit_with(false)` \
-                 (WAL written to the OS, background WAL sync off)"
+                 (WAL written to the OS, background WAL sync off); LMDB `MDB_NOSYNC` (dirty \
+                 pages and meta page written to the OS, no fsync); RocksDB (feature \
+                 `rocksdb`) `WriteOptions::set_sync(false)`, WAL on (WAL record written to \
+                 the OS)"
             }
             Tier::SyncEachCommit => {
                 "fsync every commit: shardstone `Durability::Durable` (fdatasync, group commit \
                  per journal shard); redb `Durability::Immediate`; fjall `PersistMode::SyncData` \
-                 per transaction; canopydb `commit_with(true)` (WAL fsync, its group commit)"
+                 per transaction; canopydb `commit_with(true)` (WAL fsync, its group commit); \
+                 LMDB default flags (fdatasync of the data pages, then of the meta page: two \
+                 per commit, no group commit, commits are serialized); RocksDB (feature \
+                 `rocksdb`) `WriteOptions::set_sync(true)`, WAL on (WAL fdatasync, shared by \
+                 the commits of one write group)"
             }
         }
     }
@@ -227,20 +257,51 @@ pub enum Kind {
     Fjall,
     /// canopydb `begin_write_concurrent`: page-level optimistic, snapshot isolation.
     Canopydb,
+    /// LMDB through heed: one writer at a time, readers never wait.
+    Lmdb,
+    /// RocksDB `OptimisticTransactionDB`: key-level optimistic, every read
+    /// tracked (serializable). Only in a build with the `rocksdb` feature.
+    Rocksdb,
 }
 
 impl Kind {
     /// Every engine, shardstone's variants first.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Shardstone,
         Kind::ShardstoneBedrock,
         Kind::Redb,
         Kind::Fjall,
         Kind::Canopydb,
+        Kind::Lmdb,
+        Kind::Rocksdb,
     ];
 
-    /// The engines a run compares when `--engines` is not given.
-    pub const DEFAULT: [Kind; 4] = [Kind::Shardstone, Kind::Redb, Kind::Fjall, Kind::Canopydb];
+    /// The engines a run compares when `--engines` is not given: every peer
+    /// this build has (RocksDB with the `rocksdb` feature only).
+    #[cfg(not(feature = "rocksdb"))]
+    pub const DEFAULT: &'static [Kind] = &[
+        Kind::Shardstone,
+        Kind::Redb,
+        Kind::Fjall,
+        Kind::Canopydb,
+        Kind::Lmdb,
+    ];
+    /// The engines a run compares when `--engines` is not given: every peer
+    /// this build has (RocksDB with the `rocksdb` feature only).
+    #[cfg(feature = "rocksdb")]
+    pub const DEFAULT: &'static [Kind] = &[
+        Kind::Shardstone,
+        Kind::Redb,
+        Kind::Fjall,
+        Kind::Canopydb,
+        Kind::Lmdb,
+        Kind::Rocksdb,
+    ];
+
+    /// Whether this build can open it (RocksDB needs the `rocksdb` feature).
+    pub fn built(self) -> bool {
+        self != Kind::Rocksdb || cfg!(feature = "rocksdb")
+    }
 
     /// Whether it is shardstone (under either escalation policy), not a peer.
     pub fn is_shardstone(self) -> bool {
@@ -255,6 +316,8 @@ impl Kind {
             Kind::Redb => "redb",
             Kind::Fjall => "fjall",
             Kind::Canopydb => "canopydb",
+            Kind::Lmdb => "lmdb",
+            Kind::Rocksdb => "rocksdb",
         }
     }
 
@@ -271,6 +334,15 @@ impl Kind {
             Kind::Redb => Box::new(redb::Redb::open(dir, tier)?),
             Kind::Fjall => Box::new(fjall::Fjall::open(dir, tier)?),
             Kind::Canopydb => Box::new(canopy::Canopy::open(dir, tier)?),
+            Kind::Lmdb => Box::new(lmdb::Lmdb::open(dir, tier)?),
+            #[cfg(feature = "rocksdb")]
+            Kind::Rocksdb => Box::new(rocks::Rocks::open(dir, tier)?),
+            #[cfg(not(feature = "rocksdb"))]
+            Kind::Rocksdb => {
+                return Err(Error::Engine(
+                    "rocksdb: this harness was built without the `rocksdb` feature".to_string(),
+                ))
+            }
         })
     }
 }
@@ -278,3 +350,152 @@ impl Kind {
 /// Cache given to the engines that have one (redb's and canopydb's default):
 /// larger than the data set, so no engine reads from the file system in a cell.
 pub(crate) const CACHE_BYTES: usize = 1 << 30;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{key, value};
+    use std::path::PathBuf;
+
+    /// A fresh directory under the temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "shardstone-compare-test-{}-{name}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn read(engine: &dyn Engine, i: u64) -> Option<u64> {
+        let mut found = None;
+        engine
+            .read(&mut |r| {
+                found = r.get(&key(i))?;
+                Ok(())
+            })
+            .expect("read");
+        found
+    }
+
+    /// What every adapter must do: load, scan, commit, abort on a command's
+    /// error, add, hand out ids, and keep it all across a settle and a reopen
+    /// in the other tier.
+    fn contract(kind: Kind) {
+        let dir = TempDir::new(kind.name());
+        let engine = kind.open(&dir.0, Tier::NoSync).expect("open");
+        engine.load(0..100).expect("load");
+        assert_eq!(engine.scan().expect("scan"), 100);
+        assert_eq!(read(&*engine, 7), Some(0));
+        assert_eq!(read(&*engine, 100), None);
+
+        engine
+            .run(&mut |tx| {
+                let n = tx.get(&key(7))?.unwrap_or(0);
+                tx.put(&key(7), &value(n + 5, 7))
+            })
+            .expect("rmw");
+        assert_eq!(read(&*engine, 7), Some(5));
+
+        let refused = engine.run(&mut |tx| {
+            tx.put(&key(8), &value(99, 8))?;
+            Err(Error::Engine("the command gives up".to_string()))
+        });
+        assert!(matches!(refused, Err(Error::Engine(m)) if m == "the command gives up"));
+        assert_eq!(
+            read(&*engine, 8),
+            Some(0),
+            "an aborted command left a write"
+        );
+
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            engine
+                .run(&mut |tx| {
+                    tx.add(b"count", 2)?;
+                    let id = tx.next_id(b"seq")?;
+                    ids.push(id);
+                    Ok(())
+                })
+                .expect("add and next_id");
+        }
+        assert_eq!(ids, [1, 2, 3]);
+        let mut count = None;
+        engine
+            .read(&mut |r| {
+                count = r.get(b"count")?;
+                Ok(())
+            })
+            .expect("read count");
+        assert_eq!(count, Some(6));
+        assert_eq!(engine.counters().retries, 0);
+        engine.settle().expect("settle");
+        drop(engine);
+
+        let engine = kind.open(&dir.0, Tier::SyncEachCommit).expect("reopen");
+        assert_eq!(engine.scan().expect("scan"), 100);
+        assert_eq!(read(&*engine, 7), Some(5));
+        engine
+            .run(&mut |tx| tx.put(&key(9), &value(1, 9)))
+            .expect("durable commit");
+        assert_eq!(read(&*engine, 9), Some(1));
+    }
+
+    #[test]
+    fn lmdb_keeps_the_adapter_contract() {
+        contract(Kind::Lmdb);
+    }
+
+    #[cfg(feature = "rocksdb")]
+    #[test]
+    fn rocksdb_keeps_the_adapter_contract() {
+        contract(Kind::Rocksdb);
+    }
+
+    /// A commit that lost to another on a key it read is re-run, counted, and
+    /// its re-run sees the winner's write (no lost update).
+    #[cfg(feature = "rocksdb")]
+    #[test]
+    fn rocksdb_conflicts_are_retried() {
+        let dir = TempDir::new("rocksdb-conflict");
+        let engine = Kind::Rocksdb.open(&dir.0, Tier::NoSync).expect("open");
+        engine.load(0..10).expect("load");
+        let mut attempts = 0;
+        engine
+            .run(&mut |tx| {
+                attempts += 1;
+                let n = tx.get(&key(3))?.unwrap_or(0);
+                if attempts == 1 {
+                    // Another transaction commits to the key after this one read it.
+                    engine.run(&mut |other| other.put(&key(3), &value(n + 10, 3)))?;
+                }
+                tx.put(&key(3), &value(n + 1, 3))
+            })
+            .expect("run");
+        assert_eq!(attempts, 2);
+        assert_eq!(read(&*engine, 3), Some(11));
+        let c = engine.counters();
+        assert_eq!((c.conflicts, c.retries), (1, 1));
+    }
+
+    #[cfg(not(feature = "rocksdb"))]
+    #[test]
+    fn rocksdb_without_its_feature_is_a_typed_error() {
+        let dir = TempDir::new("rocksdb-absent");
+        match Kind::Rocksdb.open(&dir.0, Tier::NoSync) {
+            Err(Error::Engine(m)) => assert!(m.contains("`rocksdb` feature"), "{m}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("opened without the feature"),
+        }
+    }
+}
