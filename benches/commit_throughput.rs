@@ -14,6 +14,12 @@
 //! It also gives commits per CPU-second and the CPU share the bench threads got, so
 //! that on a shared machine engine cost can be told apart from time lost to others.
 //!
+//! A second group, `journal_cost`, runs the same command on one thread against
+//! two engines with files: `Durability::None` (no journal) and
+//! `Durability::Buffered` (every record written to the journal's mapping, no
+//! fsync), and prints Buffered / None per CPU-second (target >= 0.9): what the
+//! journal costs a commit when no fsync is asked for.
+//!
 //! `cargo bench --bench commit_throughput -- --test` runs a quick check over 10,000 keys.
 
 mod common;
@@ -23,7 +29,7 @@ use common::{
     run_parallel, Tally,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use shardstone::Engine;
+use shardstone::{Durability, Engine, Options};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -121,9 +127,72 @@ fn commit_throughput(c: &mut Criterion) {
     );
 }
 
+/// An engine with files in a fresh temporary directory, at `durability`.
+fn engine_on_disk(durability: Durability) -> (Engine, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "shardstone-bench-journal-cost-{}-{durability:?}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = Options {
+        durability,
+        auto_checkpoint: None,
+        ..Options::default()
+    };
+    (Engine::open_with(&dir, opts).expect("engine"), dir)
+}
+
+fn journal_cost(c: &mut Criterion) {
+    let keys = key_count();
+    let engines = [Durability::None, Durability::Buffered].map(|d| {
+        let (engine, dir) = engine_on_disk(d);
+        load(&engine, 0..keys);
+        (d, engine, dir)
+    });
+    let mut tallies = [Tally::default(); 2];
+    let mut group = c.benchmark_group("journal_cost");
+    group.throughput(Throughput::Elements(1));
+    for (slot, (d, engine, _)) in engines.iter().enumerate() {
+        let tally = &mut tallies[slot];
+        group.bench_function(
+            BenchmarkId::new("rmw_1_uniform_key", format!("{d:?}")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let cpu = cpu_time();
+                    let took = run_commands(engine, keys, 1, iters);
+                    tally.add(iters, took, cpu_time().saturating_sub(cpu));
+                    took
+                })
+            },
+        );
+    }
+    group.finish();
+    let [none, buffered] = tallies;
+    if full_run() && none.commands > 0 && buffered.commands > 0 {
+        eprintln!();
+        eprintln!("journal_cost summary ({keys} keys, 1 thread; all samples incl. warm-up):");
+        for (t, name) in [(none, "None"), (buffered, "Buffered")] {
+            eprintln!(
+                "  {name:>8}: {:>12} wall-clock, {:>12} per CPU-second",
+                rate(t.per_sec()),
+                rate(t.per_cpu_sec())
+            );
+        }
+        eprintln!(
+            "  Buffered / None: {:.2}x wall-clock, {:.2}x per CPU-second (target >= 0.90x)",
+            buffered.per_sec() / none.per_sec(),
+            buffered.per_cpu_sec() / none.per_cpu_sec()
+        );
+    }
+    for (_, engine, dir) in engines {
+        drop(engine);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 criterion_group! {
     name = benches;
     config = criterion_config();
-    targets = commit_throughput
+    targets = commit_throughput, journal_cost
 }
 criterion_main!(benches);

@@ -332,3 +332,15 @@ mod tests {
         assert_eq!(ids.len(), 8);
     }
 }
+
+/// Position of `id` in a ring of `ring` entries such that consecutive ids are
+/// `ring / 8` entries apart (a bijection on `id mod ring`): entries of up to
+/// 64 bytes written by consecutive commits never share a cache line.
+pub(crate) fn spread(id: u64, ring: usize) -> usize {
+    const SPREAD: usize = 8;
+    let i = (id as usize) % ring;
+    if !ring.is_multiple_of(SPREAD) {
+        return i;
+    }
+    (i % SPREAD) * (ring / SPREAD) + i / SPREAD
+}

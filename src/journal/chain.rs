@@ -118,7 +118,7 @@ impl Chain {
 
     /// Hands commit `id`'s frame to the chain. The sequencer hashes it.
     pub(crate) fn push(&self, id: u64, frame: Vec<u8>) {
-        let slot = &self.ring[id as usize % RING];
+        let slot = &self.slot(id);
         let mut backoff = Backoff::new();
         loop {
             {
@@ -151,10 +151,18 @@ impl Chain {
         if let Some(r) = self.tail.lock().get(id) {
             return f(&r.frame);
         }
-        match &*self.ring[id as usize % RING].lock() {
+        match &*self.slot(id).lock() {
             Some((i, frame)) if *i == id => f(frame),
             _ => None,
         }
+    }
+
+    /// Commit `id`'s ring slot. Consecutive ids land on different cache lines
+    /// (`sync::spread`, as the clock's done marks): the committers of
+    /// consecutive commits, which push at about the same time, do not write
+    /// one line.
+    fn slot(&self, id: u64) -> &Slot {
+        &self.ring[crate::sync::spread(id, RING)]
     }
 
     /// Wakes the sequencer, if there is one.
@@ -194,7 +202,7 @@ impl Chain {
 
     #[cfg(loom)]
     fn ready(&self, id: u64) -> bool {
-        matches!(&*self.ring[id as usize % RING].lock(), Some((i, _)) if *i == id)
+        matches!(&*self.slot(id).lock(), Some((i, _)) if *i == id)
     }
 
     /// Hashes every contiguous ready frame up to `to`.
@@ -205,7 +213,7 @@ impl Chain {
         while st.id < to {
             let next = st.id + 1;
             let frame = {
-                let mut s = self.ring[next as usize % RING].lock();
+                let mut s = self.slot(next).lock();
                 match &*s {
                     Some((i, _)) if *i == next => s.take().map(|(_, f)| f),
                     _ => None,
