@@ -127,13 +127,7 @@ impl Engine for Canopy {
     }
 
     fn counters(&self) -> Counters {
-        Counters {
-            conflicts: self.retries.get(),
-            retries: self.retries.get(),
-            escalations: 0,
-            page_changes_resolved: None,
-            ..Counters::default()
-        }
+        Counters::retries_only(self.retries.get())
     }
 
     fn settle(&self) -> Result<()> {

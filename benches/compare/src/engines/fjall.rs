@@ -6,7 +6,7 @@ use super::{
     engine_err, Command, Counters, Engine, Error, Query, Read, Result, RetryCount, Tier, Tx,
     CACHE_BYTES,
 };
-use crate::keys::{counter, is_item, key, value};
+use crate::keys::{counter, is_item};
 use fjall::{
     KeyspaceCreateOptions, OptimisticTxDatabase, OptimisticTxKeyspace, PersistMode, Readable,
 };
@@ -117,23 +117,8 @@ impl Engine for Fjall {
         Ok(n)
     }
 
-    fn load(&self, items: std::ops::Range<u64>) -> Result<()> {
-        self.run(&mut |tx| {
-            for i in items.clone() {
-                tx.put(&key(i), &value(0, i))?;
-            }
-            Ok(())
-        })
-    }
-
     fn counters(&self) -> Counters {
-        Counters {
-            conflicts: self.retries.get(),
-            retries: self.retries.get(),
-            escalations: 0,
-            page_changes_resolved: None,
-            ..Counters::default()
-        }
+        Counters::retries_only(self.retries.get())
     }
 
     fn settle(&self) -> Result<()> {

@@ -17,7 +17,7 @@
 //! is not used: it matches neither tier.
 
 use super::{engine_err, Command, Counters, Engine, Query, Read, Result, Tier, Tx};
-use crate::keys::{counter, is_item, key, value};
+use crate::keys::{counter, is_item};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn};
 use std::path::Path;
@@ -125,15 +125,6 @@ impl Engine for Lmdb {
             n += u64::from(is_item(k) && counter(v) != u64::MAX);
         }
         Ok(n)
-    }
-
-    fn load(&self, items: std::ops::Range<u64>) -> Result<()> {
-        self.run(&mut |tx| {
-            for i in items.clone() {
-                tx.put(&key(i), &value(0, i))?;
-            }
-            Ok(())
-        })
     }
 
     fn counters(&self) -> Counters {

@@ -117,8 +117,16 @@ pub trait Engine: Send + Sync {
     /// count of preloaded items among them ([`crate::keys::is_item`]).
     fn scan(&self) -> Result<u64>;
 
-    /// Inserts items `items` in one transaction (the bulk load).
-    fn load(&self, items: std::ops::Range<u64>) -> Result<()>;
+    /// Inserts items `items` in one transaction (the bulk load): by default one
+    /// [`Engine::run`] that puts them all.
+    fn load(&self, items: std::ops::Range<u64>) -> Result<()> {
+        self.run(&mut |tx| {
+            for i in items.clone() {
+                tx.put(&crate::keys::key(i), &crate::keys::value(0, i))?;
+            }
+            Ok(())
+        })
+    }
 
     /// Conflicts, re-runs and escalations so far.
     fn counters(&self) -> Counters;
@@ -162,6 +170,16 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The counters of a peer that re-runs every refused commit and has no
+    /// other path: each retry is one conflict.
+    pub fn retries_only(retries: u64) -> Counters {
+        Counters {
+            conflicts: retries,
+            retries,
+            ..Counters::default()
+        }
+    }
+
     /// The counts of two engines together (the sharing tax's engines of one
     /// thread each); `page_changes_resolved` only where both count it.
     pub fn plus(self, other: Counters) -> Counters {

@@ -132,23 +132,8 @@ impl Engine for Rocks {
         Ok(n)
     }
 
-    fn load(&self, items: std::ops::Range<u64>) -> Result<()> {
-        self.run(&mut |tx| {
-            for i in items.clone() {
-                tx.put(&key(i), &value(0, i))?;
-            }
-            Ok(())
-        })
-    }
-
     fn counters(&self) -> Counters {
-        Counters {
-            conflicts: self.retries.get(),
-            retries: self.retries.get(),
-            escalations: 0,
-            page_changes_resolved: None,
-            ..Counters::default()
-        }
+        Counters::retries_only(self.retries.get())
     }
 
     fn settle(&self) -> Result<()> {
