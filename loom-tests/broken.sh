@@ -14,9 +14,10 @@ declare -A MODEL=(
   [gate]="escalation an_escalated_command_commits_once_and_loses_nothing"
   [group_commit]="group_commit acknowledged_only_after_a_covering_sync"
   [keylock]="escalation a_blocked_commit_waits_for_the_key_and_is_woken"
+  [durable]="durable_publish visible_only_once_synced_in_either_order"
 )
 variants=("$@")
-[ ${#variants[@]} -eq 0 ] && variants=(validation keys visibility pins interval watermark gate group_commit keylock)
+[ ${#variants[@]} -eq 0 ] && variants=(validation keys visibility pins interval watermark gate group_commit keylock durable)
 status=0
 for v in "${variants[@]}"; do
   read -r file test <<<"${MODEL[$v]}"
