@@ -20,7 +20,7 @@
 
 use crate::sync::{fence, AtomicU32, AtomicU64, Backoff, CachePadded, Ordering};
 
-/// `shard_of` value of a commit whose visibility needs no sync (no journal, or a
+/// `Mark::shard` of a commit whose visibility needs no sync (no journal, or a
 /// level below `Durable`).
 const NO_SHARD: u32 = u32::MAX;
 
@@ -41,6 +41,16 @@ fn slot(id: u64) -> usize {
     (i % SPREAD) * (RING / SPREAD) + i / SPREAD
 }
 
+/// A commit's marks, on one cache line (the shard is written with the done mark at
+/// no extra line's cost).
+struct Mark {
+    /// `== c` once commit `c` is installed.
+    done: AtomicU64,
+    /// The journal shard that must sync commit `c` before it may become visible
+    /// (`NO_SHARD`: none), written before `done`.
+    shard: AtomicU32,
+}
+
 /// The two counters every commit writes sit on cache lines of their own: sharing a
 /// line with each other, or with the store's read-mostly fields, made every page
 /// access of every other core miss.
@@ -49,11 +59,8 @@ pub(crate) struct Clock {
     assigned: CachePadded<AtomicU64>,
     /// Every commit id `<= visible` is fully installed.
     visible: CachePadded<AtomicU64>,
-    /// `done[slot(c)] == c` once commit `c` is installed.
-    done: Box<[AtomicU64]>,
-    /// `shard_of[slot(c)]`: the journal shard that must sync commit `c` before it
-    /// may become visible (`NO_SHARD`: none), written before `done[slot(c)]`.
-    shard_of: Box<[AtomicU32]>,
+    /// `marks[slot(c)]`: commit `c`'s marks.
+    marks: Box<[Mark]>,
     /// The lowest commit id whose record failed to persist (`u64::MAX` while none
     /// has): the watermark never reaches it, so nothing at or after it is ever
     /// visible. Commits below it still become visible once durable.
@@ -65,8 +72,12 @@ impl Clock {
         Clock {
             assigned: CachePadded::new(AtomicU64::new(0)),
             visible: CachePadded::new(AtomicU64::new(0)),
-            done: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            shard_of: (0..RING).map(|_| AtomicU32::new(NO_SHARD)).collect(),
+            marks: (0..RING)
+                .map(|_| Mark {
+                    done: AtomicU64::new(u64::MAX),
+                    shard: AtomicU32::new(NO_SHARD),
+                })
+                .collect(),
             halted_at: AtomicU64::new(u64::MAX),
         }
     }
@@ -122,8 +133,9 @@ impl Clock {
             }
         }
         let s = shard.map_or(NO_SHARD, |s| s as u32);
-        self.shard_of[slot(id)].store(s, Ordering::SeqCst);
-        self.done[slot(id)].store(id, Ordering::SeqCst);
+        let mark = &self.marks[slot(id)];
+        mark.shard.store(s, Ordering::SeqCst);
+        mark.done.store(id, Ordering::SeqCst);
         fence(Ordering::SeqCst); // EXPERIMENT
         Some(self.advance(durable))
     }
@@ -153,10 +165,11 @@ impl Clock {
     /// Whether `next` (just above the watermark, so its slots are its own once it
     /// is marked) may become visible.
     fn ready(&self, next: u64, durable: &dyn Fn(usize, u64) -> bool) -> bool {
-        if self.done[slot(next)].load(Ordering::SeqCst) != next {
+        let mark = &self.marks[slot(next)];
+        if mark.done.load(Ordering::SeqCst) != next {
             return false;
         }
-        let shard = self.shard_of[slot(next)].load(Ordering::SeqCst);
+        let shard = mark.shard.load(Ordering::SeqCst);
         // Deliberately wrong under `shardstone_broken = "durable"`, for the loom
         // model to catch: an installed commit is visible before its sync.
         if cfg!(shardstone_broken = "durable") {
@@ -170,10 +183,11 @@ impl Clock {
     /// rather than wait for another thread to be scheduled.
     pub(crate) fn blocker(&self, durable: &dyn Fn(usize, u64) -> bool) -> Option<(u64, usize)> {
         let next = self.visible() + 1;
-        if self.done[slot(next)].load(Ordering::SeqCst) != next {
+        let mark = &self.marks[slot(next)];
+        if mark.done.load(Ordering::SeqCst) != next {
             return None;
         }
-        let shard = self.shard_of[slot(next)].load(Ordering::SeqCst);
+        let shard = mark.shard.load(Ordering::SeqCst);
         // The slots are `next`'s until the watermark passes it: re-check that it
         // did not while they were read.
         if shard == NO_SHARD || self.visible() >= next || durable(shard as usize, next) {
