@@ -114,7 +114,9 @@ impl World {
 /// snapshot never sees one before its record is synced, and both end visible.
 #[test]
 fn visible_only_once_synced_in_either_order() {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     loom::model(|| {
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let world = World::new();
         let t = {
             let world = world.clone();
@@ -132,6 +134,10 @@ fn visible_only_once_synced_in_either_order() {
         assert_eq!(world.clock.visible(), 2);
         world.check();
     });
+    eprintln!(
+        "visible_only_once_synced_in_either_order: {} interleavings",
+        RUNS.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 /// The thread of one commit stops right after installing (descheduled for
@@ -140,7 +146,9 @@ fn visible_only_once_synced_in_either_order() {
 /// commit's shard itself — and never before the records are synced.
 #[test]
 fn a_stalled_predecessor_does_not_hold_back_its_successor() {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     loom::model(|| {
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let world = World::new();
         let t = {
             let world = world.clone();
@@ -159,4 +167,8 @@ fn a_stalled_predecessor_does_not_hold_back_its_successor() {
         assert_eq!(world.clock.visible(), 2);
         world.check();
     });
+    eprintln!(
+        "a_stalled_predecessor_does_not_hold_back_its_successor: {} interleavings",
+        RUNS.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }

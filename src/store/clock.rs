@@ -262,8 +262,11 @@ impl Clock {
             if self.is_halted_at(id) {
                 return false;
             }
+            // Deliberately wrong under `shardstone_broken = "helping"`, for the loom
+            // model to catch: a waiter never syncs for a stalled predecessor.
+            let help = !cfg!(shardstone_broken = "helping");
             match self.blocker(durable) {
-                Some((next, shard)) if next <= id => {
+                Some((next, shard)) if next <= id && help => {
                     if sync(next, shard).is_err() {
                         // `next` is not durable and never will be.
                         self.halt(next);
