@@ -75,6 +75,9 @@ const ENGINE_KEYS: u64 = 100_000;
 const REPLAY_COMMITS: u64 = 1_000_000;
 /// Thread counts of the durable section.
 const DURABLE_THREADS: [usize; 4] = [1, 2, 8, 32];
+/// Threads of the durable latency distribution (the issue's target: p99 at most
+/// two fsync times at 8 threads).
+const LATENCY_THREADS: usize = 8;
 /// Thread counts of the Buffered / None / in-memory comparison.
 const BUFFERED_THREADS: [usize; 2] = [1, 2];
 /// Interleaved rounds of the Buffered / None / in-memory comparison.
@@ -412,6 +415,7 @@ fn durable_section(dir: &BenchDir, raw: Option<RawSync>) {
     let load_before = loadavg();
     let cores = Tally::usable_cpus(usize::MAX);
     let mut rows = Vec::new();
+    let mut latency = None;
     for shards in [0, 1] {
         let d = dir.sub(&format!("durable-{shards}"));
         let engine = Engine::open_with(&d, opts(Durability::Durable, shards)).expect("open");
@@ -437,6 +441,11 @@ fn durable_section(dir: &BenchDir, raw: Option<RawSync>) {
             Interval::measure(&engine, keys, t, warm);
             let iv = Interval::measure(&engine, keys, t, dur);
             rows.push((shard_count, t, raw_now, iv));
+        }
+        if shards == 0 {
+            let (n, wall) = mapped_sync_loop(&dir.root.join("probe.dat"), probe);
+            let fsync_now = wall.as_secs_f64() * 1e6 / n.max(1) as f64;
+            latency = Some((fsync_now, latencies(&engine, keys, LATENCY_THREADS, dur)));
         }
         engine.close().expect("close");
         let _ = std::fs::remove_dir_all(&d);
@@ -481,10 +490,66 @@ fn durable_section(dir: &BenchDir, raw: Option<RawSync>) {
     }
     eprintln!("  (raw syncs/s: 208 B memcpy into a preallocated mapping + fdatasync, one thread, {} just before the row)", fmt_dur(probe));
     eprintln!("  (CPU use: CPU time over wall time x min(threads, cores))");
+    if let Some((fsync_now, lat)) = latency {
+        let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize] as f64 / 1e3;
+        let fsync_raw = raw.map(|r| 1e6 / r.mapped);
+        eprintln!(
+            "  durable latency, one shard per CPU, {LATENCY_THREADS} threads, {} commands: \
+             p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            lat.len(),
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            pct(1.0),
+        );
+        eprintln!(
+            "  mean fsync time: {fsync_now:.0} µs (mapped loop just before){}; p99 = {:.2} fsync times",
+            fsync_raw.map_or(String::new(), |f| format!(", {f:.0} µs (fdatasync section)")),
+            pct(0.99) / fsync_now,
+        );
+    }
     eprintln!(
         "  load average before / after: {load_before} / {}",
         loadavg()
     );
+}
+
+/// Every command's latency (ns, sorted) over `dur` on `threads` threads of the
+/// read-modify-write workload (the engine is warm: the rows before ran on it).
+fn latencies(engine: &Engine, keys: u64, threads: usize, dur: Duration) -> Vec<u64> {
+    let stop = AtomicBool::new(false);
+    let start = Barrier::new(threads + 1);
+    let mut all: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (start, stop) = (&start, &stop);
+                s.spawn(move || {
+                    let mut rng = Rng::new(SEED.fetch_add(1, Ordering::Relaxed));
+                    let mut out = Vec::new();
+                    start.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        let k = key(rng.below(keys));
+                        let began = Instant::now();
+                        read_modify_write(engine, &k);
+                        out.push(began.elapsed().as_nanos() as u64);
+                    }
+                    out
+                })
+            })
+            .collect();
+        start.wait();
+        std::thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("bench thread panicked"))
+            .collect()
+    });
+    all.sort_unstable();
+    if all.is_empty() {
+        all.push(0);
+    }
+    all
 }
 
 fn fmt_dur(d: Duration) -> String {

@@ -14,9 +14,11 @@ declare -A MODEL=(
   [gate]="escalation an_escalated_command_commits_once_and_loses_nothing"
   [group_commit]="group_commit acknowledged_only_after_a_covering_sync"
   [keylock]="escalation a_blocked_commit_waits_for_the_key_and_is_woken"
+  [durable]="durable_publish visible_only_once_synced_in_either_order"
+  [helping]="durable_publish a_stalled_predecessor_does_not_hold_back_its_successor"
 )
 variants=("$@")
-[ ${#variants[@]} -eq 0 ] && variants=(validation keys visibility pins interval watermark gate group_commit keylock)
+[ ${#variants[@]} -eq 0 ] && variants=(validation keys visibility pins interval watermark gate group_commit keylock durable helping)
 status=0
 for v in "${variants[@]}"; do
   read -r file test <<<"${MODEL[$v]}"
@@ -28,7 +30,7 @@ for v in "${variants[@]}"; do
     echo "FAIL: broken variant '$v' was not caught by $file::$test (log: $log)"
     status=1
   else
-    if grep -q "panicked at loom-tests/tests/$file.rs\|panicked at src/\|a reclaimed version was reached\|assertion\|deadlock; threads = " "$log"; then
+    if grep -q "panicked at loom-tests/tests/$file.rs\|panicked at src/\|a reclaimed version was reached\|assertion\|deadlock; threads = \|Model exceeded maximum number of branches" "$log"; then
       echo "ok: broken variant '$v' caught by $file::$test: $(grep -m1 -A1 "panicked at" "$log" | tail -1)"
     else
       echo "FAIL: broken variant '$v' failed to build or run, not caught by the model (log: $log)"

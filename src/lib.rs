@@ -104,6 +104,10 @@ pub use options::{
 #[cfg(loom)]
 #[doc(hidden)]
 pub use journal::{Group, Waited};
+/// The visibility clock, exposed to the loom models only.
+#[cfg(loom)]
+#[doc(hidden)]
+pub use store::ClockModel;
 pub use store::{PageId, Snapshot, SnapshotRange, StoreStats, Value};
 pub use txn::{CommitId, Footprint, Tx, TxRange};
 pub use verify::{

@@ -9,16 +9,24 @@
 //! `target` was read before it started. After a failed sync nothing more is ever
 //! acknowledged (the kernel may have dropped the dirty pages).
 //!
+//! `synced` is also published as an atomic: in `Durable` mode the visibility
+//! watermark (`store/clock.rs`) reads it to know whether a commit's record is on
+//! disk, and the flusher that raised it advances the watermark when it returns.
+//!
 //! The file work (`prepare`, `sync`) is passed in, so the protocol runs as it is
 //! under loom (`loom-tests/tests/group_commit.rs`) with a simulated disk.
 
-use crate::sync::{Condvar, Mutex, MutexGuard};
+use crate::sync::{AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
 use std::fmt::Display;
 
 /// A shard's group-commit state around the shard's own file state `S`.
 pub struct Group<S> {
     state: Mutex<GroupState<S>>,
     flushed: Condvar,
+    /// `GroupState::synced`, readable without the lock: the clock asks it whether
+    /// a commit of this shard may become visible. Raised only after a completed
+    /// sync that covers it, never after a failed one.
+    synced: AtomicU64,
 }
 
 /// What the group lock protects.
@@ -62,7 +70,14 @@ impl<S> Group<S> {
                 files,
             }),
             flushed: Condvar::new(),
+            synced: AtomicU64::new(0),
         }
+    }
+
+    /// The highest commit id known to be on disk (every id of this group up to
+    /// it is covered by a completed sync).
+    pub fn synced(&self) -> u64 {
+        self.synced.load(Ordering::SeqCst)
     }
 
     /// The group lock: appenders take it to append and raise `appended`.
@@ -105,7 +120,10 @@ impl<S> Group<S> {
             let target = st.appended;
             st.flushing = false;
             match result {
-                Ok(()) => st.synced = st.synced.max(target),
+                Ok(()) => {
+                    st.synced = st.synced.max(target);
+                    self.synced.store(st.synced, Ordering::SeqCst);
+                }
                 Err(e) => {
                     st.failed = Some(e.to_string());
                     self.flushed.notify_all();

@@ -171,6 +171,12 @@ impl Ticket {
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
+
+    /// The shard whose sync the commit needs before it may become visible
+    /// (`None` below `Durable`).
+    pub(crate) fn shard(&self) -> Option<usize> {
+        self.shard
+    }
 }
 
 /// A journal segment that is no longer appended to: deletable once a checkpoint
@@ -1112,6 +1118,23 @@ impl Journal {
         self.shards[shard]
             .wait_durable(ticket.id)
             .inspect_err(|e| self.halt(e))
+    }
+
+    /// Whether commit `id`, appended to `shard`, is covered by a completed sync
+    /// of that shard: the clock's condition for making it visible in `Durable`
+    /// mode.
+    pub(crate) fn is_durable(&self, shard: usize, id: u64) -> bool {
+        self.shards[shard].synced() >= id
+    }
+
+    /// Makes commit `id` (appended to `shard`) durable on behalf of its
+    /// committer: a commit waiting for visibility runs its predecessor's group
+    /// commit rather than wait for that committer's thread to be scheduled.
+    pub(crate) fn sync_for(&self, shard: usize, id: u64) -> Result<()> {
+        self.wait(Ticket {
+            id,
+            shard: Some(shard),
+        })
     }
 
     /// The chain hash of commit `id`, if it is recent enough to be known.

@@ -316,6 +316,11 @@ impl Shard {
         Ok(())
     }
 
+    /// The highest commit id of this shard known to be on disk.
+    pub(crate) fn synced(&self) -> u64 {
+        self.group.synced()
+    }
+
     /// Returns once commit `id` (appended to this shard) is on disk, sharing the
     /// fdatasync with every commit appended before it started.
     pub(crate) fn wait_durable(&self, id: u64) -> Result<()> {

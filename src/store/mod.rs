@@ -29,6 +29,8 @@ pub(crate) use apply::LeafWrites;
 pub(crate) use arena::PagePtr;
 pub(crate) use build::Builder;
 pub(crate) use clock::Clock;
+#[cfg(loom)]
+pub use clock::ClockModel;
 pub(crate) use cursor::TreeRange;
 pub(crate) use newest::PageRead;
 pub(crate) use overflow::chain_len;

@@ -18,9 +18,11 @@
 //! 4. take the commit id `c` — while every lock is still held — and append the
 //!    commit's journal record to the shard of this CPU;
 //! 5. install the versions stamped `c`, release the locks;
-//! 6. wait until the record is as durable as the journal's level asks, then
-//!    publish `c`: a commit becomes visible only once it is durable, so nothing
-//!    can read (and build on) a commit a crash would take back.
+//! 6. mark `c` installed, wait until the record is as durable as the journal's
+//!    level asks, then wait for `c` to be visible: the watermark passes a commit
+//!    only once it is installed and (in `Durable` mode) its shard's sync covered
+//!    it, so nothing can read (and build on) a commit a crash would take back.
+//!    Whoever completes a sync advances the watermark (see `store/clock.rs`).
 //!
 //! Why this is serializable in commit-id order. At the instant `c` is taken, the
 //! commit holds the lock of every leaf that holds a key it read or a range it
@@ -170,28 +172,55 @@ struct Publish<'s> {
     journal: &'s Journal,
     id: u64,
     seen: u64,
+    /// The journal shard whose sync the commit needs (`Durable` mode only).
+    shard: Option<usize>,
     /// Until the frame goes to the chain.
     frame: Option<Frame>,
     done: bool,
 }
 
 impl Publish<'_> {
-    /// Makes the commit durable per the journal's level, then visible. Returns the
+    /// Marks the commit installed, makes it durable per the journal's level, and
+    /// advances the watermark over it if its predecessors are ready. Returns the
     /// watermark value seen while publishing.
+    ///
+    /// In `Durable` mode the install mark goes first and names the commit's
+    /// shard: the clock then lets it become visible once that shard's sync
+    /// covers it, whoever ran that sync, so a later commit never waits for this
+    /// thread to come back from its fsync wait.
     fn finish(mut self, ticket: Ticket) -> Result<u64> {
         self.done = true;
         if let Some(frame) = self.frame.take() {
             self.journal.hand_to_chain(self.id, frame);
         }
-        if let Err(e) = self.journal.wait(ticket) {
-            // Not durable: it must never become visible, nor anything after it.
+        let journal = self.journal;
+        let durable = |shard: usize, id: u64| journal.is_durable(shard, id);
+        let seen = self
+            .store
+            .clock
+            .publish_on(self.id, self.seen, ticket.shard(), &durable)
+            .ok_or_else(|| journal.halted_error())?;
+        if ticket.shard().is_none() {
+            return Ok(seen);
+        }
+        if let Err(e) = journal.wait(ticket) {
+            // Not durable: it must never become visible, nor anything after it
+            // (its shard's sync never covers it, so the watermark stops below it).
             self.store.clock.halt(self.id);
             return Err(e);
         }
-        self.store
+        Ok(self.store.clock.advance(&durable))
+    }
+
+    /// Waits until the commit is visible, running a stalled predecessor's
+    /// shard sync itself where that is all the watermark waits for.
+    fn wait_visible(store: &Store, journal: &Journal, id: u64, seen: u64) -> bool {
+        let durable = |shard: usize, id: u64| journal.is_durable(shard, id);
+        store
             .clock
-            .publish(self.id, self.seen)
-            .ok_or_else(|| self.journal.halted_error())
+            .wait_visible_helping(id, seen, &durable, |next, shard| {
+                journal.sync_for(shard, next)
+            })
     }
 }
 
@@ -201,7 +230,13 @@ impl Drop for Publish<'_> {
             if let Some(frame) = self.frame.take() {
                 self.journal.hand_to_chain(self.id, frame);
             }
-            self.store.clock.publish(self.id, self.seen);
+            // Its record was appended: in `Durable` mode it becomes visible once a
+            // sync of its shard covers it (a later commit's, or a waiter's help).
+            let journal = self.journal;
+            let durable = |shard: usize, id: u64| journal.is_durable(shard, id);
+            self.store
+                .clock
+                .publish_on(self.id, self.seen, self.shard, &durable);
         }
     }
 }
@@ -633,6 +668,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
         journal,
         id,
         seen: tx.at,
+        shard: ticket.shard(),
         frame: Some(frame),
         done: false,
     };
@@ -648,7 +684,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     // `run` returns only when its commit is visible: a snapshot taken next on this
     // thread sees it (earlier ids may still be installing on other threads).
     journal.signal.notify();
-    if !store.clock.wait_visible_from(id, seen) {
+    if !Publish::wait_visible(store, journal, id, seen) {
         return Err(journal.halted_error());
     }
     store.maybe_collect();
