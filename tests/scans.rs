@@ -622,3 +622,102 @@ fn a_delete_under_a_scanned_prefix_is_a_conflict() {
         assert_eq!(attempts, 2, "{form:?}");
     }
 }
+
+/// Counts the allocations made by the current thread, so that the cost model
+/// the scan visitors document (no allocation per item) is checked, not claimed.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// counter is a const-initialised thread-local `Cell`, which never allocates.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `alloc` above, that is from the system allocator.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: as for `alloc` and `dealloc`.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocations(f: impl FnOnce()) -> u64 {
+    let before = ALLOCS.with(|c| c.get());
+    f();
+    ALLOCS.with(|c| c.get()) - before
+}
+
+#[test]
+fn the_visitors_allocate_nothing_per_item() {
+    const N: u64 = 2_000;
+    let engine = Engine::in_memory().unwrap();
+    engine
+        .run("fill", |tx| {
+            for i in 0..N {
+                tx.put(format!("k:{i:05}").as_bytes(), &enc(i))?;
+            }
+            // Two overflow values: the reused buffer grows at most for each.
+            tx.put(b"k:big1", &[1; 9_000])?;
+            tx.put(b"k:big2", &[2; 8_000])
+        })
+        .unwrap();
+    assert!(
+        engine.stats().store.pages > 10,
+        "the scan crosses many leaves"
+    );
+    let snap = engine.snapshot();
+    let seen = std::cell::Cell::new(0u64);
+    let count = |_: &[u8], v: &[u8]| {
+        seen.set(seen.get() + v.len() as u64);
+        ControlFlow::<()>::Continue(())
+    };
+    let visit = allocations(|| {
+        let _ = snap.scan_prefix(b"k:", count).unwrap();
+    });
+    assert_eq!(seen.get(), N * 8 + 17_000, "every value visited");
+    let visit_rev = allocations(|| {
+        let _ = snap.scan_rev(.., count).unwrap();
+    });
+    assert_eq!(
+        seen.get(),
+        2 * (N * 8 + 17_000),
+        "every value visited backwards"
+    );
+    let owned = allocations(|| assert_eq!(snap.prefix(b"k:").count() as u64, N + 2));
+    // A handful for the scan's own state (bounds, the descent stacks, the last
+    // key, the overflow buffer), whatever the number of items.
+    assert!(
+        visit < 32 && visit_rev < 32,
+        "visit: {visit}, reverse: {visit_rev} allocations"
+    );
+    assert!(owned >= 2 * N, "the owned form allocates per item: {owned}");
+    // Inside a command the read set grows by one entry per leaf read (amortized).
+    let in_tx = engine
+        .run("visit", |tx| {
+            let mut n = 0u64;
+            let allocs = allocations(|| {
+                let _ = tx
+                    .scan_prefix(b"k:", |_, _| {
+                        n += 1;
+                        ControlFlow::<()>::Continue(())
+                    })
+                    .unwrap();
+            });
+            assert_eq!(n, N + 2);
+            Ok(allocs)
+        })
+        .unwrap();
+    assert!(in_tx < 48, "in a command: {in_tx} allocations");
+}
