@@ -6,7 +6,8 @@
 //! that range by a concurrent commit rewrites one of those leaves and is caught as
 //! a conflict (no phantoms).
 
-use super::page::{Kind, Page};
+use super::overflow;
+use super::page::{Kind, Page, ValRef};
 use super::{PageId, PagePtr, PageRead, Store, Value, ROOT};
 use std::ops::Bound;
 
@@ -227,8 +228,22 @@ impl<'s> TreeRange<'s> {
         out
     }
 
-    /// The next entry from the front, as borrowed key and value reference.
+    /// The next entry from the front, copied out.
     pub(crate) fn next_entry(&mut self) -> Option<(Vec<u8>, Value)> {
+        let (k, v) = self.next_ref()?;
+        Some((k.to_vec(), self.store.value(v)))
+    }
+
+    /// The next entry from the back, copied out.
+    pub(crate) fn next_back_entry(&mut self) -> Option<(Vec<u8>, Value)> {
+        let (k, v) = self.next_back_ref()?;
+        Some((k.to_vec(), self.store.value(v)))
+    }
+
+    /// The next entry from the front, borrowed from its leaf: valid while the
+    /// snapshot at `at` stays pinned (the leaf version it lies in is one the
+    /// snapshot sees, which reclamation keeps for the pin's life).
+    pub(crate) fn next_ref(&mut self) -> Option<(&'s [u8], ValRef<'s>)> {
         if self.done {
             return None;
         }
@@ -248,10 +263,7 @@ impl<'s> TreeRange<'s> {
                 let last = self.front.last.get_or_insert_with(Vec::new);
                 last.clear();
                 last.extend_from_slice(key);
-                return Some((
-                    key.to_vec(),
-                    self.store.value(leaf.leaf_val(self.front.pos - 1)),
-                ));
+                return Some((key, leaf.leaf_val(self.front.pos - 1)));
             }
             if !self.next_leaf() {
                 self.done = true;
@@ -260,8 +272,8 @@ impl<'s> TreeRange<'s> {
         }
     }
 
-    /// The next entry from the back.
-    pub(crate) fn next_back_entry(&mut self) -> Option<(Vec<u8>, Value)> {
+    /// The next entry from the back, borrowed from its leaf (see `next_ref`).
+    pub(crate) fn next_back_ref(&mut self) -> Option<(&'s [u8], ValRef<'s>)> {
         if self.done {
             return None;
         }
@@ -281,11 +293,25 @@ impl<'s> TreeRange<'s> {
                 let last = self.back.last.get_or_insert_with(Vec::new);
                 last.clear();
                 last.extend_from_slice(key);
-                return Some((key.to_vec(), self.store.value(leaf.leaf_val(self.back.pos))));
+                return Some((key, leaf.leaf_val(self.back.pos)));
             }
             if !self.prev_leaf() {
                 self.done = true;
                 return None;
+            }
+        }
+    }
+}
+
+impl TreeRange<'_> {
+    /// The bytes of a stored value: borrowed from its leaf when inline, else
+    /// assembled from its overflow chain into `buf` (one buffer reused per scan).
+    pub(crate) fn value_bytes<'v>(v: ValRef<'v>, buf: &'v mut Vec<u8>) -> &'v [u8] {
+        match v {
+            ValRef::Inline(bytes) => bytes,
+            ValRef::Overflow { head, len } => {
+                overflow::read_chain_into(head, len, buf);
+                buf
             }
         }
     }

@@ -55,6 +55,15 @@ fn read_header(page: PagePtr) -> (usize, usize) {
 /// Copies the value of the chain at `head`, `len` bytes in all.
 pub(crate) fn read_chain(head: usize, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
+    read_chain_into(head, len, &mut out);
+    out
+}
+
+/// Replaces the contents of `out` with the value of the chain at `head`: a scan
+/// reuses one buffer for every overflow value it visits.
+pub(crate) fn read_chain_into(head: usize, len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(len);
     let mut page = head;
     while page != 0 {
         let (next, n) = read_header(page as PagePtr);
@@ -68,7 +77,6 @@ pub(crate) fn read_chain(head: usize, len: usize) -> Vec<u8> {
         len,
         "overflow chain length matches its leaf entry"
     );
-    out
 }
 
 /// The length of the chain at `head`, walking at most `max_pages` pages: for

@@ -8,8 +8,8 @@ use super::cursor::TreeRange;
 use super::{PinSlot, Store, Value};
 use crate::error::Result;
 use crate::sync::Arc;
-use crate::txn::{bounds_of, check_key};
-use std::ops::RangeBounds;
+use crate::txn::{bounds_of, check_key, prefix_bounds, KeyBounds};
+use std::ops::{ControlFlow, RangeBounds};
 
 /// A consistent read-only view of the store as of one commit.
 ///
@@ -61,7 +61,123 @@ impl Snapshot {
     /// # Ok::<(), shardstone::Error>(())
     /// ```
     pub fn range<'k, R: RangeBounds<&'k [u8]>>(&self, range: R) -> SnapshotRange<'_> {
-        match bounds_of(&range) {
+        self.range_of(bounds_of(&range))
+    }
+
+    /// Every key that starts with `prefix`, in key order; `.rev()` walks it
+    /// backwards. This is the range `[prefix, successor(prefix))`, unbounded
+    /// above for a prefix of 0xFF bytes only; the empty prefix is every key.
+    ///
+    /// ```
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| {
+    ///     for k in [&b"user:1"[..], b"user:2", b"users"] { tx.put(k, b"")?; }
+    ///     Ok(())
+    /// })?;
+    /// let snap = engine.snapshot();
+    /// let keys: Vec<Vec<u8>> = snap.prefix(b"user:").rev().map(|r| r.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+    /// assert_eq!(keys, vec![b"user:2".to_vec(), b"user:1".to_vec()]);
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn prefix(&self, prefix: &[u8]) -> SnapshotRange<'_> {
+        self.range_of(prefix_bounds(prefix))
+    }
+
+    /// Calls `f` with every key and value in `range`, in key order, until `f`
+    /// returns `Break`; returns that `Break`, or `Continue` once the range is
+    /// exhausted. An oversized bound is an error before `f` is called.
+    ///
+    /// Cost: no allocation per item. Keys and inline values are borrowed straight
+    /// from the leaf pages this snapshot sees (its pin keeps them); a value stored
+    /// in an overflow chain (larger than fits in a leaf) is assembled into one
+    /// buffer that the scan reuses, so only the largest such value costs an
+    /// allocation. The slices are valid only during the call: copy what you keep.
+    /// Each step of the walk runs inside a short reading section, as an
+    /// iterator step does; `f` itself runs outside it, so a slow visitor holds up
+    /// no reclamation beyond what the snapshot itself keeps. [`Snapshot::range`]
+    /// is the owned form: a key and a value allocated per item, usable as an
+    /// `Iterator`.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| { for k in [b"a", b"b", b"c"] { tx.put(k, b"xy")?; } Ok(()) })?;
+    /// let snap = engine.snapshot();
+    /// let mut bytes = 0;
+    /// snap.scan(b"b".as_slice().., |k, v| {
+    ///     bytes += k.len() + v.len();
+    ///     ControlFlow::<()>::Continue(())
+    /// })?;
+    /// assert_eq!(bytes, 6);
+    /// // Stop early and hand a value out.
+    /// let found = snap.scan(.., |k, _| if k > &b"a"[..] { ControlFlow::Break(k.to_vec()) } else { ControlFlow::Continue(()) })?;
+    /// assert_eq!(found, ControlFlow::Break(b"b".to_vec()));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn scan<'k, R, B, F>(&self, range: R, f: F) -> Result<ControlFlow<B>>
+    where
+        R: RangeBounds<&'k [u8]>,
+        F: FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    {
+        self.visit(bounds_of(&range)?, true, f)
+    }
+
+    /// [`Snapshot::scan`] in reverse key order.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| { for k in [b"a", b"b", b"c"] { tx.put(k, b"")?; } Ok(()) })?;
+    /// let last = engine.snapshot().scan_rev(..b"c".as_slice(), |k, _| ControlFlow::Break(k.to_vec()))?;
+    /// assert_eq!(last.break_value(), Some(b"b".to_vec()));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn scan_rev<'k, R, B, F>(&self, range: R, f: F) -> Result<ControlFlow<B>>
+    where
+        R: RangeBounds<&'k [u8]>,
+        F: FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    {
+        self.visit(bounds_of(&range)?, false, f)
+    }
+
+    /// [`Snapshot::scan`] over every key that starts with `prefix` (see
+    /// [`Snapshot::prefix`]).
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| { for k in [&b"o:1"[..], b"o:2", b"p"] { tx.put(k, b"")?; } Ok(()) })?;
+    /// let mut n = 0;
+    /// engine.snapshot().scan_prefix(b"o:", |_, _| { n += 1; ControlFlow::<()>::Continue(()) })?;
+    /// assert_eq!(n, 2);
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn scan_prefix<B, F>(&self, prefix: &[u8], f: F) -> Result<ControlFlow<B>>
+    where
+        F: FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    {
+        self.visit(prefix_bounds(prefix)?, true, f)
+    }
+
+    /// [`Snapshot::scan_prefix`] in reverse key order.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| { for k in [&b"o:1"[..], b"o:2", b"p"] { tx.put(k, b"")?; } Ok(()) })?;
+    /// let newest = engine.snapshot().scan_prefix_rev(b"o:", |k, _| ControlFlow::Break(k.to_vec()))?;
+    /// assert_eq!(newest.break_value(), Some(b"o:2".to_vec()));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn scan_prefix_rev<B, F>(&self, prefix: &[u8], f: F) -> Result<ControlFlow<B>>
+    where
+        F: FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    {
+        self.visit(prefix_bounds(prefix)?, false, f)
+    }
+
+    fn range_of(&self, bounds: Result<KeyBounds>) -> SnapshotRange<'_> {
+        match bounds {
             Ok((lo, hi)) => SnapshotRange {
                 snapshot: self,
                 inner: Some(TreeRange::new(&self.store, self.at, lo, hi, None)),
@@ -72,6 +188,36 @@ impl Snapshot {
                 inner: None,
                 error: Some(e),
             },
+        }
+    }
+
+    /// The walk behind the `scan` methods.
+    fn visit<B>(
+        &self,
+        (lo, hi): KeyBounds,
+        forward: bool,
+        mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    ) -> Result<ControlFlow<B>> {
+        let mut tree = TreeRange::new(&self.store, self.at, lo, hi, None);
+        let mut buf = Vec::new();
+        loop {
+            // Chains are walked inside a reading section; the entry it yields lies
+            // in a leaf version this snapshot sees, which the pin keeps after the
+            // section ends, so `f` runs outside it.
+            let entry = {
+                let _reading = self.store.reading(&self.pin);
+                if forward {
+                    tree.next_ref()
+                } else {
+                    tree.next_back_ref()
+                }
+            };
+            let Some((k, v)) = entry else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            if let ControlFlow::Break(b) = f(k, TreeRange::value_bytes(v, &mut buf)) {
+                return Ok(ControlFlow::Break(b));
+            }
         }
     }
 }

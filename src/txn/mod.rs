@@ -25,7 +25,7 @@ use crate::store::{PageId, PagePtr, PageRead, PinSlot, Store, Value};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::{Bound, RangeBounds};
+use std::ops::{Bound, ControlFlow, RangeBounds};
 
 /// The position of a commit in the one total order of commits; the first commit is 1.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
@@ -80,6 +80,22 @@ pub(crate) fn bounds_of<'k, R: RangeBounds<&'k [u8]>>(range: &R) -> Result<KeyBo
         })
     };
     Ok((own(range.start_bound())?, own(range.end_bound())?))
+}
+
+/// The bounds of every key that starts with `prefix`: `[prefix, successor)`, the
+/// successor being the prefix with trailing 0xFF bytes dropped and its last byte
+/// raised by one; a prefix of 0xFF bytes only (or the empty one) has no end.
+pub(crate) fn prefix_bounds(prefix: &[u8]) -> Result<KeyBounds> {
+    check_key(prefix)?;
+    let hi = match prefix.iter().rposition(|&b| b != 0xFF) {
+        Some(i) => {
+            let mut end = prefix[..=i].to_vec();
+            end[i] += 1;
+            Bound::Excluded(end)
+        }
+        None => Bound::Unbounded,
+    };
+    Ok((Bound::Included(prefix.to_vec()), hi))
 }
 
 /// What a buffered write does to its key at commit.
@@ -390,10 +406,139 @@ impl<'e> Tx<'e> {
     /// included: a concurrent insert into the part of it the scan looked at is a
     /// conflict (no phantoms); an insert beside it is not.
     pub fn range<'k, R: RangeBounds<&'k [u8]>>(&mut self, range: R) -> TxRange<'_> {
-        let (lo, hi) = match bounds_of(&range) {
-            Ok(b) => b,
-            Err(e) => return TxRange::failed(e),
-        };
+        match bounds_of(&range) {
+            Ok((lo, hi)) => self.range_of(lo, hi),
+            Err(e) => TxRange::failed(e),
+        }
+    }
+
+    /// Every key that starts with `prefix`, in key order, this transaction's
+    /// writes included; `.rev()` walks it backwards. This is the range
+    /// `[prefix, successor(prefix))` (unbounded above for a prefix of 0xFF bytes
+    /// only; the empty prefix is every key), and it joins the read set as
+    /// [`Tx::range`] does: a concurrent insert or delete of a key under `prefix`
+    /// that the scan looked at is a conflict, a change outside it is not.
+    ///
+    /// ```
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| {
+    ///     for k in [&b"user:1"[..], b"user:2", b"users", b"v"] { tx.put(k, b"")?; }
+    ///     Ok(())
+    /// })?;
+    /// let keys = engine.run("list", |tx| {
+    ///     tx.prefix(b"user:").map(|r| r.map(|(k, _)| k)).collect::<Result<Vec<_>, _>>()
+    /// })?;
+    /// assert_eq!(keys, vec![b"user:1".to_vec(), b"user:2".to_vec()]);
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn prefix(&mut self, prefix: &[u8]) -> TxRange<'_> {
+        match prefix_bounds(prefix) {
+            Ok((lo, hi)) => self.range_of(lo, hi),
+            Err(e) => TxRange::failed(e),
+        }
+    }
+
+    /// Calls `f` with every key and value in `range`, in key order, this
+    /// transaction's writes included, until `f` returns `Break`; returns that
+    /// `Break`, or `Continue` once the range is exhausted.
+    ///
+    /// Cost: no allocation per item. Keys and inline values are borrowed from the
+    /// leaf page the snapshot sees, buffered writes from the write buffer; a value
+    /// stored in an overflow chain (larger than fits in a leaf) is assembled into
+    /// one buffer that the scan reuses, so only the largest such value costs an
+    /// allocation. The slices are valid only during the call (copy what you keep).
+    /// [`Tx::range`] allocates a key and a value per item instead.
+    ///
+    /// Phantom protection is that of [`Tx::range`]: the whole range is recorded
+    /// in the read set when the scan starts, and narrowed when it returns to the
+    /// part looked at (up to the key where `f` broke off).
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| { for k in [b"a", b"b", b"c"] { tx.put(k, b"1")?; } Ok(()) })?;
+    /// let first_two = engine.run("scan", |tx| {
+    ///     let mut seen = Vec::new();
+    ///     tx.scan(.., |k, _v| {
+    ///         seen.push(k.to_vec());
+    ///         if seen.len() == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    ///     })?;
+    ///     Ok(seen)
+    /// })?;
+    /// assert_eq!(first_two, vec![b"a".to_vec(), b"b".to_vec()]);
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn scan<'k, R, B, F>(&mut self, range: R, f: F) -> Result<ControlFlow<B>>
+    where
+        R: RangeBounds<&'k [u8]>,
+        F: FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    {
+        self.range(range).visit(true, f)
+    }
+
+    /// [`Tx::scan`] in reverse key order.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| { for k in [b"a", b"b", b"c"] { tx.put(k, b"1")?; } Ok(()) })?;
+    /// let last = engine.run("last", |tx| {
+    ///     let flow = tx.scan_rev(.., |k, _| ControlFlow::Break(k.to_vec()))?;
+    ///     Ok(flow.break_value())
+    /// })?;
+    /// assert_eq!(last, Some(b"c".to_vec()));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn scan_rev<'k, R, B, F>(&mut self, range: R, f: F) -> Result<ControlFlow<B>>
+    where
+        R: RangeBounds<&'k [u8]>,
+        F: FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    {
+        self.range(range).visit(false, f)
+    }
+
+    /// [`Tx::scan`] over every key that starts with `prefix` (see [`Tx::prefix`]).
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| { for k in [&b"o:1"[..], b"o:2", b"p"] { tx.put(k, b"9")?; } Ok(()) })?;
+    /// let total = engine.run("sum", |tx| {
+    ///     let mut bytes = 0;
+    ///     tx.scan_prefix(b"o:", |_, v| { bytes += v.len(); ControlFlow::<()>::Continue(()) })?;
+    ///     Ok(bytes)
+    /// })?;
+    /// assert_eq!(total, 2);
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn scan_prefix<B, F>(&mut self, prefix: &[u8], f: F) -> Result<ControlFlow<B>>
+    where
+        F: FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    {
+        self.prefix(prefix).visit(true, f)
+    }
+
+    /// [`Tx::scan_prefix`] in reverse key order.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// engine.run("fill", |tx| { for k in [&b"o:1"[..], b"o:2", b"p"] { tx.put(k, b"")?; } Ok(()) })?;
+    /// let newest = engine.run("newest", |tx| {
+    ///     Ok(tx.scan_prefix_rev(b"o:", |k, _| ControlFlow::Break(k.to_vec()))?.break_value())
+    /// })?;
+    /// assert_eq!(newest, Some(b"o:2".to_vec()));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn scan_prefix_rev<B, F>(&mut self, prefix: &[u8], f: F) -> Result<ControlFlow<B>>
+    where
+        F: FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    {
+        self.prefix(prefix).visit(false, f)
+    }
+
+    /// The scan behind [`Tx::range`] and [`Tx::prefix`], over owned bounds.
+    fn range_of(&mut self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> TxRange<'_> {
         if self.locking.is_some() {
             if let Err(e) = self.lock_span((lo.clone(), hi.clone())) {
                 return TxRange::failed(e);

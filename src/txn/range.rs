@@ -3,9 +3,10 @@
 
 use super::{Pending, RangeRead, Write};
 use crate::error::{Error, Result};
-use crate::store::{PageRead, Store, TreeRange, Value};
+use crate::store::{PageRead, Store, TreeRange, ValRef, Value};
+use std::cmp::Ordering;
 use std::collections::btree_map;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 
 type Entry = (Vec<u8>, Value);
 type Buffered<'t> = (&'t Vec<u8>, &'t Write);
@@ -69,6 +70,81 @@ impl<'t> TxRange<'t> {
             back_write: None,
             error: Some(e),
             recorded: None,
+        }
+    }
+
+    /// Calls `f` with each entry, borrowed, from the front (`forward`) or the
+    /// back, until it breaks: the visitor behind `Tx::scan`. Entries of the tree
+    /// are borrowed from their leaves (pinned by the transaction's snapshot),
+    /// overflow values assembled into one reused buffer, buffered writes borrowed
+    /// from the write buffer. The range stays recorded, and is narrowed on drop.
+    pub(crate) fn visit<B>(
+        mut self,
+        forward: bool,
+        mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<B>,
+    ) -> Result<ControlFlow<B>> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        debug_assert!(
+            self.front_tree.is_none() && self.back_tree.is_none(),
+            "a visit starts on a fresh scan"
+        );
+        let mut buf = Vec::new();
+        let mut tree: Option<(&'t [u8], ValRef<'t>)> = None;
+        let mut write: Option<Buffered<'t>> = None;
+        loop {
+            if tree.is_none() {
+                tree = self.tree.as_mut().and_then(|t| {
+                    if forward {
+                        t.next_ref()
+                    } else {
+                        t.next_back_ref()
+                    }
+                });
+            }
+            if write.is_none() {
+                write =
+                    self.writes.as_mut().and_then(
+                        |w| {
+                            if forward {
+                                w.next()
+                            } else {
+                                w.next_back()
+                            }
+                        },
+                    );
+            }
+            let take_tree = match (&tree, &write) {
+                (None, None) => return Ok(ControlFlow::Continue(())),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(t), Some(w)) => match t.0.cmp(w.0.as_slice()) {
+                    Ordering::Less => forward,
+                    Ordering::Greater => !forward,
+                    Ordering::Equal => {
+                        // Our own write shadows the snapshot's entry.
+                        tree = None;
+                        false
+                    }
+                },
+            };
+            let flow = if take_tree {
+                let (k, v) = tree.take().expect("chosen above");
+                f(k, TreeRange::value_bytes(v, &mut buf))
+            } else {
+                let (k, w) = write.take().expect("chosen above");
+                match &w.op {
+                    Pending::Put(v) => f(k, v),
+                    Pending::Delete => continue,
+                    Pending::Add(_) | Pending::AtLeast(_) => {
+                        unreachable!("`Tx::range` reads the merges in its range before scanning")
+                    }
+                }
+            };
+            if let ControlFlow::Break(b) = flow {
+                return Ok(ControlFlow::Break(b));
+            }
         }
     }
 
@@ -161,9 +237,9 @@ impl Iterator for TxRange<'_> {
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (Some(t), Some(w)) => match t.0.cmp(w.0) {
-                    std::cmp::Ordering::Less => true,
-                    std::cmp::Ordering::Greater => false,
-                    std::cmp::Ordering::Equal => {
+                    Ordering::Less => true,
+                    Ordering::Greater => false,
+                    Ordering::Equal => {
                         // Our own write shadows the snapshot's entry.
                         self.front_tree = None;
                         false
@@ -192,9 +268,9 @@ impl DoubleEndedIterator for TxRange<'_> {
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (Some(t), Some(w)) => match t.0.cmp(w.0) {
-                    std::cmp::Ordering::Greater => true,
-                    std::cmp::Ordering::Less => false,
-                    std::cmp::Ordering::Equal => {
+                    Ordering::Greater => true,
+                    Ordering::Less => false,
+                    Ordering::Equal => {
                         self.back_tree = None;
                         false
                     }
