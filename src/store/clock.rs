@@ -33,12 +33,7 @@ const RING: usize = 4;
 /// lines (a bijection on `id mod RING`), so concurrent committers do not write the
 /// same line.
 fn slot(id: u64) -> usize {
-    const SPREAD: usize = 8;
-    let i = (id as usize) % RING;
-    if !RING.is_multiple_of(SPREAD) {
-        return i;
-    }
-    (i % SPREAD) * (RING / SPREAD) + i / SPREAD
+    crate::sync::spread(id, RING)
 }
 
 /// A commit's marks, on one cache line (the shard is written with the done mark at
@@ -136,7 +131,11 @@ impl Clock {
         let mark = &self.marks[slot(id)];
         mark.shard.store(s, Ordering::SeqCst);
         mark.done.store(id, Ordering::SeqCst);
-        fence(Ordering::SeqCst); // EXPERIMENT
+        // The store of the mark, then the loads of `advance`: a store-then-load
+        // order that SeqCst accesses alone do not give under loom (nor, for the
+        // other committer's view, on weak hardware): two publishers could each
+        // miss the other's mark and leave the watermark behind both.
+        fence(Ordering::SeqCst);
         Some(self.advance(durable))
     }
 
