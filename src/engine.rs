@@ -544,8 +544,10 @@ impl Engine {
     /// every commit before it are as durable as `Options::durability` asks. On a
     /// follower the commits arrive through [`Engine::apply`], so this is how a
     /// reader waits for a follower to catch up with a commit id the leader
-    /// returned ([`Engine::run_with_id`]). A journal that failed to persist a
-    /// commit below `id` is [`Error::Halted`]: `id` would never become visible.
+    /// returned ([`Engine::run_with_id`]). A halted journal (a failed write) is
+    /// [`Error::Halted`]. A failed sync stops the watermark without halting the
+    /// journal's write path: there, a wait for a commit at or after the failed
+    /// one ends only with its timeout (`Ok(false)`).
     ///
     /// ```
     /// use std::time::Duration;
