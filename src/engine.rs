@@ -22,7 +22,7 @@ use crate::sync::{Arc, Mutex};
 use crate::txn::{CommitId, Tx};
 use crate::Error;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One open database: the page store plus the command executor.
 ///
@@ -302,6 +302,38 @@ impl Engine {
             .run(&self.store, &self.journal, name, None, None, f)
     }
 
+    /// [`Engine::run`], also returning the id of the commit the command made:
+    /// `None` when it wrote nothing (a read-only command commits nothing and
+    /// takes no id). The id is the one the journal and every feed record for
+    /// this commit ([`CommitRecord::commit_id`]), whichever path the command
+    /// took: optimistic, or escalated to the blocking queue. As with `run`, the
+    /// commit is visible, and as durable as `Options::durability` asks, when this
+    /// returns; hand the id to [`Engine::wait_for`] on a follower to read your
+    /// own writes there.
+    ///
+    /// ```
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// let (n, id) = engine.run_with_id("put", |tx| {
+    ///     tx.put(b"k", b"v")?;
+    ///     Ok(1)
+    /// })?;
+    /// assert_eq!(n, 1);
+    /// // The journal, and so every feed, records the same id.
+    /// let rec = engine.subscribe(0)?.next().unwrap()?;
+    /// assert_eq!(id, Some(rec.commit_id));
+    /// // A read-only command commits nothing.
+    /// let (v, none) = engine.run_with_id("get", |tx| tx.get(b"k"))?;
+    /// assert_eq!((v.as_deref(), none), (Some(&b"v"[..]), None));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn run_with_id<T, F>(&self, name: &str, f: F) -> Result<(T, Option<CommitId>)>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T>,
+    {
+        self.executor
+            .run_with_id(&self.store, &self.journal, name, None, None, f)
+    }
+
     /// Runs the command `f` on one of the engine's worker threads, pinned one per
     /// CPU, and returns at once with a handle to wait on. Otherwise as
     /// [`Engine::run`]: `f` may run more than once, and a panic in it rolls back
@@ -350,6 +382,47 @@ impl Engine {
         F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.submit_job(name, affinity, move |executor, store, journal, name| {
+            executor.run(store, journal, name, None, None, &mut f)
+        })
+    }
+
+    /// [`Engine::submit`], whose handle gives the command's value together with
+    /// the id of its commit, as [`Engine::run_with_id`] does (`None` for a
+    /// command that wrote nothing).
+    ///
+    /// ```
+    /// let engine = shardstone::Engine::in_memory()?;
+    /// let pending = engine.submit_with_id("put", |tx| tx.put(b"k", b"v"))?;
+    /// let ((), id) = pending.wait()?;
+    /// assert_eq!(id, Some(engine.commit_id()));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn submit_with_id<T, F>(
+        &self,
+        name: &str,
+        mut f: F,
+    ) -> Result<CommandHandle<(T, Option<CommitId>)>>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_job(
+            name,
+            Affinity::Any,
+            move |executor, store, journal, name| {
+                executor.run_with_id(store, journal, name, None, None, &mut f)
+            },
+        )
+    }
+
+    /// Queues `job` on a worker of the node `affinity` names; a panic in it
+    /// comes back through the handle as [`Error::Panicked`].
+    fn submit_job<R, J>(&self, name: &str, affinity: Affinity, job: J) -> Result<CommandHandle<R>>
+    where
+        J: FnOnce(&Executor, &Store, &Journal, &str) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
         let domain =
             match &affinity {
                 Affinity::Any => None,
@@ -379,9 +452,7 @@ impl Engine {
         self.workers.submit(
             domain,
             Box::new(move || {
-                let run = std::panic::AssertUnwindSafe(|| {
-                    executor.run(&store, &journal, &name, None, None, &mut f)
-                });
+                let run = std::panic::AssertUnwindSafe(|| job(&executor, &store, &journal, &name));
                 let result = std::panic::catch_unwind(run).unwrap_or_else(|p| {
                     Err(Error::Panicked {
                         message: command::panic_message(&*p),
@@ -463,6 +534,67 @@ impl Engine {
     /// The newest commit id visible to snapshots (0 before the first commit).
     pub fn commit_id(&self) -> CommitId {
         CommitId(self.store.clock.visible())
+    }
+
+    /// Waits until commit `id` is visible here, at most `timeout`: true once it
+    /// is (at once if it already was), false when the time ran out first.
+    ///
+    /// Visible is acknowledged: under [`Durability::Durable`] a commit becomes
+    /// visible only once its journal record is synced, so `true` means `id` and
+    /// every commit before it are as durable as `Options::durability` asks. On a
+    /// follower the commits arrive through [`Engine::apply`], so this is how a
+    /// reader waits for a follower to catch up with a commit id the leader
+    /// returned ([`Engine::run_with_id`]). A halted journal (a failed write) is
+    /// [`Error::Halted`]. A failed sync stops the watermark without halting the
+    /// journal's write path: there, a wait for a commit at or after the failed
+    /// one ends only with its timeout (`Ok(false)`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shardstone::{Engine, Options};
+    /// let leader = Engine::in_memory()?;
+    /// let follower = Engine::in_memory_follower(Options::default())?;
+    /// let ((), id) = leader.run_with_id("put", |tx| tx.put(b"k", b"v"))?;
+    /// let id = id.expect("a write commits");
+    /// assert!(!follower.wait_for(id, Duration::from_millis(1))?);
+    /// for rec in leader.subscribe(0)?.take(1) {
+    ///     follower.apply(&rec?)?;
+    /// }
+    /// assert!(follower.wait_for(id, Duration::from_secs(10))?);
+    /// assert_eq!(follower.snapshot().get(b"k")?.as_deref(), Some(&b"v"[..]));
+    /// # Ok::<(), shardstone::Error>(())
+    /// ```
+    pub fn wait_for(&self, id: impl Into<CommitId>, timeout: Duration) -> Result<bool> {
+        // A commit's installer wakes waiters, but the watermark may pass `id`
+        // later (another commit's sync): waits are sliced so none is missed for long.
+        const SLICE: Duration = Duration::from_millis(10);
+        let id = id.into().get();
+        let deadline = Instant::now().checked_add(timeout);
+        let clock = &self.store.clock;
+        loop {
+            if clock.visible() >= id {
+                return Ok(true);
+            }
+            self.journal.check_writable(true).or_else(|e| match e {
+                Error::ReadOnly => Ok(()),
+                e => Err(e),
+            })?;
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(false);
+                    }
+                    (d - now).min(SLICE)
+                }
+            };
+            if self.journal.signal.is_closed() {
+                // Closing: nothing more becomes visible; do not spin until the deadline.
+                return Ok(clock.visible() >= id);
+            }
+            self.journal.signal.wait(slice, || clock.visible() >= id);
+        }
     }
 
     /// The newest visible commit and its hash-chain hash: `(0, ChainHash::genesis())`

@@ -35,8 +35,8 @@ use crate::options::{Escalation, Options};
 use crate::store::Store;
 use crate::sync::{thread_local, Arc};
 use crate::txn::{
-    commit, point, start_key, Conflict, Holding, KeyBounds, KeyLocks, Locking, Log, Outcome, Owner,
-    Tx, WaitError,
+    commit, point, start_key, CommitId, Conflict, Holding, KeyBounds, KeyLocks, Locking, Log,
+    Outcome, Owner, Tx, WaitError,
 };
 use admission::Admission;
 use gate::CommitGate;
@@ -250,8 +250,26 @@ impl Executor {
         name: &str,
         max_conflicts: Option<u32>,
         deadline: Option<Instant>,
-        mut f: F,
+        f: F,
     ) -> Result<T>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T>,
+    {
+        self.run_with_id(store, journal, name, max_conflicts, deadline, f)
+            .map(|(value, _)| value)
+    }
+
+    /// `run`, also returning the id of the commit the command made (`None`
+    /// when it wrote nothing), on every path: optimistic, key-locked, alone.
+    pub(crate) fn run_with_id<T, F>(
+        &self,
+        store: &Store,
+        journal: &Journal,
+        name: &str,
+        max_conflicts: Option<u32>,
+        deadline: Option<Instant>,
+        mut f: F,
+    ) -> Result<(T, Option<CommitId>)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
@@ -296,11 +314,11 @@ impl Executor {
                 &mut run,
             );
             record.finish(match &result {
-                Ok((_, true)) => Ending::Committed,
-                Ok((_, false)) => Ending::ReadOnly,
+                Ok((_, Some(_))) => Ending::Committed,
+                Ok((_, None)) => Ending::ReadOnly,
                 Err(_) => Ending::Failed,
             });
-            result.map(|(v, _)| v)
+            result.map(|(v, id)| (v, id.map(CommitId)))
         };
         // Nothing is held now: the callbacks may take their time, or panic.
         if let Some(signal) = &run.storm {
@@ -351,8 +369,8 @@ impl Executor {
         deadline.map_or(limit, |d| d.min(limit))
     }
 
-    /// The optimistic attempts, then escalation. Returns the value and whether
-    /// it committed writes.
+    /// The optimistic attempts, then escalation. Returns the value and the id
+    /// of its commit (`None`: it wrote nothing).
     #[allow(clippy::too_many_arguments)]
     fn attempts<T, F>(
         &self,
@@ -364,7 +382,7 @@ impl Executor {
         counters: &Counters,
         f: &mut F,
         run: &mut RunState,
-    ) -> Result<(T, bool)>
+    ) -> Result<(T, Option<u64>)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
@@ -386,13 +404,14 @@ impl Executor {
             run.attempts.before_commit(&tx);
             match self.commit_at_gate(tx, journal, name, deadline, 0)? {
                 Outcome::Committed {
+                    id,
                     restructured,
                     resolved,
                 } => {
                     self.committed(counters, restructured, resolved);
-                    return Ok((value, true));
+                    return Ok((value, Some(id)));
                 }
-                Outcome::ReadOnly => return Ok((value, false)),
+                Outcome::ReadOnly => return Ok((value, None)),
                 Outcome::Blocked { key } => {
                     // An escalated command holds a key this one writes: wait for
                     // that key only, then re-run (not a conflict: nothing changed).
@@ -533,7 +552,7 @@ impl Executor {
         footprint: Vec<KeyBounds>,
         f: &mut F,
         run: &mut RunState,
-    ) -> Result<(T, bool)>
+    ) -> Result<(T, Option<u64>)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
@@ -583,13 +602,14 @@ impl Executor {
             run.attempts.before_commit(&tx);
             match self.commit_at_gate(tx, journal, name, deadline, owner)? {
                 Outcome::Committed {
+                    id,
                     restructured,
                     resolved,
                 } => {
                     self.committed(counters, restructured, resolved);
-                    return Ok((value, true));
+                    return Ok((value, Some(id)));
                 }
-                Outcome::ReadOnly => return Ok((value, false)),
+                Outcome::ReadOnly => return Ok((value, None)),
                 Outcome::Blocked { key } => lock_all(vec![point(&key)])?,
                 Outcome::Conflict(c) => {
                     // It read a key before locking it, and another commit got there
@@ -608,8 +628,8 @@ impl Executor {
     }
 
     /// The last resort, and Bedrock's policy: runs `f` with exclusive commit
-    /// rights (every other commit waits). Returns the value and whether it
-    /// committed writes.
+    /// rights (every other commit waits). Returns the value and the id of its
+    /// commit (`None`: it wrote nothing).
     fn run_exclusive<T, F>(
         &self,
         store: &Store,
@@ -618,7 +638,7 @@ impl Executor {
         deadline: Option<Instant>,
         f: &mut F,
         attempts: &mut Attempts,
-    ) -> Result<(T, bool)>
+    ) -> Result<(T, Option<u64>)>
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
@@ -646,15 +666,16 @@ impl Executor {
             };
             match commit(tx, log)? {
                 Outcome::Committed {
+                    id,
                     restructured,
                     resolved: _,
                 } => {
                     if restructured {
                         self.telemetry.restructured();
                     }
-                    return Ok((value, true));
+                    return Ok((value, Some(id)));
                 }
-                Outcome::ReadOnly => return Ok((value, false)),
+                Outcome::ReadOnly => return Ok((value, None)),
                 Outcome::Blocked { .. } => unreachable!("an exclusive commit checks no key locks"),
                 Outcome::Conflict(c) => {
                     // Cannot happen while the gate is closed: every other commit is drained.

@@ -52,10 +52,14 @@ use std::ops::Bound;
 
 /// What happened to a commit attempt.
 pub(crate) enum Outcome {
-    /// Installed; `restructured` when it split, merged or removed pages;
-    /// `resolved` when a leaf it used had changed since its snapshot and the key
-    /// check let it commit anyway (a re-run saved).
-    Committed { restructured: bool, resolved: bool },
+    /// Installed as commit `id`; `restructured` when it split, merged or removed
+    /// pages; `resolved` when a leaf it used had changed since its snapshot and
+    /// the key check let it commit anyway (a re-run saved).
+    Committed {
+        id: u64,
+        restructured: bool,
+        resolved: bool,
+    },
     /// Nothing to write: the snapshot was its serialization point.
     ReadOnly,
     /// A key or range read at the snapshot had changed; nothing was installed.
@@ -689,6 +693,7 @@ pub(crate) fn commit(mut tx: Tx<'_>, log: Log<'_>) -> Result<Outcome> {
     }
     store.maybe_collect();
     Ok(Outcome::Committed {
+        id,
         restructured,
         resolved,
     })
