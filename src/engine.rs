@@ -544,10 +544,9 @@ impl Engine {
     /// every commit before it are as durable as `Options::durability` asks. On a
     /// follower the commits arrive through [`Engine::apply`], so this is how a
     /// reader waits for a follower to catch up with a commit id the leader
-    /// returned ([`Engine::run_with_id`]). A halted journal (a failed write) is
-    /// [`Error::Halted`]. A failed sync stops the watermark without halting the
-    /// journal's write path: there, a wait for a commit at or after the failed
-    /// one ends only with its timeout (`Ok(false)`).
+    /// returned ([`Engine::run_with_id`]). When a record at or before `id`
+    /// failed to persist (a failed write or sync), `id` never becomes visible:
+    /// [`Error::Halted`], at once.
     ///
     /// ```
     /// use std::time::Duration;
@@ -574,6 +573,10 @@ impl Engine {
         loop {
             if clock.visible() >= id {
                 return Ok(true);
+            }
+            if clock.is_halted_at(id) {
+                // A record at or before `id` failed to persist: never visible.
+                return Err(self.journal.halted_error());
             }
             self.journal.check_writable(true).or_else(|e| match e {
                 Error::ReadOnly => Ok(()),

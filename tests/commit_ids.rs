@@ -323,3 +323,53 @@ fn wait_for_on_a_durable_leader() {
     assert_eq!(id.map(CommitId::get), Some(next));
     assert!(waiter.join().unwrap().unwrap());
 }
+
+/// A commit whose fsync failed never becomes visible: `wait_for` says so with
+/// `Error::Halted` at once, not `Ok(false)` at its timeout.
+#[test]
+fn wait_for_a_commit_whose_sync_failed_is_halted() {
+    use shardstone::{Durability, Error, FaultKind, FaultyIo};
+    let opts = || Options {
+        durability: Durability::Durable,
+        journal_shards: 1,
+        numa: shardstone::numa::Numa::Off,
+        ..Options::default()
+    };
+    // How many syncs opening a fresh directory and one commit do (the first
+    // commit also creates the segment, with syncs of its own).
+    let probe = TempDir::new("cid-sync-probe");
+    let counting = Arc::new(FaultyIo::new(FaultKind::Sync, u64::MAX, libc_eio(), false));
+    let opened = Engine::open_with_io(probe.path(), opts(), counting.clone()).unwrap();
+    opened.run("w", |tx| tx.put(b"k", b"v")).unwrap();
+    let before_second = counting.ops();
+    drop(opened);
+
+    // The same, then the second commit's fdatasync fails: commit 2 took its id
+    // and was written, but is never durable.
+    let dir = TempDir::new("cid-sync-fails");
+    let io = Arc::new(FaultyIo::new(
+        FaultKind::Sync,
+        before_second,
+        libc_eio(),
+        true,
+    ));
+    let engine = Engine::open_with_io(dir.path(), opts(), io.clone()).unwrap();
+    engine.run("w", |tx| tx.put(b"k", b"v")).unwrap();
+    assert!(engine.run("w", |tx| tx.put(b"k", b"w")).is_err());
+    assert_eq!(io.failures(), 1, "the second commit's sync was failed");
+    assert!(engine.wait_for(1, Duration::from_secs(5)).unwrap());
+    let started = std::time::Instant::now();
+    match engine.wait_for(2, Duration::from_secs(30)) {
+        Err(Error::Halted { .. }) => {}
+        other => panic!("expected Halted, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it waited for the timeout"
+    );
+}
+
+/// `EIO`, without a libc dependency in the tests.
+fn libc_eio() -> i32 {
+    5
+}

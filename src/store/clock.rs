@@ -205,7 +205,7 @@ impl Clock {
     }
 
     /// Whether commit `id` can never become visible.
-    fn is_halted_at(&self, id: u64) -> bool {
+    pub(crate) fn is_halted_at(&self, id: u64) -> bool {
         self.halted_at.load(Ordering::SeqCst) <= id
     }
 
