@@ -110,13 +110,24 @@ impl World {
     }
 }
 
+/// Runs `f` as a loom model and prints how many interleavings it explored.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    loom::model(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    eprintln!("{name}: {} interleavings", runs.load(Ordering::Relaxed));
+}
+
 /// Two commits on two shards, each syncing its own shard, in either order: a
 /// snapshot never sees one before its record is synced, and both end visible.
 #[test]
 fn visible_only_once_synced_in_either_order() {
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    loom::model(|| {
-        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    model("visible_only_once_synced_in_either_order", || {
         let world = World::new();
         let t = {
             let world = world.clone();
@@ -134,10 +145,6 @@ fn visible_only_once_synced_in_either_order() {
         assert_eq!(world.clock.visible(), 2);
         world.check();
     });
-    eprintln!(
-        "visible_only_once_synced_in_either_order: {} interleavings",
-        RUNS.load(std::sync::atomic::Ordering::Relaxed)
-    );
 }
 
 /// The thread of one commit stops right after installing (descheduled for
@@ -146,29 +153,26 @@ fn visible_only_once_synced_in_either_order() {
 /// commit's shard itself — and never before the records are synced.
 #[test]
 fn a_stalled_predecessor_does_not_hold_back_its_successor() {
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    loom::model(|| {
-        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let world = World::new();
-        let t = {
-            let world = world.clone();
-            thread::spawn(move || {
-                world.commit(0);
-                world.check();
-            })
-        };
-        let id = world.commit(1);
-        world.finish(1, id);
-        world.check();
-        t.join().unwrap();
-        // Made visible by this thread alone once the stopped commit installed.
-        let other = world.id_on[0].load(Ordering::SeqCst);
-        world.wait_visible(other.max(id));
-        assert_eq!(world.clock.visible(), 2);
-        world.check();
-    });
-    eprintln!(
-        "a_stalled_predecessor_does_not_hold_back_its_successor: {} interleavings",
-        RUNS.load(std::sync::atomic::Ordering::Relaxed)
+    model(
+        "a_stalled_predecessor_does_not_hold_back_its_successor",
+        || {
+            let world = World::new();
+            let t = {
+                let world = world.clone();
+                thread::spawn(move || {
+                    world.commit(0);
+                    world.check();
+                })
+            };
+            let id = world.commit(1);
+            world.finish(1, id);
+            world.check();
+            t.join().unwrap();
+            // Made visible by this thread alone once the stopped commit installed.
+            let other = world.id_on[0].load(Ordering::SeqCst);
+            world.wait_visible(other.max(id));
+            assert_eq!(world.clock.visible(), 2);
+            world.check();
+        },
     );
 }
